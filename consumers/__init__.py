@@ -1,0 +1,1 @@
+"""Consumers: the shared consumer runtime and the archive, verify, cache and load groups."""

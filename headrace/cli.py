@@ -1,0 +1,83 @@
+"""The ``headrace`` command: entry point, global options and error handling.
+
+Every expected failure is a :class:`~headrace.errors.HeadraceError` or a
+usage error, and ends as one readable line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+import orjson
+
+from headrace import __version__
+from headrace.errors import HeadraceError
+from headrace.settings import Settings, load_settings
+from headrace.stack.cli import stack
+from headrace.telemetry import configure_logging
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "-c", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML config file (also HEADRACE_CONFIG).")
+@click.option("--log-format", type=click.Choice(["text", "json"]),
+              help="Log records as text for people or JSON lines; default from settings.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
+                                               case_sensitive=False),
+              help="Log level; default from settings.")
+@click.option("--run-id", help="Run id stamped on every log record (default: a new one).")
+@click.version_option(__version__, "--version", prog_name="headrace")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None, log_format: str | None,
+        log_level: str | None, run_id: str | None) -> None:
+    """Publish versioned file events through Kafka and load them into storage.
+
+    Settings come from HEADRACE_* environment variables (sections joined by
+    "__", e.g. HEADRACE_KAFKA__BOOTSTRAP_SERVERS), then the config file, then
+    defaults that point at the local stack.
+    """
+    settings = load_settings(config)
+    fmt = log_format or settings.log.format
+    configure_logging((log_level or settings.log.level).upper(),
+                      "json" if fmt == "json" else "text", run_id)
+    ctx.obj = settings
+
+
+cli.add_command(stack)
+
+
+@cli.command("settings")
+@click.pass_obj
+def show_settings(settings: Settings) -> None:
+    """Print the settings in force as JSON, secrets masked."""
+    click.echo(orjson.dumps(settings.masked(), option=orjson.OPT_INDENT_2).decode())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; turn every expected failure into one line and an exit code."""
+    try:
+        code = cli.main(args=argv, prog_name="headrace", standalone_mode=False)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        _fail(f"{exc.format_message()}{hint}", 2)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    except HeadraceError as exc:
+        _fail(str(exc), 1)
+    except Exception as exc:  # a bug or an unclassified failure: one line, trace in the log
+        logging.getLogger(__name__).debug("unexpected error", exc_info=True)
+        _fail(f"unexpected {type(exc).__name__}: {exc} (--log-level debug shows where)", 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    first, *rest = message.splitlines() or [""]
+    click.echo(f"headrace: error: {first}", err=True)
+    for line in rest:
+        click.echo(f"  {line.strip()}", err=True)
+    sys.exit(code)

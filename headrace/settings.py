@@ -1,0 +1,170 @@
+"""One typed settings object, read at start-up and never at import time.
+
+Values come, highest first, from keyword arguments, ``HEADRACE_``
+environment variables with ``__`` between section and key
+(``HEADRACE_KAFKA__BOOTSTRAP_SERVERS``), an optional TOML config file
+(``--config`` or ``HEADRACE_CONFIG``), then the defaults, which point at the
+local stack. Unknown keys are rejected; secrets are ``SecretStr`` and print
+masked.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from headrace.errors import ConfigError
+
+CONFIG_ENV = "HEADRACE_CONFIG"
+# The repository root: the local stack keeps its recipes in compose/local/ and
+# its state in .headrace/ beside them.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TopicSettings(_Section):
+    file_events: str = "headrace.file-events"
+    run_events: str = "headrace.run-events"
+    verifications: str = "headrace.verifications"
+    dead_letter: str = "headrace.dead-letter"
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "headrace"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    # Topics get more partitions than one machine needs: adding partitions
+    # later reshuffles keys. Production wants 64 or more.
+    partitions: int = Field(default=12, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    topics: TopicSettings = TopicSettings()
+    # Passed to librdkafka as given, for keys this object does not model.
+    extra: dict[str, str] = Field(default_factory=dict)
+
+
+class RegistrySettings(_Section):
+    url: str = "http://127.0.0.1:8081/apis/ccompat/v7"
+    username: str | None = None
+    password: SecretStr | None = None
+
+
+class ObjectStoreSettings(_Section):
+    endpoint: str = "127.0.0.1:9000"
+    access_key: str = "headrace"
+    secret_key: SecretStr = SecretStr("headrace-secret")
+    secure: bool = False
+    region: str = "us-east-1"
+    bucket: str = "headrace-content"
+
+
+class PostgresSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 15432
+    user: str = "headrace"
+    password: SecretStr = SecretStr("headrace")
+    database: str = "headrace"
+
+    def conninfo(self, database: str | None = None) -> str:
+        """A libpq connection string, password included: never log it."""
+        return (
+            f"host={self.host} port={self.port} user={self.user} "
+            f"password={self.password.get_secret_value()} dbname={database or self.database} "
+            "connect_timeout=5"
+        )
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class StackSettings(_Section):
+    """Where the local stack lives and which versions it installs."""
+
+    home: Path = PROJECT_ROOT / ".headrace"
+    recipes: Path = PROJECT_ROOT / "compose" / "local"
+    kafka_version: str = "4.1.1"
+    kafka_controller_port: int = 9093
+    registry_version: str = "3.3.3"
+    registry_management_port: int = 8091
+    # MinIO's community edition has no semver tags: an exact pseudo-version.
+    minio_version: str = "v0.0.0-20260212201848-7aac2a2c5b7c"
+    minio_console_port: int = 9001
+    java_home: Path | None = None
+    start_timeout_s: float = Field(default=120.0, gt=0)
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HEADRACE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        toml_file=None,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    registry: RegistrySettings = RegistrySettings()
+    object_store: ObjectStoreSettings = ObjectStoreSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    stack: StackSettings = StackSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as plain data, every secret shown as ``**********``."""
+        return self.model_dump(mode="json")
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read the settings once, at start-up; a bad value is a ConfigError."""
+    path = config_file or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    cls: type[Settings] = Settings
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
+        cls = type("Settings", (Settings,), {"model_config": config})
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid settings: " + "; ".join(parts)

@@ -1,0 +1,170 @@
+"""Processes the stack supervises: spawn detached, track by pid file, stop the group."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from headrace.errors import StackError
+
+
+def split_host_port(address: str, default_port: int) -> tuple[str, int]:
+    """``(host, port)`` of the first entry of a comma-separated ``host:port`` list."""
+    first = address.split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    return (host, int(port)) if host else (first, default_port)
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """Whether something accepts TCP connections at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); it is not running.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def read_pid(pidfile: Path) -> int | None:
+    """The pid recorded in ``pidfile`` if that process still runs, else None."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def spawn(
+    service: str,
+    argv: Sequence[str],
+    *,
+    pidfile: Path,
+    logfile: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> int:
+    """Start ``argv`` in a session of its own, output to ``logfile``; record its pid."""
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    with open(logfile, "ab") as out:
+        try:
+            proc = subprocess.Popen(  # noqa: S603 - argv is built by the stack, not a shell
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise StackError(service, f"cannot run {argv[0]}: {exc.strerror}") from None
+    pidfile.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def stop_group(pid: int, *, grace_s: float = 30.0) -> None:
+    """SIGTERM the process group led by ``pid``; SIGKILL it if still there after grace."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            _reap(pid)
+            if not pid_alive(pid):
+                return
+            time.sleep(0.1)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def wait_until(
+    service: str,
+    ready: Callable[[], bool],
+    *,
+    timeout_s: float,
+    pid: int | None = None,
+    logfile: Path | None = None,
+    interval_s: float = 0.25,
+) -> None:
+    """Poll ``ready`` until it is true; fail early if ``pid`` dies, late on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if pid is not None:
+            _reap(pid)
+            if not pid_alive(pid):
+                raise StackError(service, f"exited while starting{_tail(logfile)}")
+        time.sleep(interval_s)
+    raise StackError(service, f"did not become ready within {timeout_s:.0f}s{_tail(logfile)}")
+
+
+def _tail(logfile: Path | None, lines: int = 5) -> str:
+    if logfile is None or not logfile.exists():
+        return ""
+    text = logfile.read_text(errors="replace").strip().splitlines()[-lines:]
+    return f"; see {logfile}; last lines:\n  " + "\n  ".join(text) if text else f"; see {logfile}"
+
+
+def run_tool(
+    service: str,
+    argv: Sequence[str],
+    *,
+    what: str,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout_s: float = 1800.0,
+) -> str:
+    """Run an install or admin tool to completion; a failure names ``what`` failed."""
+    try:
+        done = subprocess.run(  # noqa: S603 - argv is built by the stack, not a shell
+            list(argv),
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            timeout=timeout_s,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise StackError(service, f"{what}: {argv[0]} is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise StackError(service, f"{what}: timed out after {timeout_s:.0f}s") from None
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).strip().splitlines()
+        detail = "\n  ".join(_meaningful(output)[-6:]) or f"exit code {done.returncode}"
+        raise StackError(service, f"{what} failed:\n  {detail}")
+    return done.stdout
+
+
+def _meaningful(lines: list[str]) -> list[str]:
+    """Drop the ANSI noise and blank lines that build tools print."""
+    keep = []
+    for line in lines:
+        clean = line.replace("\x1b[0m", "").replace("\x1b[1m", "").strip()
+        if clean and not clean.startswith("[INFO]"):
+            keep.append(clean)
+    return keep

@@ -1,0 +1,1 @@
+"""Producers: repository bulk-ingest (source walking, file policy, content strategies)."""

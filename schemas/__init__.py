@@ -1,0 +1,1 @@
+"""The event contract: versioned Avro schemas, models, serde and registry checks."""

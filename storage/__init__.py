@@ -1,0 +1,1 @@
+"""Storage: object store, archive segments, content and clone caches, database sinks."""

@@ -46,7 +46,10 @@ class Stack:
     def up(self, names: Iterable[str] = (),
            progress: Callable[[str], None] = lambda _msg: None) -> list[Outcome]:
         services = self.select(names)
-        missing = [s for s in services if s.pid() is None and not s.installed()]
+        stopped = [s for s in services if s.pid() is None]
+        for service in stopped:  # before any download: a taken port fails fast
+            service.check_ports_free()
+        missing = [s for s in stopped if not s.installed()]
         if missing:
             progress("installing " + ", ".join(s.name for s in missing))
             # Downloads and the MinIO build overlap; each is independent.

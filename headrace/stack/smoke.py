@@ -47,14 +47,15 @@ def registry_client(settings: RegistrySettings) -> SchemaRegistryClient:
 
 def run_smoke(settings: Settings) -> list[Row]:
     run = uuid.uuid4().hex[:8]
-    return [*_kafka_and_registry(settings, run), _object_store(settings, run), _postgres(settings)]
+    with registry_client(settings.registry) as registry:
+        rows = _kafka_and_registry(settings, registry, run)
+    return [*rows, _object_store(settings), _postgres(settings)]
 
 
-def _kafka_and_registry(settings: Settings, run: str) -> list[Row]:
+def _kafka_and_registry(settings: Settings, registry: SchemaRegistryClient, run: str) -> list[Row]:
     topic = f"headrace.smoke-{run}"
     admin = make_admin(settings.kafka)
     ensure_topics(admin, [topic], partitions=3, replication_factor=settings.kafka.replication_factor)
-    registry = registry_client(settings.registry)
     # The topic strategy, named: newer clients first ask /associations by default.
     strategy = {"subject.name.strategy": topic_subject_name_strategy}
     serialize = AvroSerializer(registry, SCHEMA, conf=strategy)
@@ -105,7 +106,7 @@ def _kafka_and_registry(settings: Settings, run: str) -> list[Row]:
     ]
 
 
-def _object_store(settings: Settings, run: str) -> Row:
+def _object_store(settings: Settings) -> Row:
     store = settings.object_store
     client = make_minio(store)
     if not client.bucket_exists(store.bucket):

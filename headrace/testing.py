@@ -1,0 +1,205 @@
+"""Where the test suite gets each real service from.
+
+In order: the address set explicitly in the environment (``HEADRACE_...``);
+the local stack (``headrace stack up``), at the addresses in settings;
+testcontainers, when a Docker engine answers. Otherwise the service is
+unavailable: with ``CI=true`` that fails the tests that need it, naming the
+service; elsewhere they are skipped with the same reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from headrace.settings import Settings
+from headrace.stack.base import Service
+from headrace.stack.manager import Stack
+
+# The variables that, when set, name a service's address explicitly.
+EXPLICIT_ENV: dict[str, tuple[str, ...]] = {
+    "kafka": ("HEADRACE_KAFKA__BOOTSTRAP_SERVERS",),
+    "registry": ("HEADRACE_REGISTRY__URL",),
+    "minio": ("HEADRACE_OBJECT_STORE__ENDPOINT",),
+    "postgres": ("HEADRACE_POSTGRES__HOST", "HEADRACE_POSTGRES__PORT"),
+}
+
+
+@dataclass(frozen=True)
+class Found:
+    service: str
+    source: str  # "environment", "local stack", "testcontainers"
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class Missing:
+    service: str
+    reason: str
+
+    def message(self, ci: bool) -> str:
+        verdict = "CI=true, so a missing service fails the run" if ci else "skipped"
+        return (f"{self.service} is not available: {self.reason} ({verdict}; "
+                f"start it with 'headrace stack up {self.service}')")
+
+
+def in_ci(env: Mapping[str, str] | None = None) -> bool:
+    value = (env if env is not None else os.environ).get("CI", "")
+    return value.lower() in {"1", "true", "yes"}
+
+
+@dataclass
+class ServiceResolver:
+    """Finds each service once per session and remembers the answer."""
+
+    settings: Settings
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    docker_available: Callable[[], bool] = lambda: docker_engine_answers()
+    _found: dict[str, Found | Missing] = field(default_factory=dict)
+    _containers: list[Any] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def resolve(self, service: str) -> Found | Missing:
+        with self._lock:
+            if service not in self._found:
+                self._found[service] = self._resolve(service)
+            return self._found[service]
+
+    def require(self, service: str) -> Settings:
+        """The settings that reach ``service``; fail (CI) or skip the test if none do."""
+        import pytest
+
+        result = self.resolve(service)
+        if isinstance(result, Found):
+            return result.settings
+        if in_ci(self.env):
+            pytest.fail(result.message(ci=True), pytrace=False)
+        pytest.skip(result.message(ci=False))
+
+    def _resolve(self, service: str) -> Found | Missing:
+        probe = Stack(self.settings).services[service]
+        explicit = [v for v in EXPLICIT_ENV[service] if self.env.get(v)]
+        if explicit:
+            if _answers(probe):
+                return Found(service, "environment", self.settings)
+            return Missing(service, f"{', '.join(explicit)} points at {probe.address}, "
+                                    "which does not answer")
+        if _answers(probe):
+            return Found(service, "local stack", self.settings)
+        if self.docker_available():
+            return Found(service, "testcontainers", self._start_container(service))
+        return Missing(service, f"nothing answers at {probe.address} (the local stack's "
+                                "address) and no Docker engine answers for testcontainers")
+
+    def _start_container(self, service: str) -> Settings:
+        container, update = CONTAINERS[service]()
+        self._containers.append(container)
+        section, values = update(container)
+        current = getattr(self.settings, section)
+        self.settings = self.settings.model_copy(
+            update={section: current.model_copy(update=values)}
+        )
+        return self.settings
+
+    def close(self) -> None:
+        for container in reversed(self._containers):
+            with contextlib.suppress(Exception):
+                container.stop()
+        self._containers.clear()
+
+
+def _answers(service: Service) -> bool:
+    try:
+        return service.healthy()
+    except Exception:  # a probe that cannot even run means "does not answer"
+        return False
+
+
+def docker_engine_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+    except Exception:  # no engine, no socket, no permission: all mean "no Docker"
+        return False
+    return True
+
+
+# --- testcontainers, for hosts that have a Docker engine -------------------------
+# Credentials, and the images but Kafka's, match compose/docker-compose.yml
+# (testcontainers' KafkaContainer configures Confluent's image, not Apache's).
+
+Update = Callable[[Any], tuple[str, dict[str, Any]]]
+
+
+def _kafka() -> tuple[Any, Update]:
+    from testcontainers.community.kafka import KafkaContainer
+
+    container = KafkaContainer("confluentinc/cp-kafka:7.6.0").with_kraft().start()
+    return container, lambda c: ("kafka", {"bootstrap_servers": c.get_bootstrap_server()})
+
+
+def _registry() -> tuple[Any, Update]:
+    from testcontainers.core.container import DockerContainer
+
+    container = (
+        DockerContainer("apicurio/apicurio-registry:3.3.3")
+        .with_env("APICURIO_RULES_GLOBAL_COMPATIBILITY", "BACKWARD")
+        .with_exposed_ports(8080)
+        .start()
+    )
+    url = (f"http://{container.get_container_host_ip()}:"
+           f"{container.get_exposed_port(8080)}/apis/ccompat/v7")
+    _wait_http(f"{url}/subjects")
+    return container, lambda _c: ("registry", {"url": url})
+
+
+def _minio() -> tuple[Any, Update]:
+    from testcontainers.community.minio import MinioContainer
+
+    container = MinioContainer(
+        "minio/minio:RELEASE.2025-10-15T17-29-55Z",
+        access_key="headrace", secret_key="headrace-secret",
+    ).start()
+    endpoint = f"{container.get_container_host_ip()}:{container.get_exposed_port(9000)}"
+    return container, lambda _c: ("object_store", {"endpoint": endpoint})
+
+
+def _postgres() -> tuple[Any, Update]:
+    from testcontainers.community.postgres import PostgresContainer
+
+    container = PostgresContainer("postgres:15", username="headrace", password="headrace",
+                                  dbname="headrace").start()
+    return container, lambda c: ("postgres", {"host": c.get_container_host_ip(),
+                                              "port": int(c.get_exposed_port(5432))})
+
+
+def _wait_http(url: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s")
+
+
+CONTAINERS: dict[str, Callable[[], tuple[Any, Update]]] = {
+    "kafka": _kafka, "registry": _registry, "minio": _minio, "postgres": _postgres,
+}
+
+
+@contextlib.contextmanager
+def resolver_for_session(settings: Settings) -> Iterator[ServiceResolver]:
+    resolver = ServiceResolver(settings)
+    try:
+        yield resolver
+    finally:
+        resolver.close()

@@ -1,0 +1,48 @@
+"""Real services for integration tests: see headrace.testing for where they come from."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from headrace.settings import (
+    KafkaSettings,
+    ObjectStoreSettings,
+    PostgresSettings,
+    RegistrySettings,
+    Settings,
+)
+from headrace.testing import ServiceResolver, resolver_for_session
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in item.nodeid:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def resolver(base_settings: Settings) -> Iterator[ServiceResolver]:
+    with resolver_for_session(base_settings) as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+def kafka(resolver: ServiceResolver) -> KafkaSettings:
+    return resolver.require( "kafka").kafka
+
+
+@pytest.fixture(scope="session")
+def registry(resolver: ServiceResolver) -> RegistrySettings:
+    return resolver.require( "registry").registry
+
+
+@pytest.fixture(scope="session")
+def object_store(resolver: ServiceResolver) -> ObjectStoreSettings:
+    return resolver.require( "minio").object_store
+
+
+@pytest.fixture(scope="session")
+def postgres(resolver: ServiceResolver) -> PostgresSettings:
+    return resolver.require( "postgres").postgres

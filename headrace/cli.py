@@ -21,18 +21,32 @@ from headrace.telemetry import configure_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "-c", type=click.Path(dir_okay=False, path_type=Path),
-              help="TOML config file (also HEADRACE_CONFIG).")
-@click.option("--log-format", type=click.Choice(["text", "json"]),
-              help="Log records as text for people or JSON lines; default from settings.")
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
-                                               case_sensitive=False),
-              help="Log level; default from settings.")
+@click.option(
+    "--config",
+    "-c",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config file (also HEADRACE_CONFIG).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="Log records as text for people or JSON lines; default from settings.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Log level; default from settings.",
+)
 @click.option("--run-id", help="Run id stamped on every log record (default: a new one).")
 @click.version_option(__version__, "--version", prog_name="headrace")
 @click.pass_context
-def cli(ctx: click.Context, config: Path | None, log_format: str | None,
-        log_level: str | None, run_id: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    config: Path | None,
+    log_format: str | None,
+    log_level: str | None,
+    run_id: str | None,
+) -> None:
     """Publish versioned file events through Kafka and load them into storage.
 
     Settings come from HEADRACE_* environment variables (sections joined by
@@ -41,8 +55,9 @@ def cli(ctx: click.Context, config: Path | None, log_format: str | None,
     """
     settings = load_settings(config)
     fmt = log_format or settings.log.format
-    configure_logging((log_level or settings.log.level).upper(),
-                      "json" if fmt == "json" else "text", run_id)
+    configure_logging(
+        (log_level or settings.log.level).upper(), "json" if fmt == "json" else "text", run_id
+    )
     ctx.obj = settings
 
 

@@ -12,7 +12,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from headrace.errors import ProduceError
 from headrace.settings import KafkaSettings
@@ -97,8 +98,12 @@ def ensure_topics(
     """Create the topics that do not exist yet; return the names created."""
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [
-        NewTopic(name, num_partitions=partitions, replication_factor=replication_factor,
-                 config=dict(config or {}))
+        NewTopic(
+            name,
+            num_partitions=partitions,
+            replication_factor=replication_factor,
+            config=dict(config or {}),
+        )
         for name in names
         if name not in existing
     ]

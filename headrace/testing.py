@@ -46,8 +46,10 @@ class Missing:
 
     def message(self, ci: bool) -> str:
         verdict = "CI=true, so a missing service fails the run" if ci else "skipped"
-        return (f"{self.service} is not available: {self.reason} ({verdict}; "
-                f"start it with 'headrace stack up {self.service}')")
+        return (
+            f"{self.service} is not available: {self.reason} ({verdict}; "
+            f"start it with 'headrace stack up {self.service}')"
+        )
 
 
 def in_ci(env: Mapping[str, str] | None = None) -> bool:
@@ -89,19 +91,22 @@ class ServiceResolver:
         if explicit:
             if _answers(probe):
                 return Found(service, "environment", self.settings)
-            return Missing(service, f"{', '.join(explicit)} points at {probe.address}, "
-                                    "which does not answer")
+            return Missing(
+                service, f"{', '.join(explicit)} points at {probe.address}, which does not answer"
+            )
         if _answers(probe):
             return Found(service, "local stack", self.settings)
         if self.docker_available():
             return Found(service, "testcontainers", self._start_container(service))
-        return Missing(service, f"nothing answers at {probe.address} (the local stack's "
-                                "address) and no Docker engine answers for testcontainers")
+        return Missing(
+            service,
+            f"nothing answers at {probe.address} (the local stack's "
+            "address) and no Docker engine answers for testcontainers",
+        )
 
     def _start_container(self, service: str) -> Settings:
-        container, update = CONTAINERS[service]()
+        container, section, values = CONTAINERS[service](self.settings)
         self._containers.append(container)
-        section, values = update(container)
         current = getattr(self.settings, section)
         self.settings = self.settings.model_copy(
             update={section: current.model_copy(update=values)}
@@ -136,17 +141,18 @@ def docker_engine_answers() -> bool:
 # Credentials, and the images but Kafka's, match compose/docker-compose.yml
 # (testcontainers' KafkaContainer configures Confluent's image, not Apache's).
 
-Update = Callable[[Any], tuple[str, dict[str, Any]]]
+# Each starts a container and returns it with the settings section it replaces.
+Started = tuple[Any, str, dict[str, Any]]
 
 
-def _kafka() -> tuple[Any, Update]:
+def _kafka(_settings: Settings) -> Started:
     from testcontainers.community.kafka import KafkaContainer
 
     container = KafkaContainer("confluentinc/cp-kafka:7.6.0").with_kraft().start()
-    return container, lambda c: ("kafka", {"bootstrap_servers": c.get_bootstrap_server()})
+    return container, "kafka", {"bootstrap_servers": container.get_bootstrap_server()}
 
 
-def _registry() -> tuple[Any, Update]:
+def _registry(_settings: Settings) -> Started:
     from testcontainers.core.container import DockerContainer
 
     container = (
@@ -155,30 +161,37 @@ def _registry() -> tuple[Any, Update]:
         .with_exposed_ports(8080)
         .start()
     )
-    url = (f"http://{container.get_container_host_ip()}:"
-           f"{container.get_exposed_port(8080)}/apis/ccompat/v7")
+    host, port = container.get_container_host_ip(), container.get_exposed_port(8080)
+    url = f"http://{host}:{port}/apis/ccompat/v7"
     _wait_http(f"{url}/subjects")
-    return container, lambda _c: ("registry", {"url": url})
+    return container, "registry", {"url": url}
 
 
-def _minio() -> tuple[Any, Update]:
+def _minio(settings: Settings) -> Started:
     from testcontainers.community.minio import MinioContainer
 
+    store = settings.object_store
     container = MinioContainer(
         "minio/minio:RELEASE.2025-10-15T17-29-55Z",
-        access_key="headrace", secret_key="headrace-secret",
+        access_key=store.access_key,
+        secret_key=store.secret_key.get_secret_value(),
     ).start()
     endpoint = f"{container.get_container_host_ip()}:{container.get_exposed_port(9000)}"
-    return container, lambda _c: ("object_store", {"endpoint": endpoint})
+    return container, "object_store", {"endpoint": endpoint}
 
 
-def _postgres() -> tuple[Any, Update]:
+def _postgres(settings: Settings) -> Started:
     from testcontainers.community.postgres import PostgresContainer
 
-    container = PostgresContainer("postgres:15", username="headrace", password="headrace",
-                                  dbname="headrace").start()
-    return container, lambda c: ("postgres", {"host": c.get_container_host_ip(),
-                                              "port": int(c.get_exposed_port(5432))})
+    pg = settings.postgres
+    container = PostgresContainer(
+        "postgres:15",
+        username=pg.user,
+        password=pg.password.get_secret_value(),
+        dbname=pg.database,
+    ).start()
+    host, port = container.get_container_host_ip(), int(container.get_exposed_port(5432))
+    return container, "postgres", {"host": host, "port": port}
 
 
 def _wait_http(url: str, timeout_s: float = 120.0) -> None:
@@ -191,8 +204,11 @@ def _wait_http(url: str, timeout_s: float = 120.0) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s")
 
 
-CONTAINERS: dict[str, Callable[[], tuple[Any, Update]]] = {
-    "kafka": _kafka, "registry": _registry, "minio": _minio, "postgres": _postgres,
+CONTAINERS: dict[str, Callable[[Settings], Started]] = {
+    "kafka": _kafka,
+    "registry": _registry,
+    "minio": _minio,
+    "postgres": _postgres,
 }
 
 

@@ -63,7 +63,7 @@ class Service(ABC):
     def healthy(self) -> bool:
         """Whether the service really answers (not merely that its port is open)."""
 
-    def after_start(self) -> None:
+    def after_start(self) -> None:  # noqa: B027 - a hook; most services need nothing
         """Idempotent set-up that needs the service running (databases, rules)."""
 
     def pid(self) -> int | None:
@@ -107,8 +107,9 @@ class Service(ABC):
                     f"process; stop it or set {p.setting}",
                 )
 
-    def spawn(self, argv: list[str], env: dict[str, str] | None = None,
-              cwd: Path | None = None) -> int:
+    def spawn(
+        self, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> int:
         return spawn(self.name, argv, pidfile=self.pidfile, logfile=self.logfile, env=env, cwd=cwd)
 
     def _wait_healthy(self, pid: int) -> None:

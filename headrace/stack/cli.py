@@ -61,8 +61,9 @@ def status(settings: Settings, services: tuple[str, ...], as_json: bool) -> None
     else:
         table = Table("service", "pid", "address", "healthy")
         for r in rows:
-            table.add_row(r.name, str(r.pid or "-"), r.address,
-                          "[green]yes[/]" if r.healthy else "[red]no[/]")
+            table.add_row(
+                r.name, str(r.pid or "-"), r.address, "[green]yes[/]" if r.healthy else "[red]no[/]"
+            )
         _console().print(table)
     if not all(r.healthy for r in rows):
         raise click.exceptions.Exit(3)

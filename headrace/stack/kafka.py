@@ -37,8 +37,12 @@ class Kafka(Service):
         host, port = self.host_port
         return [
             Port(host, port, "Kafka broker", "HEADRACE_KAFKA__BOOTSTRAP_SERVERS"),
-            Port(host, self.settings.stack.kafka_controller_port, "Kafka controller",
-                 "HEADRACE_STACK__KAFKA_CONTROLLER_PORT"),
+            Port(
+                host,
+                self.settings.stack.kafka_controller_port,
+                "Kafka controller",
+                "HEADRACE_STACK__KAFKA_CONTROLLER_PORT",
+            ),
         ]
 
     def installed(self) -> bool:
@@ -52,9 +56,17 @@ class Kafka(Service):
         shutil.rmtree(partial, ignore_errors=True)
         run_tool(
             self.name,
-            ["mvn", "-B", "-q", "-f", str(self.settings.stack.recipes / "kafka" / "pom.xml"),
-             "dependency:copy-dependencies", "-DincludeScope=runtime",
-             f"-DoutputDirectory={partial}", f"-Dkafka.version={version}"],
+            [
+                "mvn",
+                "-B",
+                "-q",
+                "-f",
+                str(self.settings.stack.recipes / "kafka" / "pom.xml"),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={partial}",
+                f"-Dkafka.version={version}",
+            ],
             what=f"downloading Kafka {version} from Maven Central",
         )
         shutil.rmtree(self.libs, ignore_errors=True)
@@ -97,8 +109,15 @@ class Kafka(Service):
     def _java(self) -> list[str]:
         java = find_java(self.name, 17, self.settings.stack.java_home)
         log4j = self.settings.stack.recipes / "kafka" / "log4j2.properties"
-        return [str(java), "-Xms512m", "-Xmx1g", "-XX:+UseG1GC",
-                f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{self.libs}/*"]
+        return [
+            str(java),
+            "-Xms512m",
+            "-Xmx1g",
+            "-XX:+UseG1GC",
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            f"{self.libs}/*",
+        ]
 
     def launch(self) -> int:
         config = self._write_config()
@@ -106,8 +125,16 @@ class Kafka(Service):
             cluster_id = base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode()
             run_tool(
                 self.name,
-                [*self._java(), "kafka.tools.StorageTool", "format", "--standalone",
-                 "-t", cluster_id, "-c", str(config)],
+                [
+                    *self._java(),
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--standalone",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(config),
+                ],
                 what="formatting the KRaft storage",
             )
         return self.spawn([*self._java(), "kafka.Kafka", str(config)])

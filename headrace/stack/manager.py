@@ -43,8 +43,9 @@ class Stack:
             raise StackError(unknown[0], f"no such service; choose from {', '.join(SERVICE_NAMES)}")
         return [s for name, s in self.services.items() if name in wanted]
 
-    def up(self, names: Iterable[str] = (),
-           progress: Callable[[str], None] = lambda _msg: None) -> list[Outcome]:
+    def up(
+        self, names: Iterable[str] = (), progress: Callable[[str], None] = lambda _msg: None
+    ) -> list[Outcome]:
         services = self.select(names)
         stopped = [s for s in services if s.pid() is None]
         for service in stopped:  # before any download: a taken port fails fast
@@ -61,8 +62,9 @@ class Stack:
             progress(f"starting {service.name}")
             action = service.up()
             log.debug("%s %s at %s", service.name, action, service.address)
-            outcomes.append(Outcome(service.name, service.title, action, service.address,
-                                    service.pid()))
+            outcomes.append(
+                Outcome(service.name, service.title, action, service.address, service.pid())
+            )
         return outcomes
 
     def down(self, names: Iterable[str] = ()) -> list[tuple[str, bool]]:

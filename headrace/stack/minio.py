@@ -35,8 +35,12 @@ class MinIO(Service):
         host, port = self.host_port
         return [
             Port(host, port, "MinIO S3 API", "HEADRACE_OBJECT_STORE__ENDPOINT"),
-            Port(host, self.settings.stack.minio_console_port, "MinIO console",
-                 "HEADRACE_STACK__MINIO_CONSOLE_PORT"),
+            Port(
+                host,
+                self.settings.stack.minio_console_port,
+                "MinIO console",
+                "HEADRACE_STACK__MINIO_CONSOLE_PORT",
+            ),
         ]
 
     def installed(self) -> bool:
@@ -59,9 +63,16 @@ class MinIO(Service):
         host, port = self.host_port
         store = self.settings.object_store
         return self.spawn(
-            [str(self.binary), "server", str(self.home / "data"), "--quiet",
-             "--address", f"{host}:{port}",
-             "--console-address", f"{host}:{self.settings.stack.minio_console_port}"],
+            [
+                str(self.binary),
+                "server",
+                str(self.home / "data"),
+                "--quiet",
+                "--address",
+                f"{host}:{port}",
+                "--console-address",
+                f"{host}:{self.settings.stack.minio_console_port}",
+            ],
             env={
                 "MINIO_ROOT_USER": store.access_key,
                 "MINIO_ROOT_PASSWORD": store.secret_key.get_secret_value(),

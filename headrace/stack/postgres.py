@@ -51,12 +51,19 @@ class Postgres(Service):
     def install(self) -> None:
         apt = shutil.which("apt-get")
         if apt is None or os.geteuid() != 0:
-            raise StackError(self.name, "PostgreSQL is not installed: install Debian's "
-                             "'postgresql' package (needs root and apt-get)")
+            raise StackError(
+                self.name,
+                "PostgreSQL is not installed: install Debian's "
+                "'postgresql' package (needs root and apt-get)",
+            )
         env = {"DEBIAN_FRONTEND": "noninteractive"}
         run_tool(self.name, [apt, "update", "-q"], env=env, what="apt-get update")
-        run_tool(self.name, [apt, "install", "-y", "-q", "--no-install-recommends", "postgresql"],
-                 env=env, what="installing Debian's postgresql package")
+        run_tool(
+            self.name,
+            [apt, "install", "-y", "-q", "--no-install-recommends", "postgresql"],
+            env=env,
+            what="installing Debian's postgresql package",
+        )
 
     def _bin(self, tool: str) -> str:
         bindir = find_bindir()
@@ -82,8 +89,11 @@ class Postgres(Service):
                 self._as_owner(["test", "-w", str(self.home)]), check=False
             )
             if probe.returncode != 0:
-                raise StackError(self.name, f"the {SERVICE_USER} user cannot reach {self.home}: "
-                                 "give its parent directories o+x")
+                raise StackError(
+                    self.name,
+                    f"the {SERVICE_USER} user cannot reach {self.home}: "
+                    "give its parent directories o+x",
+                )
 
     def _initdb(self) -> None:
         pg = self.settings.postgres
@@ -94,9 +104,21 @@ class Postgres(Service):
                 shutil.chown(pwfile.name, SERVICE_USER, SERVICE_USER)
             run_tool(
                 self.name,
-                self._as_owner([self._bin("initdb"), "-D", str(self.data), "-U", pg.user,
-                                f"--pwfile={pwfile.name}", "--auth-local=trust",
-                                "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"]),
+                self._as_owner(
+                    [
+                        self._bin("initdb"),
+                        "-D",
+                        str(self.data),
+                        "-U",
+                        pg.user,
+                        f"--pwfile={pwfile.name}",
+                        "--auth-local=trust",
+                        "--auth-host=scram-sha-256",
+                        "-E",
+                        "UTF8",
+                        "--locale=C.UTF-8",
+                    ]
+                ),
                 what="initdb",
             )
         finally:
@@ -112,13 +134,29 @@ class Postgres(Service):
         pg = self.settings.postgres
         options = " ".join(
             f"-c {shlex.quote(setting)}"
-            for setting in (f"listen_addresses={pg.host}", f"port={pg.port}",
-                            f"unix_socket_directories={self.home / 'run'}")
+            for setting in (
+                f"listen_addresses={pg.host}",
+                f"port={pg.port}",
+                f"unix_socket_directories={self.home / 'run'}",
+            )
         )
         run_tool(
             self.name,
-            self._as_owner([self._bin("pg_ctl"), "-D", str(self.data), "-l", str(self.logfile),
-                            "-o", options, "-w", "-t", "60", "start"]),
+            self._as_owner(
+                [
+                    self._bin("pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.logfile),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
+            ),
             what="pg_ctl start",
         )
         pid = self.pid()
@@ -151,8 +189,13 @@ class Postgres(Service):
         if pid is None:
             return False
         try:
-            run_tool(self.name, self._as_owner([self._bin("pg_ctl"), "-D", str(self.data),
-                                                "-m", "fast", "-w", "stop"]), what="pg_ctl stop")
+            run_tool(
+                self.name,
+                self._as_owner(
+                    [self._bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"]
+                ),
+                what="pg_ctl stop",
+            )
         except StackError:
             stop_group(pid)
         return True

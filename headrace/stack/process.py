@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,6 +13,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from headrace.errors import StackError
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+# Services this process started, kept so that Python neither warns about nor
+# forgets a child it must reap; the pid file is the record across processes.
+_children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def split_host_port(address: str, default_port: int) -> tuple[str, int]:
@@ -78,6 +85,7 @@ def spawn(
             )
         except OSError as exc:
             raise StackError(service, f"cannot run {argv[0]}: {exc.strerror}") from None
+    _children[proc.pid] = proc
     pidfile.write_text(f"{proc.pid}\n")
     return proc.pid
 
@@ -96,8 +104,10 @@ def stop_group(pid: int, *, grace_s: float = 30.0) -> None:
 
 
 def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+    """Collect the exit status of a child of ours, so it does not linger as a zombie."""
+    proc = _children.get(pid)
+    if proc is not None and proc.poll() is not None:
+        del _children[pid]
 
 
 def wait_until(
@@ -122,11 +132,13 @@ def wait_until(
     raise StackError(service, f"did not become ready within {timeout_s:.0f}s{_tail(logfile)}")
 
 
-def _tail(logfile: Path | None, lines: int = 5) -> str:
+def _tail(logfile: Path | None) -> str:
+    """``": <last log line> (log: PATH)"``, one line, for an error message."""
     if logfile is None or not logfile.exists():
         return ""
-    text = logfile.read_text(errors="replace").strip().splitlines()[-lines:]
-    return f"; see {logfile}; last lines:\n  " + "\n  ".join(text) if text else f"; see {logfile}"
+    lines = logfile.read_text(errors="replace").strip().splitlines()
+    last = lines[-1].strip()[:300] if lines else "(empty log)"
+    return f": {last} (log: {logfile})"
 
 
 def run_tool(
@@ -154,17 +166,18 @@ def run_tool(
     except subprocess.TimeoutExpired:
         raise StackError(service, f"{what}: timed out after {timeout_s:.0f}s") from None
     if done.returncode != 0:
-        output = (done.stdout + done.stderr).strip().splitlines()
-        detail = "\n  ".join(_meaningful(output)[-6:]) or f"exit code {done.returncode}"
-        raise StackError(service, f"{what} failed:\n  {detail}")
+        output = _meaningful((done.stdout + done.stderr).splitlines())
+        errors = [line for line in output if "ERROR" in line or "error" in line.lower()]
+        detail = (errors or output or [f"exit code {done.returncode}"])[0][:400]
+        raise StackError(service, f"{what} failed: {detail}")
     return done.stdout
 
 
 def _meaningful(lines: list[str]) -> list[str]:
-    """Drop the ANSI noise and blank lines that build tools print."""
+    """Drop the colour codes, blank lines and [INFO] chatter that build tools print."""
     keep = []
     for line in lines:
-        clean = line.replace("\x1b[0m", "").replace("\x1b[1m", "").strip()
+        clean = _ANSI.sub("", line).strip()
         if clean and not clean.startswith("[INFO]"):
             keep.append(clean)
     return keep

@@ -39,8 +39,12 @@ class Registry(Service):
         host, port = self.host_port
         return [
             Port(host, port, "registry HTTP API", "HEADRACE_REGISTRY__URL"),
-            Port(host, self.settings.stack.registry_management_port, "registry management",
-                 "HEADRACE_STACK__REGISTRY_MANAGEMENT_PORT"),
+            Port(
+                host,
+                self.settings.stack.registry_management_port,
+                "registry management",
+                "HEADRACE_STACK__REGISTRY_MANAGEMENT_PORT",
+            ),
         ]
 
     def installed(self) -> bool:
@@ -54,9 +58,14 @@ class Registry(Service):
         shutil.rmtree(download, ignore_errors=True)
         run_tool(
             self.name,
-            ["mvn", "-B", "-q", "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy",
-             f"-Dartifact=io.apicurio:apicurio-registry-app:{version}:tar.gz:all",
-             f"-DoutputDirectory={download}"],
+            [
+                "mvn",
+                "-B",
+                "-q",
+                "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy",
+                f"-Dartifact=io.apicurio:apicurio-registry-app:{version}:tar.gz:all",
+                f"-DoutputDirectory={download}",
+            ],
             what=f"downloading Apicurio Registry {version} from Maven Central",
         )
         partial = self.app.with_name(self.app.name + ".partial")
@@ -79,14 +88,18 @@ class Registry(Service):
         database = self.home / "data" / "registry"
         return self.spawn(
             [
-                str(java), "-Xms256m", "-Xmx768m",
-                f"-Dquarkus.http.host={host}", f"-Dquarkus.http.port={port}",
+                str(java),
+                "-Xms256m",
+                "-Xmx768m",
+                f"-Dquarkus.http.host={host}",
+                f"-Dquarkus.http.port={port}",
                 f"-Dquarkus.management.host={host}",
                 f"-Dquarkus.management.port={self.settings.stack.registry_management_port}",
                 # Apicurio's global rule defaults to NONE; Confluent's to BACKWARD.
                 "-Dapicurio.rules.global.compatibility=BACKWARD",
                 f"-Dapicurio.datasource.url=jdbc:h2:file:{database}",
-                "-jar", "quarkus-run.jar",
+                "-jar",
+                "quarkus-run.jar",
             ],
             cwd=self.app,
         )

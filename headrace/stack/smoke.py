@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import psycopg
@@ -55,13 +56,17 @@ def run_smoke(settings: Settings) -> list[Row]:
 def _kafka_and_registry(settings: Settings, registry: SchemaRegistryClient, run: str) -> list[Row]:
     topic = f"headrace.smoke-{run}"
     admin = make_admin(settings.kafka)
-    ensure_topics(admin, [topic], partitions=3, replication_factor=settings.kafka.replication_factor)
+    ensure_topics(
+        admin, [topic], partitions=3, replication_factor=settings.kafka.replication_factor
+    )
     # The topic strategy, named: newer clients first ask /associations by default.
     strategy = {"subject.name.strategy": topic_subject_name_strategy}
     serialize = AvroSerializer(registry, SCHEMA, conf=strategy)
     context = SerializationContext(topic, MessageField.VALUE)
-    sent = [{"seq": i, "path": f"smoke/{i}.txt", "sha256": hashlib.sha256(b"%d" % i).hexdigest()}
-            for i in range(RECORDS)]
+    sent: list[dict[str, Any]] = [
+        {"seq": i, "path": f"smoke/{i}.txt", "sha256": hashlib.sha256(b"%d" % i).hexdigest()}
+        for i in range(RECORDS)
+    ]
     failures: list[KafkaError] = []
 
     def delivered(err: KafkaError | None, _msg: Message) -> None:
@@ -71,15 +76,16 @@ def _kafka_and_registry(settings: Settings, registry: SchemaRegistryClient, run:
     producer = make_producer(settings.kafka)
     started = time.perf_counter()
     for record in sent:
-        producer.produce(topic, key=record["path"], value=serialize(record, context),
-                         on_delivery=delivered)
+        producer.produce(
+            topic, key=record["path"], value=serialize(record, context), on_delivery=delivered
+        )
     if producer.flush(30) or failures:
         raise SmokeFailed(f"kafka: {len(failures)} records not delivered: {failures[:1]}")
     produced_s = time.perf_counter() - started
 
     deserialize = AvroDeserializer(registry, conf=strategy)
     consumer = make_consumer(settings.kafka, f"headrace-smoke-{run}")
-    received = []
+    received: list[tuple[dict[str, Any], int]] = []
     try:
         consumer.subscribe([topic])
         deadline = time.monotonic() + 60
@@ -89,19 +95,24 @@ def _kafka_and_registry(settings: Settings, registry: SchemaRegistryClient, run:
                 continue
             if msg.error():
                 raise SmokeFailed(f"kafka: consume error {msg.error()}")
-            schema_id = int.from_bytes(msg.value()[1:5], "big")
-            received.append((deserialize(msg.value(), context), schema_id))
+            value = msg.value() or b""
+            received.append((deserialize(value, context), int.from_bytes(value[1:5], "big")))
     finally:
         consumer.close()
     admin.delete_topics([topic])
     if sorted((r for r, _ in received), key=lambda r: r["seq"]) != sent:
-        raise SmokeFailed(f"kafka: sent {RECORDS} records, read back {len(received)} different ones")
+        raise SmokeFailed(
+            f"kafka: sent {RECORDS} records, read back {len(received)} different ones"
+        )
     registered = registry.get_latest_version(f"{topic}-value").schema_id
     if {schema_id for _, schema_id in received} != {registered}:
         raise SmokeFailed("registry: messages carry a schema id the registry did not assign")
     return [
-        ("kafka", f"{RECORDS} Avro records produced (idempotent, acks=all) and consumed",
-         f"ok in {produced_s * 1000:.0f} ms"),
+        (
+            "kafka",
+            f"{RECORDS} Avro records produced (idempotent, acks=all) and consumed",
+            f"ok in {produced_s * 1000:.0f} ms",
+        ),
         ("registry", f"subject {topic}-value", f"schema id {registered}"),
     ]
 
@@ -131,5 +142,8 @@ def _postgres(settings: Settings) -> Row:
         version = conn.execute("SHOW server_version").fetchone()
     if row is None or bytes(row[0]) != payload:
         raise SmokeFailed("postgres: the row read back differs from the row written")
-    return ("postgres", "bytea row written and read back",
-            f"ok, PostgreSQL {version[0] if version else '?'}")
+    return (
+        "postgres",
+        "bytea row written and read back",
+        f"ok, PostgreSQL {version[0] if version else '?'}",
+    )

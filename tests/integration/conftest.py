@@ -30,19 +30,19 @@ def resolver(base_settings: Settings) -> Iterator[ServiceResolver]:
 
 @pytest.fixture(scope="session")
 def kafka(resolver: ServiceResolver) -> KafkaSettings:
-    return resolver.require( "kafka").kafka
+    return resolver.require("kafka").kafka
 
 
 @pytest.fixture(scope="session")
 def registry(resolver: ServiceResolver) -> RegistrySettings:
-    return resolver.require( "registry").registry
+    return resolver.require("registry").registry
 
 
 @pytest.fixture(scope="session")
 def object_store(resolver: ServiceResolver) -> ObjectStoreSettings:
-    return resolver.require( "minio").object_store
+    return resolver.require("minio").object_store
 
 
 @pytest.fixture(scope="session")
 def postgres(resolver: ServiceResolver) -> PostgresSettings:
-    return resolver.require( "postgres").postgres
+    return resolver.require("postgres").postgres

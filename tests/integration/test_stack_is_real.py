@@ -55,8 +55,9 @@ def _round_trip(kafka: KafkaSettings, client: SchemaRegistryClient, topic: str) 
     producer = make_producer(kafka)
     assert producer_config_is_idempotent(kafka)
     for record in sent:
-        producer.produce(topic, key=str(record["n"]), value=serialize(record, ctx),
-                         on_delivery=on_delivery)
+        producer.produce(
+            topic, key=str(record["n"]), value=serialize(record, ctx), on_delivery=on_delivery
+        )
     assert producer.flush(30) == 0
     assert errors == []
 

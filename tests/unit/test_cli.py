@@ -94,7 +94,9 @@ def taken_port() -> Iterator[int]:
 
 
 def test_port_taken_by_another_process_is_one_clear_line(
-    taken_port: int, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    taken_port: int,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("HEADRACE_STACK__HOME", str(tmp_path))
@@ -108,7 +110,9 @@ def test_port_taken_by_another_process_is_one_clear_line(
 
 
 def test_status_of_a_stack_that_is_not_running_exits_3(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
     taken_port: int,
 ) -> None:
     monkeypatch.setenv("HEADRACE_STACK__HOME", str(tmp_path))

@@ -72,7 +72,10 @@ def test_postgres_matches(compose: dict[str, Any], defaults: Settings) -> None:
     assert host_ports(postgres) == {5432: pg.port}
     env = postgres["environment"]
     assert (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], env["POSTGRES_DB"]) == (
-        pg.user, pg.password.get_secret_value(), pg.database)
+        pg.user,
+        pg.password.get_secret_value(),
+        pg.database,
+    )
 
 
 def test_testcontainers_use_the_compose_images(compose: dict[str, Any]) -> None:

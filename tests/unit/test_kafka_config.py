@@ -27,8 +27,12 @@ def test_overrides_and_extra_keys_reach_librdkafka() -> None:
 
 
 def test_sasl_secret_is_unwrapped_only_at_the_edge() -> None:
-    settings = KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="PLAIN",
-                             sasl_username="svc", sasl_password=SecretStr("pw-123"))
+    settings = KafkaSettings(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="PLAIN",
+        sasl_username="svc",
+        sasl_password=SecretStr("pw-123"),
+    )
     assert "pw-123" not in repr(settings)
     config = client_config(settings)
     assert config["sasl.password"] == "pw-123"

@@ -50,8 +50,10 @@ def test_config_file_sits_below_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = tmp_path / "headrace.toml"
-    config.write_text('[kafka]\nclient_id = "from-file"\nbootstrap_servers = "file:9092"\n'
-                      '[kafka.topics]\nfile_events = "files"\n')
+    config.write_text(
+        '[kafka]\nclient_id = "from-file"\nbootstrap_servers = "file:9092"\n'
+        '[kafka.topics]\nfile_events = "files"\n'
+    )
     monkeypatch.setenv("HEADRACE_KAFKA__BOOTSTRAP_SERVERS", "env:9092")
     settings = load_settings(config)
     assert settings.kafka.client_id == "from-file"

@@ -1,6 +1,6 @@
 import io
-from collections.abc import Iterator
 import logging
+from collections.abc import Iterator
 
 import orjson
 import pytest

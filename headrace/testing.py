@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -22,6 +23,7 @@ import httpx
 from headrace.settings import Settings
 from headrace.stack.base import Service
 from headrace.stack.manager import Stack
+from headrace.stack.process import split_host_port
 
 # The variables that, when set, name a service's address explicitly.
 EXPLICIT_ENV: dict[str, tuple[str, ...]] = {
@@ -127,14 +129,26 @@ def _answers(service: Service) -> bool:
         return False
 
 
-def docker_engine_answers() -> bool:
-    try:
-        import docker
-
-        docker.from_env(timeout=3).ping()
-    except Exception:  # no engine, no socket, no permission: all mean "no Docker"
+def docker_engine_answers(env: Mapping[str, str] | None = None) -> bool:
+    """Whether a Docker engine answers ``GET /_ping`` at DOCKER_HOST or the default socket."""
+    host = (env if env is not None else os.environ).get(
+        "DOCKER_HOST", "unix:///var/run/docker.sock"
+    )
+    address: str | tuple[str, int]
+    if host.startswith("unix://"):
+        family, address = socket.AF_UNIX, host.removeprefix("unix://")
+    elif host.startswith("tcp://"):
+        family, address = socket.AF_INET, split_host_port(host.removeprefix("tcp://"), 2375)
+    else:
         return False
-    return True
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(3.0)
+            sock.connect(address)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            return sock.recv(64).split(b" ")[1:2] == [b"200"]
+    except OSError:
+        return False
 
 
 # --- testcontainers, for hosts that have a Docker engine -------------------------

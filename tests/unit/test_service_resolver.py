@@ -4,11 +4,12 @@ import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import pytest
 
 from headrace.settings import RegistrySettings, Settings
-from headrace.testing import Found, Missing, ServiceResolver, in_ci
+from headrace.testing import Found, Missing, ServiceResolver, docker_engine_answers, in_ci
 
 
 def closed_port() -> int:
@@ -92,3 +93,27 @@ def test_outside_ci_a_missing_service_skips() -> None:
 )
 def test_ci_flag(value: str, expected: bool) -> None:
     assert in_ci({"CI": value}) is expected
+
+
+def test_no_docker_engine_is_detected_without_leaking(tmp_path: Path) -> None:
+    assert docker_engine_answers({"DOCKER_HOST": f"unix://{tmp_path}/docker.sock"}) is False
+    assert docker_engine_answers({"DOCKER_HOST": f"tcp://127.0.0.1:{closed_port()}"}) is False
+    assert docker_engine_answers({"DOCKER_HOST": "ssh://somewhere"}) is False
+
+
+def test_a_docker_engine_that_answers_ping_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "docker.sock"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        server.listen()
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        assert docker_engine_answers({"DOCKER_HOST": f"unix://{path}"}) is True
+        thread.join(5)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import base64
 import secrets
-import shutil
 from pathlib import Path
 
 from confluent_kafka import KafkaException
 
-from headrace.errors import StackError
 from headrace.kafka import make_admin
 from headrace.stack.base import Port, Service
 from headrace.stack.java import find_java
-from headrace.stack.process import port_open, run_tool, split_host_port
+from headrace.stack.process import maven, port_open, replacing, run_tool, split_host_port
 
 
 class Kafka(Service):
@@ -46,32 +44,23 @@ class Kafka(Service):
         ]
 
     def installed(self) -> bool:
-        return (self.libs / ".complete").exists()
+        return self.libs.is_dir()
 
     def install(self) -> None:
-        if shutil.which("mvn") is None:
-            raise StackError(self.name, "Maven (mvn) is needed to fetch Kafka from Maven Central")
         version = self.settings.stack.kafka_version
-        partial = self.libs.with_name(self.libs.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        run_tool(
-            self.name,
-            [
-                "mvn",
-                "-B",
-                "-q",
-                "-f",
-                str(self.settings.stack.recipes / "kafka" / "pom.xml"),
-                "dependency:copy-dependencies",
-                "-DincludeScope=runtime",
-                f"-DoutputDirectory={partial}",
-                f"-Dkafka.version={version}",
-            ],
-            what=f"downloading Kafka {version} from Maven Central",
-        )
-        shutil.rmtree(self.libs, ignore_errors=True)
-        partial.rename(self.libs)
-        (self.libs / ".complete").write_text(version)
+        with replacing(self.libs) as libs:
+            maven(
+                self.name,
+                [
+                    "-f",
+                    str(self.settings.stack.recipes / "kafka" / "pom.xml"),
+                    "dependency:copy-dependencies",
+                    "-DincludeScope=runtime",
+                    f"-DoutputDirectory={libs}",
+                    f"-Dkafka.version={version}",
+                ],
+                what=f"downloading Kafka {version} from Maven Central",
+            )
 
     def _write_config(self) -> Path:
         host, port = self.host_port

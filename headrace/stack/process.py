@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from headrace.errors import StackError
@@ -51,13 +52,30 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def read_pid(pidfile: Path) -> int | None:
-    """The pid recorded in ``pidfile`` if that process still runs, else None."""
+def _started_at(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), to tell reused pids apart."""
     try:
-        pid = int(pidfile.read_text().split()[0])
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def read_pid(pidfile: Path) -> int | None:
+    """The pid recorded in ``pidfile`` if that same process still runs, else None.
+
+    The first line is ``PID [START_TIME]``: headrace's pid files record the start
+    time; PostgreSQL's postmaster.pid has the pid alone there, and more lines.
+    """
+    try:
+        fields = pidfile.read_text().splitlines()[0].split()
+        pid = int(fields[0])
     except (OSError, ValueError, IndexError):
         return None
-    return pid if pid_alive(pid) else None
+    if not pid_alive(pid):
+        return None
+    if len(fields) > 1 and fields[1] != _started_at(pid):
+        return None  # the pid now belongs to another process
+    return pid
 
 
 def spawn(
@@ -86,7 +104,7 @@ def spawn(
         except OSError as exc:
             raise StackError(service, f"cannot run {argv[0]}: {exc.strerror}") from None
     _children[proc.pid] = proc
-    pidfile.write_text(f"{proc.pid}\n")
+    pidfile.write_text(f"{proc.pid} {_started_at(proc.pid) or ''}\n")
     return proc.pid
 
 
@@ -171,6 +189,22 @@ def run_tool(
         detail = (errors or output or [f"exit code {done.returncode}"])[0][:400]
         raise StackError(service, f"{what} failed: {detail}")
     return done.stdout
+
+
+def maven(service: str, goals: Sequence[str], *, what: str) -> None:
+    """Run Maven quietly in batch mode; its own ~/.m2 caches every download."""
+    run_tool(service, ["mvn", "-B", "-q", *goals], what=what)
+
+
+@contextlib.contextmanager
+def replacing(target: Path) -> Iterator[Path]:
+    """Build into ``TARGET.partial``, then swap it in whole: a half-done install never
+    looks installed."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    yield partial
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
 
 
 def _meaningful(lines: list[str]) -> list[str]:

@@ -12,7 +12,7 @@ import httpx
 from headrace.errors import StackError
 from headrace.stack.base import Port, Service
 from headrace.stack.java import find_java
-from headrace.stack.process import run_tool
+from headrace.stack.process import maven, replacing
 
 # Apicurio 3.3 is compiled for Java 21 (class file version 65).
 REGISTRY_JAVA = 21
@@ -51,33 +51,27 @@ class Registry(Service):
         return (self.app / "quarkus-run.jar").exists()
 
     def install(self) -> None:
-        if shutil.which("mvn") is None:
-            raise StackError(self.name, "Maven (mvn) is needed to fetch the registry")
         version = self.settings.stack.registry_version
         download = self.home / "download"
         shutil.rmtree(download, ignore_errors=True)
-        run_tool(
+        maven(
             self.name,
             [
-                "mvn",
-                "-B",
-                "-q",
                 "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy",
                 f"-Dartifact=io.apicurio:apicurio-registry-app:{version}:tar.gz:all",
                 f"-DoutputDirectory={download}",
             ],
             what=f"downloading Apicurio Registry {version} from Maven Central",
         )
-        partial = self.app.with_name(self.app.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        for archive in download.glob("*.tar.gz"):
-            with tarfile.open(archive) as tar:
-                tar.extractall(partial, filter="data")
-        shutil.rmtree(download, ignore_errors=True)
-        if not (partial / "quarkus-run.jar").exists():
-            raise StackError(self.name, f"the Apicurio {version} archive has no quarkus-run.jar")
-        shutil.rmtree(self.app, ignore_errors=True)
-        partial.rename(self.app)
+        with replacing(self.app) as app:
+            for archive in download.glob("*.tar.gz"):
+                with tarfile.open(archive) as tar:
+                    tar.extractall(app, filter="data")
+            shutil.rmtree(download, ignore_errors=True)
+            if not (app / "quarkus-run.jar").exists():
+                raise StackError(
+                    self.name, f"the Apicurio {version} archive has no quarkus-run.jar"
+                )
 
     def launch(self) -> int:
         host, port = self.host_port

@@ -105,3 +105,18 @@ def test_a_service_that_dies_while_starting_fails_fast(tmp_path: Path) -> None:
 def test_a_service_that_never_answers_times_out(tmp_path: Path) -> None:
     with pytest.raises(StackError, match="svc: did not become ready within 1s"):
         wait_until("svc", lambda: False, timeout_s=1, interval_s=0.1)
+
+
+def test_a_pid_file_naming_a_reused_pid_is_stale(tmp_path: Path) -> None:
+    pidfile = tmp_path / "svc.pid"
+    # Our own pid is alive, but it did not start at the recorded time.
+    pidfile.write_text(f"{os.getpid()} 1\n")
+    assert read_pid(pidfile) is None
+    pidfile.write_text(f"{os.getpid()}\n")
+    assert read_pid(pidfile) == os.getpid()
+
+
+def test_postgres_pid_file_is_read_by_its_first_line(tmp_path: Path) -> None:
+    postmaster = tmp_path / "postmaster.pid"
+    postmaster.write_text(f"{os.getpid()}\n/var/lib/data\n1700000000\n15432\n")
+    assert read_pid(postmaster) == os.getpid()

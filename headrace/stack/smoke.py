@@ -17,14 +17,15 @@ from typing import Any
 import httpx
 import psycopg
 from confluent_kafka import KafkaError, Message
-from confluent_kafka.schema_registry import SchemaRegistryClient, topic_subject_name_strategy
+from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from headrace.errors import HeadraceError
 from headrace.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from headrace.s3 import make_minio
-from headrace.settings import RegistrySettings, Settings
+from headrace.settings import Settings
+from schemas.registry import SUBJECT_STRATEGY, make_registry_client
 
 Row = tuple[str, str, str]
 RECORDS = 100
@@ -39,16 +40,9 @@ class SmokeFailed(HeadraceError):
     """A service answered, but not with what was sent."""
 
 
-def registry_client(settings: RegistrySettings) -> SchemaRegistryClient:
-    conf: dict[str, str] = {"url": settings.url}
-    if settings.username and settings.password is not None:
-        conf["basic.auth.user.info"] = f"{settings.username}:{settings.password.get_secret_value()}"
-    return SchemaRegistryClient(conf)
-
-
 def run_smoke(settings: Settings) -> list[Row]:
     run = uuid.uuid4().hex[:8]
-    with registry_client(settings.registry) as registry:
+    with make_registry_client(settings.registry) as registry:
         rows = _kafka_and_registry(settings, registry, run)
     return [*rows, _object_store(settings), _postgres(settings)]
 
@@ -59,8 +53,7 @@ def _kafka_and_registry(settings: Settings, registry: SchemaRegistryClient, run:
     ensure_topics(
         admin, [topic], partitions=3, replication_factor=settings.kafka.replication_factor
     )
-    # The topic strategy, named: newer clients first ask /associations by default.
-    strategy = {"subject.name.strategy": topic_subject_name_strategy}
+    strategy = SUBJECT_STRATEGY
     serialize = AvroSerializer(registry, SCHEMA, conf=strategy)
     context = SerializationContext(topic, MessageField.VALUE)
     sent: list[dict[str, Any]] = [

@@ -1,0 +1,286 @@
+"""The events as typed, frozen models, and their Avro records.
+
+Enum members are named exactly as their Avro symbols (``Op.UPSERT`` is the
+symbol ``UPSERT``); their values are the words people type (``upsert``).
+``to_avro`` and ``from_avro`` convert between a model and the plain dict that
+fastavro writes and reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import types
+import typing
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from enum import Enum, StrEnum
+from typing import Annotated, Any, ClassVar, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from schemas.catalog import EventType
+
+
+class Op(StrEnum):
+    UPSERT = "upsert"
+    DELETE = "delete"
+
+
+class ContentStrategy(StrEnum):
+    INLINE = "inline"
+    OBJECT_STORAGE = "object_storage"
+    GIT_REFERENCE = "git_reference"
+
+
+class TextEncoding(StrEnum):
+    UTF_8 = "utf-8"
+    LATIN_1 = "latin-1"
+    BINARY = "binary"
+
+
+class RunEventKind(StrEnum):
+    STARTED = "started"
+    COMPLETED = "completed"
+
+
+class SkipReason(StrEnum):
+    OTHER = "other"
+    TOO_LARGE = "too_large"
+    EXCLUDED = "excluded"
+    LFS_POINTER = "lfs_pointer"
+    SYMLINK_OUTSIDE_ROOT = "symlink_outside_root"
+    UNREADABLE = "unreadable"
+
+
+class VerificationStatus(StrEnum):
+    ERROR = "error"
+    OK = "ok"
+    MISMATCH = "mismatch"
+    MISSING = "missing"
+
+
+class DeadLetterReason(StrEnum):
+    OTHER = "other"
+    DESERIALIZATION = "deserialization"
+    SCHEMA = "schema"
+    PAYLOAD_MISSING = "payload_missing"
+    CHECKSUM_MISMATCH = "checksum_mismatch"
+    STORAGE_CONSTRAINT = "storage_constraint"
+
+
+def _to_millis(value: datetime) -> datetime:
+    """Avro's timestamp-millis keeps milliseconds in UTC: so does the model."""
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).replace(microsecond=aware.microsecond // 1000 * 1000)
+
+
+Millis = Annotated[datetime, AfterValidator(_to_millis)]
+
+
+def _enum_of(annotation: Any) -> type[Enum] | None:
+    """The Enum class in ``annotation`` (``E`` or ``E | None``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if isinstance(arg, type) and issubclass(arg, Enum):
+                return arg
+    return None
+
+
+class AvroRecord(BaseModel):
+    """A frozen model that converts to and from its Avro record."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _symbols_to_members(cls, data: Any) -> Any:
+        """Accept Avro enum symbols (``"UPSERT"``) where a member is expected."""
+        if not isinstance(data, dict):
+            return data
+        converted = dict(data)
+        for name, field in cls.model_fields.items():
+            enum = _enum_of(field.annotation)
+            value = converted.get(name)
+            if enum is not None and isinstance(value, str) and value in enum.__members__:
+                converted[name] = enum[value]
+        return converted
+
+    def to_avro(self) -> dict[str, Any]:
+        return {name: _to_avro(getattr(self, name)) for name in type(self).model_fields}
+
+    @classmethod
+    def from_avro(cls, record: dict[str, Any]) -> Self:
+        return cls.model_validate(record)
+
+
+def _to_avro(value: Any) -> Any:
+    if isinstance(value, AvroRecord):
+        return value.to_avro()
+    if isinstance(value, Enum):
+        return value.name
+    if isinstance(value, list | tuple):
+        return [_to_avro(v) for v in value]
+    return value
+
+
+class Event(AvroRecord):
+    """An event with a schema of its own in schemas/avro/."""
+
+    event_type: ClassVar[EventType]
+
+
+# --- FileEvent -------------------------------------------------------------------
+
+
+class InlineContent(AvroRecord):
+    data: bytes
+    encoding: TextEncoding
+
+
+class ObjectReference(AvroRecord):
+    bucket: str
+    key: str
+    url: str | None = None
+    expires_at: Millis | None = None
+
+
+class GitReference(AvroRecord):
+    url: str
+    commit: str
+    ref: str | None = None
+    path: str
+    blob_id: str
+
+
+def derive_event_id(run_id: str, project: str, path: str, op: Op, checksum: str) -> str:
+    """The deterministic event id: a retry, a resumed run or a replay makes the same one."""
+    material = "\x1f".join((run_id, project, path, op.name, checksum)).encode()
+    return hashlib.sha256(material).hexdigest()[:32]
+
+
+class FileEvent(Event):
+    """A file's version or deletion (v2 shape); v1 data arrives with ``local_path`` set."""
+
+    event_type: ClassVar[EventType] = EventType.FILE_EVENT
+
+    project: str
+    path: str
+    size: int = Field(ge=0)
+    checksum: str
+    local_path: str | None = None
+    event_id: str = ""
+    run_id: str | None = None
+    op: Op = Op.UPSERT
+    content_strategy: ContentStrategy | None = None
+    inline: InlineContent | None = None
+    object_ref: ObjectReference | None = None
+    git_ref: GitReference | None = None
+    producer_version: str | None = None
+    event_time: Millis | None = None
+
+    @model_validator(mode="after")
+    def _fill_event_id(self) -> Self:
+        if not self.event_id:
+            derived = derive_event_id(
+                self.run_id or "", self.project, self.path, self.op, self.checksum
+            )
+            object.__setattr__(self, "event_id", derived)
+        return self
+
+    @property
+    def is_legacy(self) -> bool:
+        """Written as v1: only the producer's disk path tells where the content is."""
+        return self.local_path is not None and self.content_strategy is None
+
+
+# --- RunEvent --------------------------------------------------------------------
+
+
+class RunCounts(AvroRecord):
+    files: int = 0
+    bytes: int = 0
+    inline: int = 0
+    object_storage: int = 0
+    git_reference: int = 0
+    deleted: int = 0
+    skipped: int = 0
+
+
+class SkippedFile(AvroRecord):
+    path: str
+    reason: SkipReason
+    detail: str | None = None
+
+
+def run_digest(files: Iterable[tuple[str, str]]) -> str:
+    """sha256 over the sorted ``path NUL sha256 LF`` lines: proves a sink holds exactly a run."""
+    digest = hashlib.sha256()
+    for path, checksum in sorted(files):
+        digest.update(f"{path}\0{checksum}\n".encode())
+    return digest.hexdigest()
+
+
+class RunEvent(Event):
+    event_type: ClassVar[EventType] = EventType.RUN_EVENT
+
+    run_id: str
+    kind: RunEventKind
+    project: str
+    source: str
+    commit: str | None = None
+    event_time: Millis
+    producer_version: str | None = None
+    counts: RunCounts | None = None
+    skipped: list[SkippedFile] = Field(default_factory=list)
+    digest: str | None = None
+
+
+# --- VerificationEvent and DeadLetter ----------------------------------------------
+
+
+class VerificationEvent(Event):
+    event_type: ClassVar[EventType] = EventType.VERIFICATION_EVENT
+
+    event_id: str
+    run_id: str | None = None
+    project: str
+    path: str
+    status: VerificationStatus
+    expected_checksum: str
+    actual_checksum: str | None = None
+    expected_size: int
+    actual_size: int | None = None
+    detail: str | None = None
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    verifier: str
+    verified_at: Millis
+
+
+class Header(AvroRecord):
+    key: str
+    value: bytes | None = None
+
+
+class DeadLetter(Event):
+    event_type: ClassVar[EventType] = EventType.DEAD_LETTER
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None
+    value: bytes | None = None
+    headers: list[Header] = Field(default_factory=list)
+    reason: DeadLetterReason
+    error: str
+    group: str
+    attempts: int
+    failed_at: Millis
+
+
+EVENT_MODELS: dict[EventType, type[Event]] = {
+    model.event_type: model for model in (FileEvent, RunEvent, VerificationEvent, DeadLetter)
+}

@@ -1,0 +1,159 @@
+"""Events in the Confluent wire format: magic byte 0, 4-byte schema id, Avro body.
+
+Serializers are callables ``(event, ctx) -> bytes``; deserializers
+``(bytes, ctx) -> event``. Writing goes through confluent-kafka's
+``AvroSerializer`` (which registers or looks up the schema, subject per topic).
+Reading resolves *any* registered writer version into the local reader schema
+with fastavro, and turns every way bytes can be wrong into one typed, terminal
+:class:`~schemas.errors.DeserializationError` that names the reason; only a
+registry that does not answer is transient.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from typing import Any, Generic, TypeVar
+
+import fastavro
+import httpx2
+import orjson
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from confluent_kafka.serialization import SerializationContext
+from fastavro.read import SchemaResolutionError
+from pydantic import ValidationError
+
+from schemas import catalog
+from schemas.catalog import EventType
+from schemas.errors import DeserializationError, RegistryUnavailable
+from schemas.errors import DeserializationReason as Reason
+from schemas.models import EVENT_MODELS, Event
+from schemas.registry import SUBJECT_STRATEGY, explain
+
+E = TypeVar("E", bound=Event)
+MAGIC_BYTE = 0
+HEADER_SIZE = 5
+
+
+def _registry_url(client: SchemaRegistryClient) -> str:
+    """The registry's URL, for messages (the client's config also holds credentials)."""
+    conf: dict[str, Any] = client.config()  # type: ignore[no-untyped-call]
+    return str(conf.get("url", "the schema registry")).split(",")[0]
+
+
+class EventSerializer:
+    """``(event, ctx) -> bytes``: the latest local schema of the event's type."""
+
+    def __init__(
+        self, client: SchemaRegistryClient, event_type: EventType, *, auto_register: bool = True
+    ) -> None:
+        self.event_type = event_type
+        self.model = EVENT_MODELS[event_type]
+        self._client = client
+        self._inner = AvroSerializer(
+            client,
+            catalog.latest(event_type).text,
+            to_dict=lambda event, _ctx: event.to_avro(),
+            conf={"auto.register.schemas": auto_register, **SUBJECT_STRATEGY},
+        )
+
+    def __call__(self, event: Event, ctx: SerializationContext) -> bytes:
+        if not isinstance(event, self.model):
+            raise TypeError(f"expected {self.model.__name__}, got {type(event).__name__}")
+        try:
+            data: bytes = self._inner(event, ctx)
+        except SchemaRegistryError as exc:
+            raise explain(exc, f"serializing {self.event_type.value} to {ctx.topic}") from None
+        except httpx2.TransportError as exc:
+            raise RegistryUnavailable(_registry_url(self._client), str(exc)) from None
+        return data
+
+
+class EventDeserializer(Generic[E]):
+    """``(bytes, ctx) -> event``: any writer version, read as the reader version."""
+
+    def __init__(
+        self, client: SchemaRegistryClient, model: type[E], reader_version: int | None = None
+    ) -> None:
+        event_type = model.event_type
+        reader = (
+            catalog.latest(event_type)
+            if reader_version is None
+            else catalog.version(event_type, reader_version)
+        )
+        self.model = model
+        self._client = client
+        self._reader = fastavro.parse_schema(reader.json)
+        self._writers: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, data: bytes | None, ctx: SerializationContext | None = None) -> E:
+        if data is None or len(data) <= HEADER_SIZE:
+            size = "no value" if data is None else f"{len(data)} bytes"
+            raise DeserializationError(Reason.EMPTY, f"{size}: shorter than the wire-format header")
+        if data[0] != MAGIC_BYTE:
+            raise DeserializationError(
+                Reason.BAD_MAGIC_BYTE, f"first byte is {data[0]}, not 0: not Confluent wire format"
+            )
+        schema_id = int.from_bytes(data[1:HEADER_SIZE], "big")
+        writer = self._writer(schema_id)
+        body = io.BytesIO(data)
+        body.seek(HEADER_SIZE)
+        try:
+            record = fastavro.schemaless_reader(body, writer, self._reader)
+        except SchemaResolutionError as exc:
+            raise DeserializationError(
+                Reason.UNRESOLVABLE_SCHEMA,
+                f"schema id {schema_id} cannot be read as {self.model.__name__}: {exc}",
+            ) from None
+        except Exception as exc:  # fastavro raises many types on garbage; all mean corrupt
+            raise DeserializationError(
+                Reason.CORRUPT_PAYLOAD,
+                f"schema id {schema_id}: {type(exc).__name__}: {str(exc)[:200]}",
+            ) from None
+        if body.tell() != len(data):
+            raise DeserializationError(
+                Reason.CORRUPT_PAYLOAD, f"{len(data) - body.tell()} bytes left after the record"
+            )
+        if not isinstance(record, dict):
+            raise DeserializationError(Reason.INVALID_EVENT, "the payload is not a record")
+        try:
+            return self.model.from_avro(record)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise DeserializationError(
+                Reason.INVALID_EVENT, f"not a valid {self.model.__name__}: {where}: {first['msg']}"
+            ) from None
+
+    def _writer(self, schema_id: int) -> Any:
+        """The parsed writer schema for ``schema_id``, fetched once per id."""
+        with self._lock:
+            if schema_id in self._writers:
+                return self._writers[schema_id]
+        try:
+            registered = self._client.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                raise DeserializationError(
+                    Reason.UNKNOWN_SCHEMA_ID, f"the registry has no schema with id {schema_id}"
+                ) from None
+            raise explain(exc, f"fetching schema id {schema_id}") from None
+        except httpx2.TransportError as exc:
+            raise RegistryUnavailable(_registry_url(self._client), str(exc)) from None
+        if (registered.schema_type or "AVRO") != "AVRO":
+            raise DeserializationError(
+                Reason.UNRESOLVABLE_SCHEMA,
+                f"schema id {schema_id} is {registered.schema_type}, not Avro",
+            )
+        try:
+            parsed = fastavro.parse_schema(orjson.loads(registered.schema_str or ""))
+        except Exception as exc:  # a registered schema fastavro cannot parse
+            raise DeserializationError(
+                Reason.UNRESOLVABLE_SCHEMA, f"schema id {schema_id} does not parse: {exc}"
+            ) from None
+        with self._lock:
+            self._writers[schema_id] = parsed
+        return parsed

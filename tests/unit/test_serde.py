@@ -1,0 +1,166 @@
+"""Every event round-trips through the wire format, within and across versions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from headrace.errors import Terminal, is_transient
+from schemas import catalog
+from schemas.catalog import EventType
+from schemas.errors import DeserializationError, DeserializationReason
+from schemas.models import FileEvent
+from schemas.registry import SUBJECT_STRATEGY
+from schemas.serde import EventDeserializer, EventSerializer
+from tests.unit.strategies import dead_letters, file_events, run_events, verification_events
+
+CTX = SerializationContext("unit.events", MessageField.VALUE)
+STRATEGIES = {
+    EventType.FILE_EVENT: file_events(),
+    EventType.RUN_EVENT: run_events,
+    EventType.VERIFICATION_EVENT: verification_events,
+    EventType.DEAD_LETTER: dead_letters,
+}
+
+
+def mock_registry() -> SchemaRegistryClient:
+    return SchemaRegistryClient.new_client({"url": "mock://"})
+
+
+@pytest.mark.parametrize("event_type", list(EventType))
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_every_event_round_trips(event_type: EventType, data: st.DataObject) -> None:
+    registry = mock_registry()
+    event = data.draw(STRATEGIES[event_type])
+    payload = EventSerializer(registry, event_type)(event, CTX)
+    assert payload[0] == 0
+    schema_id = int.from_bytes(payload[1:5], "big")
+    assert registry.get_schema(schema_id).schema_str
+    model = type(event)
+    assert EventDeserializer(registry, model)(payload, CTX) == event
+
+
+def v1_writer(registry: SchemaRegistryClient) -> Callable[[dict[str, object]], bytes]:
+    serializer = AvroSerializer(
+        registry, catalog.version(EventType.FILE_EVENT, 1).text, conf=SUBJECT_STRATEGY
+    )
+    return lambda record: serializer(record, CTX)
+
+
+@settings(max_examples=80, deadline=None)
+@given(event=file_events(legacy_path=True))
+def test_v1_written_is_read_as_a_legacy_v2_event(event: FileEvent) -> None:
+    registry = mock_registry()
+    record = {
+        "project": event.project,
+        "path": event.path,
+        "size": event.size,
+        "checksum": event.checksum,
+        "local_path": event.local_path,
+    }
+    read = EventDeserializer(registry, FileEvent)(v1_writer(registry)(record), CTX)
+    assert read.is_legacy
+    assert (read.project, read.path, read.size, read.checksum, read.local_path) == (
+        event.project,
+        event.path,
+        event.size,
+        event.checksum,
+        event.local_path,
+    )
+    assert read.content_strategy is None and read.inline is None and read.object_ref is None
+    assert read.event_id  # derived deterministically, as for v2 events without one
+    assert read == EventDeserializer(registry, FileEvent)(v1_writer(registry)(record), CTX)
+
+
+@settings(max_examples=80, deadline=None)
+@given(event=file_events(legacy_path=True))
+def test_v2_written_is_read_by_a_v1_reader_when_it_has_a_local_path(event: FileEvent) -> None:
+    # FORWARD (old reads new) holds for v2 data that sets the v1 fields.
+    registry = mock_registry()
+    payload = EventSerializer(registry, EventType.FILE_EVENT)(event, CTX)
+    read = EventDeserializer(registry, FileEvent, reader_version=1)(payload, CTX)
+    assert (read.project, read.path, read.size, read.checksum, read.local_path) == (
+        event.project,
+        event.path,
+        event.size,
+        event.checksum,
+        event.local_path,
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(event=file_events(legacy_path=False))
+def test_v2_without_local_path_is_a_typed_error_for_a_v1_reader(event: FileEvent) -> None:
+    # The registry's level (BACKWARD) does not promise this direction.
+    registry = mock_registry()
+    payload = EventSerializer(registry, EventType.FILE_EVENT)(event, CTX)
+    with pytest.raises(DeserializationError) as info:
+        EventDeserializer(registry, FileEvent, reader_version=1)(payload, CTX)
+    assert info.value.reason is DeserializationReason.UNRESOLVABLE_SCHEMA
+
+
+def test_serializer_refuses_the_wrong_model() -> None:
+    event = next(iter([FileEvent(project="p", path="a", size=0, checksum="")]))
+    with pytest.raises(TypeError, match="expected RunEvent, got FileEvent"):
+        EventSerializer(mock_registry(), EventType.RUN_EVENT)(event, CTX)
+
+
+@pytest.fixture(scope="module")
+def valid_payload() -> tuple[SchemaRegistryClient, bytes]:
+    registry = mock_registry()
+    event = FileEvent(project="p", path="src/a.py", size=3, checksum="ab" * 32)
+    return registry, EventSerializer(registry, EventType.FILE_EVENT)(event, CTX)
+
+
+@pytest.mark.parametrize(
+    ("mangle", "reason"),
+    [
+        (lambda p: None, DeserializationReason.EMPTY),
+        (lambda p: p[:5], DeserializationReason.EMPTY),
+        (lambda p: b"\x01" + p[1:], DeserializationReason.BAD_MAGIC_BYTE),
+        (lambda p: b'{"json": true}', DeserializationReason.BAD_MAGIC_BYTE),
+        (
+            lambda p: p[:1] + (9999).to_bytes(4, "big") + p[5:],
+            DeserializationReason.UNKNOWN_SCHEMA_ID,
+        ),
+        (lambda p: p[:-3], DeserializationReason.CORRUPT_PAYLOAD),
+        (lambda p: p + b"\x00", DeserializationReason.CORRUPT_PAYLOAD),
+    ],
+)
+def test_bad_input_is_a_typed_terminal_error(
+    valid_payload: tuple[SchemaRegistryClient, bytes],
+    mangle: Callable[[bytes], bytes | None],
+    reason: DeserializationReason,
+) -> None:
+    registry, payload = valid_payload
+    with pytest.raises(DeserializationError) as info:
+        EventDeserializer(registry, FileEvent)(mangle(payload), CTX)
+    assert info.value.reason is reason
+    assert str(info.value).startswith(reason.value + ": ")
+
+
+def test_a_schema_the_reader_cannot_resolve(
+    valid_payload: tuple[SchemaRegistryClient, bytes],
+) -> None:
+    registry, _ = valid_payload
+    other = AvroSerializer(
+        registry,
+        '{"type": "record", "name": "Other", "fields": [{"name": "n", "type": "int"}]}',
+        conf=SUBJECT_STRATEGY,
+    )
+    payload = other({"n": 1}, SerializationContext("unit.other", MessageField.VALUE))
+    with pytest.raises(DeserializationError) as info:
+        EventDeserializer(registry, FileEvent)(payload, CTX)
+    assert info.value.reason is DeserializationReason.UNRESOLVABLE_SCHEMA
+
+
+def test_deserialization_errors_are_terminal() -> None:
+    error = DeserializationError(DeserializationReason.CORRUPT_PAYLOAD, "x")
+    assert isinstance(error, Terminal) and not is_transient(error)

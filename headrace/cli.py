@@ -18,6 +18,7 @@ from headrace.errors import HeadraceError
 from headrace.settings import Settings, load_settings
 from headrace.stack.cli import stack
 from headrace.telemetry import configure_logging
+from schemas.cli import schemas
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,6 +63,7 @@ def cli(
 
 
 cli.add_command(stack)
+cli.add_command(schemas)
 
 
 @cli.command("settings")

@@ -44,17 +44,28 @@ def _registry_url(client: SchemaRegistryClient) -> str:
 
 
 class EventSerializer:
-    """``(event, ctx) -> bytes``: the latest local schema of the event's type."""
+    """``(event, ctx) -> bytes``: the latest local schema of the event's type, or the
+    ``writer_version`` given (for producers that must still write an older one)."""
 
     def __init__(
-        self, client: SchemaRegistryClient, event_type: EventType, *, auto_register: bool = True
+        self,
+        client: SchemaRegistryClient,
+        event_type: EventType,
+        *,
+        auto_register: bool = True,
+        writer_version: int | None = None,
     ) -> None:
+        writer = (
+            catalog.latest(event_type)
+            if writer_version is None
+            else catalog.version(event_type, writer_version)
+        )
         self.event_type = event_type
         self.model = EVENT_MODELS[event_type]
         self._client = client
         self._inner = AvroSerializer(
             client,
-            catalog.latest(event_type).text,
+            writer.text,
             to_dict=lambda event, _ctx: event.to_avro(),
             conf={"auto.register.schemas": auto_register, **SUBJECT_STRATEGY},
         )

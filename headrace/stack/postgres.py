@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -13,11 +15,13 @@ import psycopg
 from psycopg import sql
 
 from headrace.errors import StackError
+from headrace.settings import Settings
 from headrace.stack.base import Port, Service
 from headrace.stack.process import read_pid, run_tool, stop_group
 
 # PostgreSQL refuses to run as root; the Debian package brings this user.
 SERVICE_USER = "postgres"
+FALLBACK_HOME = Path("/var/lib/postgresql/headrace")
 
 
 def find_bindir() -> Path | None:
@@ -29,9 +33,26 @@ def find_bindir() -> Path | None:
     return found[-1].parent if found else None
 
 
+def _traversable_by_others(path: Path) -> bool:
+    """Whether every existing directory on the way to ``path`` lets other users through."""
+    return all(
+        parent.stat().st_mode & stat.S_IXOTH for parent in (path, *path.parents) if parent.exists()
+    )
+
+
 class Postgres(Service):
     name = "postgres"
     title = "PostgreSQL"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        if os.geteuid() == 0 and not _traversable_by_others(self.home):
+            # The server runs as the postgres user, who cannot reach a state
+            # directory under, say, /root: keep the cluster in that user's home.
+            digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
+            self.home = FALLBACK_HOME / digest
+            self.pidfile = self.home / f"{self.name}.pid"
+            self.logfile = self.home / f"{self.name}.log"
 
     @property
     def address(self) -> str:
@@ -79,7 +100,7 @@ class Postgres(Service):
 
     def _prepare_dirs(self) -> None:
         for path in (self.home, self.data, self.home / "run"):
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(parents=True, exist_ok=True, mode=0o755)
         if os.geteuid() == 0:
             shutil.chown(self.home, SERVICE_USER, SERVICE_USER)
             for path in (self.data, self.home / "run"):

@@ -120,3 +120,16 @@ def test_postgres_pid_file_is_read_by_its_first_line(tmp_path: Path) -> None:
     postmaster = tmp_path / "postmaster.pid"
     postmaster.write_text(f"{os.getpid()}\n/var/lib/data\n1700000000\n15432\n")
     assert read_pid(postmaster) == os.getpid()
+
+
+def test_postgres_keeps_its_cluster_where_its_user_can_reach(tmp_path: Path) -> None:
+    from headrace.stack.postgres import _traversable_by_others
+
+    closed = tmp_path / "closed"
+    (closed / "state").mkdir(parents=True)
+    closed.chmod(0o700)
+    try:
+        assert not _traversable_by_others(closed / "state" / "postgres")
+    finally:
+        closed.chmod(0o755)
+    assert _traversable_by_others(closed / "state" / "postgres")

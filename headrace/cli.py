@@ -18,6 +18,7 @@ from headrace.errors import HeadraceError
 from headrace.settings import Settings, load_settings
 from headrace.stack.cli import stack
 from headrace.telemetry import configure_logging
+from producers.cli import ingest
 from schemas.cli import schemas
 
 
@@ -64,6 +65,7 @@ def cli(
 
 cli.add_command(stack)
 cli.add_command(schemas)
+cli.add_command(ingest)
 
 
 @cli.command("settings")

@@ -92,6 +92,14 @@ class PostgresSettings(_Section):
         return f"{self.host}:{self.port}"
 
 
+class GitSettings(_Section):
+    """Git sources: where clones are cached, and a token for private repositories."""
+
+    cache_dir: Path = PROJECT_ROOT / ".headrace" / "cache" / "git"
+    # Sent as HTTP basic auth, never stored in a URL, an event or a log line.
+    token: SecretStr | None = None
+
+
 class StackSettings(_Section):
     """Where the local stack lives and which versions it installs."""
 
@@ -126,6 +134,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = RegistrySettings()
     object_store: ObjectStoreSettings = ObjectStoreSettings()
     postgres: PostgresSettings = PostgresSettings()
+    git: GitSettings = GitSettings()
     stack: StackSettings = StackSettings()
     log: LogSettings = LogSettings()
 

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import orjson
 
+from headrace.redact import REDACTOR, RedactingFilter
+
 _run_id: contextvars.ContextVar[str] = contextvars.ContextVar("headrace_run_id", default="-")
 _STD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "run_id"}
 
@@ -78,6 +80,7 @@ def configure_logging(
             logging.Formatter("%(asctime)s %(levelname)-7s %(name)s run=%(run_id)s %(message)s")
         )
     handler.addFilter(RunIdFilter())
+    handler.addFilter(RedactingFilter(REDACTOR))  # no credential reaches a log line
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

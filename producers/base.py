@@ -1,0 +1,68 @@
+"""The producer's contract: sources offer candidate files; the policy and the
+content planner decide what each becomes.
+
+A :class:`Candidate` is one file a source offers, before any decision. A
+source also says what it is (:class:`SourceInfo`) and, for incremental
+ingests, which paths were deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from schemas.models import FileEvent, RunEvent
+
+
+class SourceKind(StrEnum):
+    DIRECTORY = "directory"
+    GIT = "git"  # a local git repository
+    GIT_URL = "git_url"  # a remote repository, cloned through the git cache
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    kind: SourceKind
+    location: str  # a directory, or a credential-free URL: safe to publish
+    project: str  # the default project name
+    commit: str | None = None
+    ref: str | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One file as the source offers it."""
+
+    path: str  # '/'-separated, relative to the source root
+    size: int
+    open: Callable[[], BinaryIO]  # a fresh stream of the file's bytes
+    local_path: Path | None = None  # where it is on this disk, if it is
+    blob_id: str | None = None  # its git blob id, for git sources
+    skip: str | None = None  # a reason the source already knows (symlink outside the root)
+
+
+class Source(Protocol):
+    def info(self) -> SourceInfo: ...
+
+    def candidates(self) -> Iterator[Candidate]:
+        """The files to consider, in a stable order."""
+        ...
+
+    def deleted(self) -> list[str]:
+        """Paths deleted since the incremental base (empty for a full ingest)."""
+        ...
+
+
+class EventSink(Protocol):
+    """Where a run's events go: Kafka (:class:`producers.publisher.Publisher`) or a test."""
+
+    def file(self, event: FileEvent) -> None: ...
+
+    def run(self, event: RunEvent) -> None: ...
+
+    def flush(self, timeout_s: float = 120.0) -> dict[str, str]:
+        """Wait for delivery; return what was not delivered, and why."""
+        ...

@@ -1,0 +1,241 @@
+"""``headrace ingest SOURCE``: publish one FileEvent per file of a repository."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+from headrace.errors import HeadraceError
+from headrace.redact import REDACTOR, credentials_in, strip_credentials
+from headrace.settings import Settings
+from headrace.telemetry import set_run_id
+from producers.base import Source, SourceKind
+from producers.errors import SourceError
+from producers.ingest import Ingest, IngestOptions, StrategyChoice, Summary
+from producers.publisher import Publisher
+from producers.sources import DirectorySource, GitSource
+from schemas.registry import make_registry_client
+from storage.git import GitRepo
+from storage.git_cache import GitCache
+from storage.objects import MinioObjectStore
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://|^[\w.-]+@[\w.-]+:")
+
+
+class ByteSize(click.ParamType):  # type: ignore[type-arg]
+    """``100KiB``, ``5MiB``, ``1GB`` or a plain number of bytes."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+        if match is None or match.group(2).lower() not in _UNITS:
+            self.fail(f"{value!r} is not a size (e.g. 100KiB, 5MiB, 1GB)", param, ctx)
+        return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+SIZE = ByteSize()
+
+
+def open_source(
+    settings: Settings, location: str, ref: str | None, since: str | None, project: str | None
+) -> Source:
+    if _URL.match(location) and not location.startswith("file://"):
+        clean = strip_credentials(location)
+        token = settings.git.token.get_secret_value() if settings.git.token else None
+        cached, _commit = GitCache(settings.git.cache_dir).repo(location, ref, token=token)
+        name = clean.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git") or "repository"
+        return GitSource(cached, SourceKind.GIT_URL, clean, project or name, ref=ref, since=since)
+    path = Path(location.removeprefix("file://")).expanduser()
+    if not path.exists():
+        raise SourceError(f"{location} does not exist")
+    local = GitRepo.discover(path)
+    if local is not None:
+        return GitSource(
+            local,
+            SourceKind.GIT,
+            str(path.resolve()),
+            project or path.resolve().name,
+            ref=ref,
+            since=since,
+        )
+    if ref or since:
+        raise click.UsageError(f"--ref and --since need a git repository; {location} is not one")
+    return DirectorySource(path, project)
+
+
+@click.command()
+@click.argument("source")
+@click.option("--ref", help="Branch, tag or commit to ingest (git sources; default HEAD).")
+@click.option("--project", help="Project name (default: derived from the source).")
+@click.option(
+    "--content-strategy",
+    "strategy",
+    default=StrategyChoice.AUTO.value,
+    type=click.Choice([c.value for c in StrategyChoice]),
+    show_default=True,
+    help="How content travels.",
+)
+@click.option(
+    "--inline-limit",
+    type=SIZE,
+    default="100KiB",
+    show_default=True,
+    help="Largest file sent inline.",
+)
+@click.option(
+    "--max-file-size",
+    type=SIZE,
+    default="1GiB",
+    show_default=True,
+    help="Larger files are skipped.",
+)
+@click.option(
+    "--max-batch-bytes",
+    type=SIZE,
+    default="5MiB",
+    show_default=True,
+    help="Largest producer batch.",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="PATTERN",
+    help="gitignore-style pattern to skip (repeatable).",
+)
+@click.option(
+    "--prefer-git-reference",
+    is_flag=True,
+    help="With auto and a git URL: send git references, not content.",
+)
+@click.option("--since", metavar="REF", help="Only files changed since REF; deletes as events.")
+@click.option("--run-id", help="Run id (default: a new one); reuse it to re-run a failed run.")
+@click.option(
+    "--presign-expiry",
+    type=click.FloatRange(min=0.01),
+    default=24.0,
+    show_default=True,
+    metavar="HOURS",
+    help="Lifetime of presigned URLs.",
+)
+@click.option("--dry-run", is_flag=True, help="Decide everything, publish and upload nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@click.pass_obj
+def ingest(
+    settings: Settings,
+    source: str,
+    ref: str | None,
+    project: str | None,
+    strategy: str,
+    inline_limit: int,
+    max_file_size: int,
+    max_batch_bytes: int,
+    exclude: tuple[str, ...],
+    prefer_git_reference: bool,
+    since: str | None,
+    run_id: str | None,
+    presign_expiry: float,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Publish one FileEvent per file of SOURCE: a directory, a git repository or a git URL.
+
+    Content travels inline (small files), as an object-storage URL (larger
+    files, uploaded once by sha256) or as a git reference. RunStarted and
+    RunCompleted events bracket the run. Exits 1, naming the files, if any
+    file could not be published.
+    """
+    for secret in credentials_in(source):
+        REDACTOR.add(secret)
+    if settings.git.token is not None:
+        REDACTOR.add(settings.git.token.get_secret_value())
+    run_id = run_id or uuid.uuid4().hex
+    set_run_id(run_id)
+    options = IngestOptions(
+        strategy=StrategyChoice(strategy),
+        inline_limit=inline_limit,
+        max_file_size=max_file_size,
+        exclude=exclude,
+        prefer_git_reference=prefer_git_reference,
+        presign_expiry=timedelta(hours=presign_expiry),
+        dry_run=dry_run,
+    )
+    src = open_source(settings, source, ref, since, project)
+    with contextlib.ExitStack() as resources:
+        publisher = store = None
+        if not dry_run:
+            registry = resources.enter_context(make_registry_client(settings.registry))
+            publisher = Publisher(settings.kafka, registry, max_batch_bytes=max_batch_bytes)
+            store = MinioObjectStore(settings.object_store)
+        job = Ingest(src, options, run_id, project, publisher, store)
+        summary = _run_with_progress(job, quiet=as_json)
+    if as_json:
+        click.echo(orjson.dumps(summary.as_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        _print_summary(summary)
+    if not summary.ok:
+        shown = "; ".join(f"{p}: {why}" for p, why in list(summary.failed.items())[:5])
+        raise HeadraceError(f"{len(summary.failed)} files were not published: {shown}")
+
+
+def _run_with_progress(job: Ingest, *, quiet: bool) -> Summary:
+    if quiet or not sys.stderr.isatty():
+        return job.run()
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed} files"),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("ingest", total=None)
+        job.progress = lambda files, _bytes: bar.update(task, completed=files)
+        return job.run()
+
+
+def _print_summary(summary: Summary) -> None:
+    c = summary.counts
+    verb = "would publish" if summary.dry_run else "published"
+    click.echo(
+        f"run {summary.run_id}: {summary.project} from {summary.source}"
+        + (f" at {summary.commit[:12]}" if summary.commit else "")
+    )
+    click.echo(
+        f"  {verb} {c.files} file events ({c.bytes:,} bytes): {c.inline} inline, "
+        f"{c.object_storage} in object storage, {c.git_reference} git references, "
+        f"{c.deleted} deletes"
+    )
+    click.echo(f"  uploads: {summary.uploads} made, {summary.deduplicated} already stored")
+    reasons: dict[str, int] = {}
+    for skipped in summary.skipped:
+        reasons[skipped.reason.value] = reasons.get(skipped.reason.value, 0) + 1
+    if reasons:
+        click.echo("  skipped: " + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())))
+    click.echo(f"  digest {summary.digest}, {summary.duration_s:.2f}s")

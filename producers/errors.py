@@ -1,0 +1,31 @@
+"""The producer's errors.
+
+::
+
+    HeadraceError
+     ├── ProduceError (headrace.errors)
+     │    ├── UndeliveredEvents   some events were not acknowledged by Kafka
+     │    └── BrokerUnavailable   no broker answered at start           (transient)
+     └── SourceError              the source cannot be read as given    (terminal)
+"""
+
+from __future__ import annotations
+
+from headrace.errors import HeadraceError, ProduceError, Terminal, Transient
+
+
+class SourceError(HeadraceError, Terminal):
+    """The source does not exist, is not a repository, or has no such ref."""
+
+
+class BrokerUnavailable(ProduceError, Transient):
+    """No Kafka broker answered before the run started."""
+
+
+class UndeliveredEvents(ProduceError):
+    """Kafka did not acknowledge every event; names the files."""
+
+    def __init__(self, paths: list[str], reason: str) -> None:
+        shown = ", ".join(paths[:10]) + (f" and {len(paths) - 10} more" if len(paths) > 10 else "")
+        super().__init__(f"{len(paths)} events were not delivered ({reason}): {shown}")
+        self.paths = paths

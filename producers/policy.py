@@ -1,0 +1,66 @@
+"""The file policy: what is skipped and why, and how text is recognised.
+
+Decided before anything is published, so the run's counts reconcile:
+every candidate is either published or skipped with a reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pathspec import GitIgnoreSpec
+
+from producers.base import Candidate
+from schemas.models import SkipReason, TextEncoding
+
+LFS_SIGNATURE = b"version https://git-lfs.github.com/spec/v1"
+LFS_POINTER_MAX = 1024  # pointer files are about 130 bytes
+_SAMPLE = 8192
+# Control bytes that text files do contain: tab, LF, VT, FF, CR, ESC, backspace.
+_TEXT_CONTROLS = frozenset(b"\t\n\x0b\x0c\r\x1b\x08")
+
+
+@dataclass(frozen=True)
+class Skip:
+    reason: SkipReason
+    detail: str | None = None
+
+
+class FilePolicy:
+    def __init__(self, *, max_file_size: int, exclude: Sequence[str] = ()) -> None:
+        self.max_file_size = max_file_size
+        self.exclude = GitIgnoreSpec.from_lines(exclude) if exclude else None
+
+    def by_metadata(self, candidate: Candidate) -> Skip | None:
+        """What can be decided without reading the file."""
+        if candidate.skip is not None:
+            return Skip(SkipReason(candidate.skip))
+        if self.exclude is not None and self.exclude.match_file(candidate.path):
+            return Skip(SkipReason.EXCLUDED, "matched --exclude")
+        if candidate.size > self.max_file_size:
+            return Skip(SkipReason.TOO_LARGE, f"{candidate.size} bytes > {self.max_file_size}")
+        return None
+
+    @staticmethod
+    def by_content(head: bytes, size: int) -> Skip | None:
+        """What the first bytes tell: a Git LFS pointer is not the file's content."""
+        if size <= LFS_POINTER_MAX and head.startswith(LFS_SIGNATURE):
+            return Skip(SkipReason.LFS_POINTER, "Git LFS pointer: the content is not in git")
+        return None
+
+
+def detect_encoding(data: bytes) -> TextEncoding:
+    """Binary if NUL or many control bytes; else UTF-8 if it decodes; else Latin-1.
+
+    The bytes are never altered; this only records how they read as text.
+    """
+    sample = data[:_SAMPLE]
+    controls = sum(1 for b in sample if b < 0x20 and b not in _TEXT_CONTROLS)
+    if b"\x00" in sample or controls > len(sample) // 100:
+        return TextEncoding.BINARY
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return TextEncoding.LATIN_1  # Latin-1 decodes any bytes; these look like text
+    return TextEncoding.UTF_8

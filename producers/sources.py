@@ -1,0 +1,165 @@
+"""Sources: a plain directory (honouring .gitignore files) or a git repository.
+
+Directories are walked in sorted order; ``.git`` is never entered; a
+``.gitignore`` applies to its directory and below, deeper files overriding
+shallower ones, as git does. A git repository is read at a commit (HEAD by
+default): its tracked files, as git lists them. In both, a symlink whose
+target is a regular file inside the root is ingested with that file's
+content under the link's path; one that points outside the root (or at
+nothing) is skipped with a reason, never followed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import BinaryIO
+
+from pathspec import GitIgnoreSpec
+
+from producers.base import Candidate, SourceInfo, SourceKind
+from producers.errors import SourceError
+from schemas.models import SkipReason
+from storage.git import GitRepo, TreeEntry
+
+
+def _open(path: Path) -> BinaryIO:
+    return path.open("rb")
+
+
+@dataclass
+class DirectorySource:
+    root: Path
+    project: str | None = None
+    _ignores: list[tuple[str, GitIgnoreSpec]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.root.is_dir():
+            raise SourceError(f"{self.root} is not a directory")
+        self.root = self.root.resolve()
+
+    def info(self) -> SourceInfo:
+        return SourceInfo(SourceKind.DIRECTORY, str(self.root), self.project or self.root.name)
+
+    def deleted(self) -> list[str]:
+        return []
+
+    def candidates(self) -> Iterator[Candidate]:
+        yield from self._walk(self.root, "")
+
+    def _walk(self, directory: Path, prefix: str) -> Iterator[Candidate]:
+        ignore_file = directory / ".gitignore"
+        pushed = ignore_file.is_file()
+        if pushed:
+            lines = ignore_file.read_text(errors="replace").splitlines()
+            self._ignores.append((prefix, GitIgnoreSpec.from_lines(lines)))
+        try:
+            with os.scandir(directory) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+            for entry in entries:
+                rel = f"{prefix}{entry.name}"
+                if entry.name == ".git":
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    if not self._ignored(rel + "/"):
+                        yield from self._walk(Path(entry.path), rel + "/")
+                elif not self._ignored(rel):
+                    yield self._candidate(Path(entry.path), rel, entry)
+        finally:
+            if pushed:
+                self._ignores.pop()
+
+    def _ignored(self, rel: str) -> bool:
+        for base, spec in reversed(self._ignores):  # the deepest .gitignore decides first
+            result = spec.check_file(rel[len(base) :])
+            if result.include is not None:
+                return bool(result.include)
+        return False
+
+    def _candidate(self, path: Path, rel: str, entry: os.DirEntry[str]) -> Candidate:
+        if entry.is_symlink():
+            target = path.resolve()
+            if not target.is_relative_to(self.root):
+                return Candidate(
+                    rel, 0, partial(_open, path), path, skip=SkipReason.SYMLINK_OUTSIDE_ROOT
+                )
+            if not target.is_file():
+                return Candidate(rel, 0, partial(_open, path), path, skip=SkipReason.UNREADABLE)
+            return Candidate(rel, target.stat().st_size, partial(_open, target), target)
+        try:
+            size = entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            return Candidate(rel, 0, partial(_open, path), path, skip=SkipReason.UNREADABLE)
+        return Candidate(rel, size, partial(_open, path), path)
+
+
+@dataclass
+class GitSource:
+    """A git repository (local, or cached from a URL) at one commit."""
+
+    repo: GitRepo
+    kind: SourceKind
+    location: str  # the work tree path or the credential-free URL
+    project: str
+    ref: str | None = None
+    since: str | None = None
+    commit: str = ""
+    _since_commit: str | None = None
+
+    def __post_init__(self) -> None:
+        self.commit = self.repo.resolve(self.ref)
+        self._since_commit = self.repo.resolve(self.since) if self.since else None
+
+    def info(self) -> SourceInfo:
+        return SourceInfo(self.kind, self.location, self.project, self.commit, self.ref)
+
+    def candidates(self) -> Iterator[Candidate]:
+        entries = {e.path: e for e in self.repo.tree(self.commit) if e.mode != "160000"}
+        wanted: set[str] | None = None  # None: every file; else those changed since the base
+        if self._since_commit is not None:
+            changes = self.repo.changes(self._since_commit, self.commit)
+            wanted = {c.path for c in changes if c.status != "D"}
+        for path in sorted(entries):
+            if wanted is not None and path not in wanted:
+                continue
+            entry = entries[path]
+            if entry.mode == "120000":  # git stores the link's target path as the blob
+                entry = self._link_target(entry, entries) or entry
+                if entry.mode == "120000":
+                    yield Candidate(
+                        path,
+                        0,
+                        partial(self.repo.open_blob, entry.blob_id),
+                        blob_id=entry.blob_id,
+                        skip=SkipReason.SYMLINK_OUTSIDE_ROOT,
+                    )
+                    continue
+            yield Candidate(
+                path, entry.size, partial(self.repo.open_blob, entry.blob_id), blob_id=entry.blob_id
+            )
+
+    def _link_target(self, link: TreeEntry, entries: dict[str, TreeEntry]) -> TreeEntry | None:
+        """The regular file a link points to inside the tree, or None."""
+        target = self.repo.read_blob(link.blob_id).decode(errors="replace")
+        if target.startswith("/"):
+            return None
+        parts: list[str] = link.path.split("/")[:-1]
+        for part in target.split("/"):
+            if part == "..":
+                if not parts:
+                    return None
+                parts.pop()
+            elif part not in ("", "."):
+                parts.append(part)
+        found = entries.get("/".join(parts))
+        return found if found is not None and found.mode in ("100644", "100755") else None
+
+    def deleted(self) -> list[str]:
+        if self._since_commit is None:
+            return []
+        return sorted(
+            c.path for c in self.repo.changes(self._since_commit, self.commit) if c.status == "D"
+        )

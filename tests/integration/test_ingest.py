@@ -1,0 +1,258 @@
+"""``headrace ingest`` against the real stack: what reaches Kafka and MinIO."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from confluent_kafka import Message
+
+from headrace.settings import KafkaSettings, ObjectStoreSettings, RegistrySettings
+from schemas.models import ContentStrategy, FileEvent, Op, RunEvent, RunEventKind, SkipReason
+from schemas.models import TextEncoding as Enc
+from schemas.registry import make_registry_client
+from schemas.serde import EventDeserializer
+from tests.integration.topics import read_topic
+from tests.unit.test_cli import run
+
+
+@pytest.fixture
+def env(
+    monkeypatch: pytest.MonkeyPatch,
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    object_store: ObjectStoreSettings,
+) -> dict[str, str]:
+    """Fresh topics and bucket for each test, pointed at the services under test."""
+    run_tag = uuid.uuid4().hex[:10]
+    values = {
+        "HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "HEADRACE_KAFKA__PARTITIONS": "3",
+        "HEADRACE_KAFKA__TOPICS__FILE_EVENTS": f"test.ingest-{run_tag}.files",
+        "HEADRACE_KAFKA__TOPICS__RUN_EVENTS": f"test.ingest-{run_tag}.runs",
+        "HEADRACE_REGISTRY__URL": registry.url,
+        "HEADRACE_OBJECT_STORE__ENDPOINT": object_store.endpoint,
+        "HEADRACE_OBJECT_STORE__BUCKET": f"test-ingest-{run_tag}",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return values
+
+
+def file_events(
+    kafka: KafkaSettings, registry: RegistrySettings, env: dict[str, str]
+) -> list[tuple[str, FileEvent]]:
+    client = make_registry_client(registry)
+    decode = EventDeserializer(client, FileEvent)
+
+    def pair(msg: Message) -> tuple[str, FileEvent]:
+        return (msg.key() or b"").decode(), decode(msg.value())
+
+    try:
+        return read_topic(kafka, env["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"], pair)
+    finally:
+        client.close()
+
+
+def run_events(
+    kafka: KafkaSettings, registry: RegistrySettings, env: dict[str, str]
+) -> list[RunEvent]:
+    client = make_registry_client(registry)
+    decode = EventDeserializer(client, RunEvent)
+    try:
+        return read_topic(
+            kafka, env["HEADRACE_KAFKA__TOPICS__RUN_EVENTS"], lambda m: decode(m.value())
+        )
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "demo"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "app.py").write_text("print('hello')\n")
+    (root / "notes-latin1.txt").write_bytes("crème brûlée\n".encode("latin-1"))
+    (root / "logo.bin").write_bytes(bytes(range(256)))
+    (root / "empty").write_bytes(b"")
+    (root / "large.bin").write_bytes(os.urandom(20 * 1024 * 1024))  # above the multipart threshold
+    (root / "medium.txt").write_text("x" * 200_000)
+    (root / ".gitignore").write_text("*.tmp\n")
+    (root / "scratch.tmp").write_text("ignored\n")
+    (root / "outside").symlink_to("/etc/hostname")
+    return root
+
+
+def test_ingest_a_directory_end_to_end(
+    tree: Path,
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    object_store: ObjectStoreSettings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(["ingest", str(tree), "--project", "demo", "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["ok"] and summary["counts"]["files"] == 7
+    assert summary["counts"]["inline"] == 5 and summary["counts"]["object_storage"] == 2
+    assert summary["skipped"] == [
+        {"path": "outside", "reason": "symlink_outside_root", "detail": None}
+    ]
+    assert summary["uploads"]["made"] == 2
+
+    events = dict(file_events(kafka, registry, env))
+    assert sorted(events) == [
+        "demo/.gitignore",
+        "demo/empty",
+        "demo/large.bin",
+        "demo/logo.bin",
+        "demo/medium.txt",
+        "demo/notes-latin1.txt",
+        "demo/src/app.py",
+    ]
+    app = events["demo/src/app.py"]
+    assert app.inline is not None and app.inline.data == b"print('hello')\n"
+    assert app.inline.encoding is Enc.UTF_8
+    assert events["demo/notes-latin1.txt"].inline.encoding is Enc.LATIN_1  # type: ignore[union-attr]
+    assert events["demo/logo.bin"].inline.encoding is Enc.BINARY  # type: ignore[union-attr]
+    assert events["demo/empty"].size == 0
+
+    large = events["demo/large.bin"]
+    assert large.content_strategy is ContentStrategy.OBJECT_STORAGE
+    assert large.object_ref is not None and large.object_ref.url is not None
+    assert large.object_ref.key.endswith(large.checksum)
+    fetched = httpx.get(large.object_ref.url, timeout=30)
+    assert fetched.status_code == 200 and fetched.content == (tree / "large.bin").read_bytes()
+
+    runs = run_events(kafka, registry, env)
+    assert [r.kind for r in runs] == [RunEventKind.STARTED, RunEventKind.COMPLETED]
+    assert runs[1].counts is not None and runs[1].counts.files == 7
+    assert runs[1].digest == summary["digest"]
+
+
+def test_identical_content_is_stored_once_across_projects(
+    tree: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(["ingest", str(tree), "--project", "one", "--json"], capsys)
+    assert code == 0 and json.loads(out)["uploads"] == {
+        "made": 2,
+        "deduplicated": 0,
+        "bytes": 20 * 1024 * 1024 + 200_000,
+    }
+    code, out, _ = run(["ingest", str(tree), "--project", "two", "--json"], capsys)
+    assert code == 0 and json.loads(out)["uploads"]["made"] == 0
+    assert json.loads(out)["uploads"]["deduplicated"] == 2
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
+
+
+def test_since_publishes_changes_and_deletes(
+    tmp_path: Path,
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    repo = tmp_path / "proj"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    for name in ("keep.txt", "change.txt", "remove.txt", "old-name.txt"):
+        (repo / name).write_text(f"{name}\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "one")
+    git(repo, "tag", "v1")
+    (repo / "change.txt").write_text("changed\n")
+    (repo / "remove.txt").unlink()
+    (repo / "new.txt").write_text("new\n")
+    git(repo, "mv", "old-name.txt", "new-name.txt")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "two")
+
+    code, out, err = run(["ingest", str(repo), "--since", "v1", "--json"], capsys)
+    assert code == 0, err
+    events = {key.split("/", 1)[1]: e for key, e in file_events(kafka, registry, env)}
+    assert {p: e.op for p, e in events.items()} == {
+        "change.txt": Op.UPSERT,
+        "new.txt": Op.UPSERT,
+        "new-name.txt": Op.UPSERT,
+        "remove.txt": Op.DELETE,
+        "old-name.txt": Op.DELETE,
+    }
+    assert events["change.txt"].inline.data == b"changed\n"  # type: ignore[union-attr]
+    commit = git(repo, "rev-parse", "HEAD")
+    assert json.loads(out)["commit"] == commit
+
+
+def test_git_reference_strategy(
+    tmp_path: Path,
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    repo = tmp_path / "refs"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "a.txt").write_text("alpha\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "one")
+    code, _, err = run(["ingest", str(repo), "--content-strategy", "git_reference"], capsys)
+    assert code == 0, err
+    [(_, event)] = file_events(kafka, registry, env)
+    assert event.content_strategy is ContentStrategy.GIT_REFERENCE
+    assert event.git_ref is not None and event.inline is None
+    assert event.git_ref.commit == git(repo, "rev-parse", "HEAD")
+    assert event.git_ref.blob_id == git(repo, "rev-parse", "HEAD:a.txt")
+    assert event.size == 6
+
+
+def test_a_broker_that_is_down_at_start_is_one_clear_error(
+    tree: Path,
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("HEADRACE_KAFKA__BOOTSTRAP_SERVERS", f"127.0.0.1:{port}")
+    code, _, err = run(["ingest", str(tree)], capsys)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"no Kafka broker answered at 127.0.0.1:{port}" in lines[0]
+
+
+def test_skip_reasons_reach_the_run_event(
+    tree: Path,
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, _ = run(["ingest", str(tree), "--exclude", "*.bin"], capsys)
+    assert code == 0
+    completed = run_events(kafka, registry, env)[-1]
+    assert {(s.path, s.reason) for s in completed.skipped} == {
+        ("outside", SkipReason.SYMLINK_OUTSIDE_ROOT),
+        ("large.bin", SkipReason.EXCLUDED),
+        ("logo.bin", SkipReason.EXCLUDED),
+    }

@@ -1,0 +1,187 @@
+"""The ingest run's decisions, with an in-memory sink and object store."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from producers.ingest import Ingest, IngestOptions, StrategyChoice
+from producers.policy import detect_encoding
+from producers.sources import DirectorySource
+from schemas.models import (
+    ContentStrategy,
+    FileEvent,
+    Op,
+    RunEvent,
+    RunEventKind,
+    SkipReason,
+    run_digest,
+)
+from schemas.models import TextEncoding as Enc
+from storage.errors import ObjectStoreUnavailable
+from storage.objects import MemoryObjectStore
+
+LFS = b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n"
+
+
+@dataclass
+class Sink:
+    files: list[FileEvent] = field(default_factory=list)
+    runs: list[RunEvent] = field(default_factory=list)
+
+    def file(self, event: FileEvent) -> None:
+        self.files.append(event)
+
+    def run(self, event: RunEvent) -> None:
+        self.runs.append(event)
+
+    def flush(self, timeout_s: float = 120.0) -> dict[str, str]:
+        return {}
+
+    def by_path(self) -> dict[str, FileEvent]:
+        return {e.path: e for e in self.files}
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    (root / "src" / "pkg").mkdir(parents=True)
+    (root / "src" / "pkg" / "mod.py").write_text("print('héllo')\n")
+    (root / "latin1.txt").write_bytes("café au lait\n".encode("latin-1"))
+    (root / "image.bin").write_bytes(bytes(range(256)) * 4)
+    (root / "empty.txt").write_bytes(b"")
+    (root / "big.dat").write_bytes(os.urandom(300 * 1024))
+    (root / "build").mkdir()
+    (root / "build" / "out.o").write_bytes(b"ignored")
+    (root / "debug.log").write_text("ignored\n")
+    (root / ".gitignore").write_text("build/\n*.log\n")
+    (root / "asset.psd").write_bytes(LFS)
+    (root / "secret.env").write_text("excluded\n")
+    (root / "link-in.py").symlink_to(root / "src" / "pkg" / "mod.py")
+    (root / "link-out").symlink_to("/etc/hostname")
+    return root
+
+
+def ingest(
+    root: Path, store: MemoryObjectStore | None = None, **options: object
+) -> tuple[Sink, object]:
+    sink = Sink()
+    job = Ingest(
+        DirectorySource(root),
+        IngestOptions(exclude=("*.env",), **options),  # type: ignore[arg-type]
+        "run-1",
+        "proj",
+        sink,
+        store or MemoryObjectStore("content"),
+    )
+    return sink, job.run()
+
+
+def test_auto_sends_small_files_inline_and_large_ones_to_object_storage(tree: Path) -> None:
+    store = MemoryObjectStore("content")
+    sink, summary = ingest(tree, store)
+    events = sink.by_path()
+    assert sorted(events) == [
+        ".gitignore",
+        "big.dat",
+        "empty.txt",
+        "image.bin",
+        "latin1.txt",
+        "link-in.py",
+        "src/pkg/mod.py",
+    ]
+    assert events["src/pkg/mod.py"].inline is not None
+    assert events["src/pkg/mod.py"].inline.encoding is Enc.UTF_8
+    assert events["latin1.txt"].inline.encoding is Enc.LATIN_1  # type: ignore[union-attr]
+    assert events["image.bin"].inline.encoding is Enc.BINARY  # type: ignore[union-attr]
+    assert events["empty.txt"].size == 0 and events["empty.txt"].inline.data == b""  # type: ignore[union-attr]
+    big = events["big.dat"]
+    assert big.content_strategy is ContentStrategy.OBJECT_STORAGE and big.object_ref is not None
+    assert store.get(big.object_ref.key) == (tree / "big.dat").read_bytes()
+    assert events["link-in.py"].checksum == events["src/pkg/mod.py"].checksum
+    assert all(e.op is Op.UPSERT and e.run_id == "run-1" for e in sink.files)
+
+
+def test_skips_are_recorded_with_reasons_and_counts_reconcile(tree: Path) -> None:
+    sink, summary = ingest(tree)
+    skipped = {s.path: s.reason for s in summary.skipped}  # type: ignore[attr-defined]
+    assert skipped == {
+        "asset.psd": SkipReason.LFS_POINTER,
+        "secret.env": SkipReason.EXCLUDED,
+        "link-out": SkipReason.SYMLINK_OUTSIDE_ROOT,
+    }
+    counts = summary.counts  # type: ignore[attr-defined]
+    assert counts.files == len(sink.files) == counts.inline + counts.object_storage
+    assert counts.skipped == 3
+    assert counts.bytes == sum(e.size for e in sink.files)
+
+
+def test_run_is_bracketed_and_the_digest_covers_the_upserts(tree: Path) -> None:
+    sink, summary = ingest(tree)
+    assert [r.kind for r in sink.runs] == [RunEventKind.STARTED, RunEventKind.COMPLETED]
+    completed = sink.runs[1]
+    assert completed.digest == run_digest((e.path, e.checksum) for e in sink.files)
+    assert completed.counts == summary.counts  # type: ignore[attr-defined]
+
+
+def test_event_ids_are_deterministic_across_runs(tree: Path) -> None:
+    first, _ = ingest(tree)
+    second, _ = ingest(tree)
+    assert [e.event_id for e in first.files] == [e.event_id for e in second.files]
+
+
+def test_reingesting_unchanged_content_uploads_nothing(tree: Path) -> None:
+    store = MemoryObjectStore("content")
+    ingest(tree, store)
+    assert store.uploads == 1
+    _, summary = ingest(tree, store)
+    assert (summary.uploads, summary.deduplicated) == (0, 1)  # type: ignore[attr-defined]
+    assert store.uploads == 1
+
+
+def test_forced_strategies(tree: Path) -> None:
+    store = MemoryObjectStore("content")
+    sink, summary = ingest(tree, store, strategy=StrategyChoice.OBJECT_STORAGE)
+    assert {e.content_strategy for e in sink.files} == {ContentStrategy.OBJECT_STORAGE}
+    sink, summary = ingest(tree, strategy=StrategyChoice.INLINE)
+    assert {e.content_strategy for e in sink.files} == {ContentStrategy.INLINE}
+    assert {s.path for s in summary.skipped if s.reason is SkipReason.TOO_LARGE} == {"big.dat"}  # type: ignore[attr-defined]
+
+
+class DownStore(MemoryObjectStore):
+    def ensure_bucket(self) -> None:
+        raise ObjectStoreUnavailable("127.0.0.1:1", "content", "create bucket", "refused")
+
+
+def test_store_down_small_files_fall_back_inline_and_large_ones_fail(tree: Path) -> None:
+    sink, summary = ingest(tree, DownStore("content"), strategy=StrategyChoice.OBJECT_STORAGE)
+    assert {e.content_strategy for e in sink.files} == {ContentStrategy.INLINE}
+    assert list(summary.failed) == ["big.dat"]  # type: ignore[attr-defined]
+    assert not summary.ok  # type: ignore[attr-defined]
+    assert [r.kind for r in sink.runs] == [RunEventKind.STARTED]  # no COMPLETED for a failed run
+
+
+def test_dry_run_decides_but_publishes_and_uploads_nothing(tree: Path) -> None:
+    store = MemoryObjectStore("content")
+    job = Ingest(DirectorySource(tree), IngestOptions(dry_run=True), "run-1", "proj", None, store)
+    summary = job.run()
+    assert summary.counts.files == 8 and summary.counts.object_storage == 1
+    assert store.uploads == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "encoding"),
+    [
+        (b"plain ascii\n", Enc.UTF_8),
+        ("ünïcödé".encode(), Enc.UTF_8),
+        ("naïve".encode("latin-1"), Enc.LATIN_1),
+        (b"\x00\x01\x02", Enc.BINARY),
+        (b"", Enc.UTF_8),
+        (bytes(range(1, 32)) * 10, Enc.BINARY),
+    ],
+)
+def test_encoding_detection(data: bytes, encoding: Enc) -> None:
+    assert detect_encoding(data) is encoding

@@ -235,7 +235,8 @@ def _print_summary(summary: Summary) -> None:
     click.echo(f"  uploads: {summary.uploads} made, {summary.deduplicated} already stored")
     reasons: dict[str, int] = {}
     for skipped in summary.skipped:
-        reasons[skipped.reason.value] = reasons.get(skipped.reason.value, 0) + 1
+        reason = skipped.reason.value.lower()
+        reasons[reason] = reasons.get(reason, 0) + 1
     if reasons:
         click.echo("  skipped: " + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())))
     click.echo(f"  digest {summary.digest}, {summary.duration_s:.2f}s")

@@ -93,7 +93,7 @@ class Summary:
             "ok": self.ok,
             "counts": self.counts.model_dump(),
             "skipped": [
-                {"path": s.path, "reason": s.reason.value, "detail": s.detail} for s in self.skipped
+                {"path": s.path, "reason": s.reason.value.lower(), "detail": s.detail} for s in self.skipped
             ],
             "failed": self.failed,
             "uploads": {
@@ -150,7 +150,7 @@ class Ingest:
                 )
                 continue
             self._publish(event)
-            counts[(event.content_strategy or ContentStrategy.INLINE).value] += 1
+            counts[(event.content_strategy or ContentStrategy.INLINE).value.lower()] += 1
             counts["files"] += 1
             counts["bytes"] += event.size
             done_files, done_bytes = done_files + 1, done_bytes + event.size

@@ -17,8 +17,9 @@ from schemas.models import SkipReason, TextEncoding
 LFS_SIGNATURE = b"version https://git-lfs.github.com/spec/v1"
 LFS_POINTER_MAX = 1024  # pointer files are about 130 bytes
 _SAMPLE = 8192
-# Control bytes that text files do contain: tab, LF, VT, FF, CR, ESC, backspace.
-_TEXT_CONTROLS = frozenset(b"\t\n\x0b\x0c\r\x1b\x08")
+# Control bytes that text files do not contain (tab, LF, VT, FF, CR, ESC and
+# backspace they do); counted with bytes.translate, at C speed.
+_BINARY_CONTROLS = bytes(b for b in range(0x20) if b not in b"\t\n\x0b\x0c\r\x1b\x08")
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def detect_encoding(data: bytes) -> TextEncoding:
     The bytes are never altered; this only records how they read as text.
     """
     sample = data[:_SAMPLE]
-    controls = sum(1 for b in sample if b < 0x20 and b not in _TEXT_CONTROLS)
+    controls = len(sample) - len(sample.translate(None, _BINARY_CONTROLS))
     if b"\x00" in sample or controls > len(sample) // 100:
         return TextEncoding.BINARY
     try:

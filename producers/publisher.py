@@ -73,7 +73,7 @@ class Publisher:
         self._produce(self.file_topic, key, self._file_value(event, self._file_ctx), event.path)
 
     def run(self, event: RunEvent) -> None:
-        label = f"<run {event.kind.value}>"
+        label = f"<run {event.kind.value.lower()}>"
         self._produce(self.run_topic, event.run_id, self._run_value(event, self._run_ctx), label)
 
     def _produce(self, topic: str, key: str, value: bytes, label: str) -> None:

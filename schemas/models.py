@@ -1,19 +1,16 @@
 """The events as typed, frozen models, and their Avro records.
 
-Enum members are named exactly as their Avro symbols (``Op.UPSERT`` is the
-symbol ``UPSERT``); their values are the words people type (``upsert``).
-``to_avro`` and ``from_avro`` convert between a model and the plain dict that
-fastavro writes and reads.
+Enum members are their Avro symbols, in name and value (``Op.UPSERT`` is
+``"UPSERT"``), so a model dumps straight to the dict fastavro writes:
+``to_avro`` and ``from_avro`` are pydantic's own dump and validation.
 """
 
 from __future__ import annotations
 
 import hashlib
-import types
-import typing
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from enum import Enum, StrEnum
+from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -22,50 +19,50 @@ from schemas.catalog import EventType
 
 
 class Op(StrEnum):
-    UPSERT = "upsert"
-    DELETE = "delete"
+    UPSERT = "UPSERT"
+    DELETE = "DELETE"
 
 
 class ContentStrategy(StrEnum):
-    INLINE = "inline"
-    OBJECT_STORAGE = "object_storage"
-    GIT_REFERENCE = "git_reference"
+    INLINE = "INLINE"
+    OBJECT_STORAGE = "OBJECT_STORAGE"
+    GIT_REFERENCE = "GIT_REFERENCE"
 
 
 class TextEncoding(StrEnum):
-    UTF_8 = "utf-8"
-    LATIN_1 = "latin-1"
-    BINARY = "binary"
+    UTF_8 = "UTF_8"
+    LATIN_1 = "LATIN_1"
+    BINARY = "BINARY"
 
 
 class RunEventKind(StrEnum):
-    STARTED = "started"
-    COMPLETED = "completed"
+    STARTED = "STARTED"
+    COMPLETED = "COMPLETED"
 
 
 class SkipReason(StrEnum):
-    OTHER = "other"
-    TOO_LARGE = "too_large"
-    EXCLUDED = "excluded"
-    LFS_POINTER = "lfs_pointer"
-    SYMLINK_OUTSIDE_ROOT = "symlink_outside_root"
-    UNREADABLE = "unreadable"
+    OTHER = "OTHER"
+    TOO_LARGE = "TOO_LARGE"
+    EXCLUDED = "EXCLUDED"
+    LFS_POINTER = "LFS_POINTER"
+    SYMLINK_OUTSIDE_ROOT = "SYMLINK_OUTSIDE_ROOT"
+    UNREADABLE = "UNREADABLE"
 
 
 class VerificationStatus(StrEnum):
-    ERROR = "error"
-    OK = "ok"
-    MISMATCH = "mismatch"
-    MISSING = "missing"
+    ERROR = "ERROR"
+    OK = "OK"
+    MISMATCH = "MISMATCH"
+    MISSING = "MISSING"
 
 
 class DeadLetterReason(StrEnum):
-    OTHER = "other"
-    DESERIALIZATION = "deserialization"
-    SCHEMA = "schema"
-    PAYLOAD_MISSING = "payload_missing"
-    CHECKSUM_MISMATCH = "checksum_mismatch"
-    STORAGE_CONSTRAINT = "storage_constraint"
+    OTHER = "OTHER"
+    DESERIALIZATION = "DESERIALIZATION"
+    SCHEMA = "SCHEMA"
+    PAYLOAD_MISSING = "PAYLOAD_MISSING"
+    CHECKSUM_MISMATCH = "CHECKSUM_MISMATCH"
+    STORAGE_CONSTRAINT = "STORAGE_CONSTRAINT"
 
 
 def _to_millis(value: datetime) -> datetime:
@@ -77,52 +74,17 @@ def _to_millis(value: datetime) -> datetime:
 Millis = Annotated[datetime, AfterValidator(_to_millis)]
 
 
-def _enum_of(annotation: Any) -> type[Enum] | None:
-    """The Enum class in ``annotation`` (``E`` or ``E | None``), if any."""
-    if isinstance(annotation, type) and issubclass(annotation, Enum):
-        return annotation
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            if isinstance(arg, type) and issubclass(arg, Enum):
-                return arg
-    return None
-
-
 class AvroRecord(BaseModel):
     """A frozen model that converts to and from its Avro record."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _symbols_to_members(cls, data: Any) -> Any:
-        """Accept Avro enum symbols (``"UPSERT"``) where a member is expected."""
-        if not isinstance(data, dict):
-            return data
-        converted = dict(data)
-        for name, field in cls.model_fields.items():
-            enum = _enum_of(field.annotation)
-            value = converted.get(name)
-            if enum is not None and isinstance(value, str) and value in enum.__members__:
-                converted[name] = enum[value]
-        return converted
-
     def to_avro(self) -> dict[str, Any]:
-        return {name: _to_avro(getattr(self, name)) for name in type(self).model_fields}
+        return self.model_dump()
 
     @classmethod
     def from_avro(cls, record: dict[str, Any]) -> Self:
         return cls.model_validate(record)
-
-
-def _to_avro(value: Any) -> Any:
-    if isinstance(value, AvroRecord):
-        return value.to_avro()
-    if isinstance(value, Enum):
-        return value.name
-    if isinstance(value, list | tuple):
-        return [_to_avro(v) for v in value]
-    return value
 
 
 class Event(AvroRecord):

@@ -59,7 +59,7 @@ _AUTH_FAILED = (
     "terminal prompts disabled",
     "could not read username",
     "could not read password",
-    "permission denied",
+    "permission denied (publickey",
     "returned error: 401",
     "returned error: 403",
 )
@@ -116,7 +116,7 @@ class GitCache:
     """Bare partial clones of remote repositories under ``root``."""
 
     def __init__(self, root: Path, *, timeout: float = 600.0, lock_timeout: float = 600.0) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()
         self.timeout = timeout
         self.lock_timeout = lock_timeout
 
@@ -153,7 +153,11 @@ class GitCache:
         """Bytes the cache takes on disk."""
         total = 0
         for folder, _, files in os.walk(self.root):
-            total += sum(os.lstat(os.path.join(folder, name)).st_size for name in files)
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(folder, name)).st_size
+                except FileNotFoundError:  # removed by a fetch running meanwhile
+                    pass
         return total
 
     def _clone(self, call: _Call, dest: Path) -> None:

@@ -207,6 +207,16 @@ def test_discover_wants_the_top_level(source: Path, tmp_path: Path) -> None:
         GitRepo(source / "src")
 
 
+def test_repository_pointers_in_the_environment_are_ignored(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    git(tmp_path, "init", "-q", "other")
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / "other" / ".git"))  # as inside a git hook
+    monkeypatch.setenv("GIT_INDEX_FILE", str(tmp_path / "other" / ".git" / "index"))
+    repo = GitRepo(source)
+    assert repo.resolve("v1") and "src/pkg/mod.py" in repo.ls_files()
+
+
 # -- GitCache over file:// ---------------------------------------------------------------
 
 
@@ -230,9 +240,14 @@ def test_cache_clones_once_then_fetches(remote: Path, tmp_path: Path) -> None:
     marker.write_text("still the first clone")
 
     (remote / "later.txt").write_text("later\n")
+    (remote / "src" / "pkg" / "mod.py").write_text("print('changed')\n")
     newer = commit_all(remote, "later")
     again, commit2 = cache.repo(url, "main")
     assert commit2 == newer and marker.exists() and location.stat().st_ino == inode
+    assert set(again.changes(commit, newer)) == {
+        Change("A", "later.txt"),
+        Change("M", "src/pkg/mod.py"),
+    }
     offline = GitRepo(location)  # no credentials, no network: everything is local
     entries = {e.path: e for e in offline.tree(commit2)}
     assert offline.read_blob(entries["later.txt"].blob_id) == b"later\n"
@@ -241,6 +256,18 @@ def test_cache_clones_once_then_fetches(remote: Path, tmp_path: Path) -> None:
     assert cache.repo(url, commit)[1] == commit  # a cached commit id: no fetch needed
     assert cache.repo(url)[1] == newer
     assert cache.size() > 0
+
+
+def test_cache_changes_need_no_old_blobs(remote: Path, tmp_path: Path) -> None:
+    first = git(remote, "rev-parse", "HEAD")
+    old_blob = git(remote, "rev-parse", "HEAD:src/pkg/mod.py")
+    (remote / "src" / "pkg" / "mod.py").write_text("print('changed')\n")
+    second = commit_all(remote, "second")
+    repo, commit = GitCache(tmp_path / "cache").repo(remote.as_uri(), "main")
+    assert commit == second and repo.resolve("main~1") == first  # the history is there
+    assert repo.missing_objects(first) == [old_blob]  # but only the blobs of `second`
+    assert repo.changes(first, second) == [Change("M", "src/pkg/mod.py")]
+    assert repo.missing_objects(first) == [old_blob]  # the diff read trees only
 
 
 def test_cache_fetches_a_commit_no_branch_reaches(remote: Path, tmp_path: Path) -> None:
@@ -275,6 +302,16 @@ def test_cache_unreachable_remote_is_transient(tmp_path: Path) -> None:
     assert is_transient(caught.value) and isinstance(caught.value, Transient)
     assert "\n" not in message and TOKEN not in message
     assert f"http://127.0.0.1:{port}/repo.git" in message
+
+
+def test_cache_silent_remote_times_out(tmp_path: Path) -> None:
+    with socket.socket() as silent:  # accepts connections (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://{TOKEN}@127.0.0.1:{silent.getsockname()[1]}/repo.git"
+        with pytest.raises(GitUnavailable, match="no answer within 0.5s") as caught:
+            GitCache(tmp_path / "cache", timeout=0.5).repo(url)
+    assert TOKEN not in str(caught.value)
 
 
 def test_cache_lock_waits_are_bounded(remote: Path, tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ Serializers are callables ``(event, ctx) -> bytes``; deserializers
 per topic: ``<topic>-value``) and fastavro, as confluent-kafka's own Avro serde
 does, without its per-message overhead. Reading resolves *any* registered
 writer version into the local reader schema with fastavro, and turns every
-way bytes can be wrong into one typed, terminal :class:`~schemas.errors.DeserializationError` that names the reason; only a
+way bytes can be wrong into one typed, terminal
+:class:`~schemas.errors.DeserializationError` that names the reason; only a
 registry that does not answer is transient.
 """
 

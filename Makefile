@@ -36,8 +36,9 @@ stack-down: install ## Stop the local stack (its data stays in .headrace/)
 stack-status: install ## Show the local stack's services and their health
 	$(HEADRACE) stack status
 
-demo: stack-up ## Run the end-to-end demo job against the local stack
+demo: stack-up ## Run the end-to-end demo: this repository ingested into the local stack
 	$(HEADRACE) stack smoke
+	$(HEADRACE) ingest . --project headrace
 
 test: stack-up ## Run the whole test suite (unit and integration) against the local stack
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -42,6 +42,7 @@ class Candidate:
     local_path: Path | None = None  # where it is on this disk, if it is
     blob_id: str | None = None  # its git blob id, for git sources
     skip: str | None = None  # a reason the source already knows (symlink outside the root)
+    detail: str | None = None  # words for that reason
 
 
 class Source(Protocol):

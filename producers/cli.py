@@ -63,7 +63,12 @@ SIZE = ByteSize()
 
 
 def open_source(
-    settings: Settings, location: str, ref: str | None, since: str | None, project: str | None
+    settings: Settings,
+    location: str,
+    ref: str | None,
+    since: str | None,
+    project: str | None,
+    exclude: tuple[str, ...] = (),
 ) -> Source:
     if _URL.match(location) and not location.startswith("file://"):
         clean = strip_credentials(location)
@@ -86,7 +91,7 @@ def open_source(
         )
     if ref or since:
         raise click.UsageError(f"--ref and --since need a git repository; {location} is not one")
-    return DirectorySource(path, project)
+    return DirectorySource(path, project, exclude)
 
 
 @click.command()
@@ -185,7 +190,7 @@ def ingest(
         presign_expiry=timedelta(hours=presign_expiry),
         dry_run=dry_run,
     )
-    src = open_source(settings, source, ref, since, project)
+    src = open_source(settings, source, ref, since, project, exclude)
     with contextlib.ExitStack() as resources:
         publisher = store = None
         if not dry_run:

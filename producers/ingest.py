@@ -93,7 +93,8 @@ class Summary:
             "ok": self.ok,
             "counts": self.counts.model_dump(),
             "skipped": [
-                {"path": s.path, "reason": s.reason.value.lower(), "detail": s.detail} for s in self.skipped
+                {"path": s.path, "reason": s.reason.value.lower(), "detail": s.detail}
+                for s in self.skipped
             ],
             "failed": self.failed,
             "uploads": {

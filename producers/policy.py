@@ -36,7 +36,7 @@ class FilePolicy:
     def by_metadata(self, candidate: Candidate) -> Skip | None:
         """What can be decided without reading the file."""
         if candidate.skip is not None:
-            return Skip(SkipReason(candidate.skip))
+            return Skip(SkipReason(candidate.skip), candidate.detail)
         if self.exclude is not None and self.exclude.match_file(candidate.path):
             return Skip(SkipReason.EXCLUDED, "matched --exclude")
         if candidate.size > self.max_file_size:

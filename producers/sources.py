@@ -12,7 +12,7 @@ nothing) is skipped with a reason, never followed.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -30,16 +30,22 @@ def _open(path: Path) -> BinaryIO:
     return path.open("rb")
 
 
+def _no_content() -> BinaryIO:
+    raise IsADirectoryError("a skipped directory has no content")
+
+
 @dataclass
 class DirectorySource:
     root: Path
     project: str | None = None
+    exclude: Sequence[str] = ()  # --exclude: a matching directory is skipped whole
     _ignores: list[tuple[str, GitIgnoreSpec]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.root.is_dir():
             raise SourceError(f"{self.root} is not a directory")
         self.root = self.root.resolve()
+        self._excluded = GitIgnoreSpec.from_lines(self.exclude) if self.exclude else None
 
     def info(self) -> SourceInfo:
         return SourceInfo(SourceKind.DIRECTORY, str(self.root), self.project or self.root.name)
@@ -64,7 +70,15 @@ class DirectorySource:
                 if entry.name == ".git":
                     continue
                 if entry.is_dir(follow_symlinks=False):
-                    if not self._ignored(rel + "/"):
+                    if self._excluded is not None and self._excluded.match_file(rel + "/"):
+                        yield Candidate(
+                            rel + "/",
+                            0,
+                            _no_content,
+                            skip=SkipReason.EXCLUDED,
+                            detail="a directory matched --exclude",
+                        )
+                    elif not self._ignored(rel + "/"):
                         yield from self._walk(Path(entry.path), rel + "/")
                 elif not self._ignored(rel):
                     yield self._candidate(Path(entry.path), rel, entry)

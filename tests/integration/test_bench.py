@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from headrace.settings import PROJECT_ROOT, KafkaSettings
+from headrace.settings import PROJECT_ROOT, KafkaSettings, ObjectStoreSettings, RegistrySettings
 
 
 def test_kafka_clients_benchmark_reports_ratios(kafka: KafkaSettings) -> None:
@@ -27,3 +27,34 @@ def test_kafka_clients_benchmark_reports_ratios(kafka: KafkaSettings) -> None:
     assert lines[0].startswith("3,000 records of 256 B")
     assert sum("x baseline" in line for line in lines) == 2
     assert sum(line.rstrip().endswith("baseline") for line in lines) == 4
+
+
+def test_ingest_benchmark_runs_small(
+    kafka: KafkaSettings, registry: RegistrySettings, object_store: ObjectStoreSettings
+) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "HEADRACE_REGISTRY__URL": registry.url,
+        "HEADRACE_OBJECT_STORE__ENDPOINT": object_store.endpoint,
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT_ROOT / "bench" / "ingest.py"),
+            "--small",
+            "300",
+            "--large",
+            "1",
+            "--skip-stdlib",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "300 files inline" in out and "x baseline" in out and "peak RSS" in out
+    assert "re-ingest 0 uploads, 301 already stored" in out

@@ -256,3 +256,82 @@ def test_skip_reasons_reach_the_run_event(
         ("large.bin", SkipReason.EXCLUDED),
         ("logo.bin", SkipReason.EXCLUDED),
     }
+
+
+TOKEN = "ghp-s3cr3t-integration-token"
+
+
+def test_a_git_url_with_a_token_leaves_no_trace_of_it(
+    tmp_path: Path,
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import base64
+    import threading
+
+    from tests.gitserver import GitServer
+
+    work = tmp_path / "work"
+    work.mkdir()
+    git(work, "init", "-q", "-b", "main")
+    (work / "README.md").write_text("# served over http\n")
+    (work / "data.bin").write_bytes(os.urandom(150 * 1024))  # object storage, from a git blob
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", "one")
+    served = tmp_path / "served"
+    served.mkdir()
+    git(served, "clone", "-q", "--bare", str(work), "repo.git")
+    git(served / "repo.git", "config", "uploadpack.allowFilter", "true")
+    server = GitServer(served, TOKEN)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    cache = tmp_path / "git-cache"
+    monkeypatch.setenv("HEADRACE_GIT__CACHE_DIR", str(cache))
+    port = server.server_address[1]
+    url = f"http://x-access-token:{TOKEN}@127.0.0.1:{port}/repo.git"
+    try:
+        code, out, err = run(
+            [
+                "--log-level",
+                "DEBUG",
+                "--log-format",
+                "json",
+                "ingest",
+                url,
+                "--ref",
+                "main",
+                "--json",
+            ],
+            capsys,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert code == 0, err
+    assert any(auth for _path, auth in server.requests)  # the token was sent, as a header
+
+    summary = json.loads(out)
+    assert summary["source"] == f"http://127.0.0.1:{port}/repo.git"
+    assert summary["counts"]["files"] == 2 and summary["counts"]["object_storage"] == 1
+    raw = [
+        m.value() or b""
+        for m in read_topic(kafka, env["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"], lambda m: m)
+    ]
+    raw += [
+        m.value() or b""
+        for m in read_topic(kafka, env["HEADRACE_KAFKA__TOPICS__RUN_EVENTS"], lambda m: m)
+    ]
+    assert len(raw) == 4
+    secrets = [TOKEN.encode(), base64.b64encode(f"x-access-token:{TOKEN}".encode())]
+    for secret in secrets:
+        assert not any(secret in value for value in raw), "token in a message"
+        assert secret.decode() not in out + err, "token in the output or the logs"
+        assert not [p for p in cache.rglob("*") if p.is_file() and secret in p.read_bytes()]
+    assert err.strip(), "the DEBUG log run wrote log lines to scan"
+    events = {e.path: e for _k, e in file_events(kafka, registry, env)}
+    assert events["README.md"].inline is not None
+    assert events["data.bin"].object_ref is not None

@@ -16,15 +16,14 @@ import socket
 import subprocess
 import threading
 from collections.abc import Generator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote
 
 import pytest
 
 from headrace.errors import StorageError, Terminal, Transient, is_transient
 from storage.git import Change, GitError, GitRepo, GitUnavailable, TreeEntry
 from storage.git_cache import GitCache
+from tests.gitserver import GitServer
 
 TOKEN = "s3cr3t-token"
 NON_UTF8 = os.fsdecode(b"caf\xe9.txt")
@@ -350,87 +349,13 @@ def test_cache_serializes_concurrent_callers(remote: Path, tmp_path: Path) -> No
 # -- GitCache over smart HTTP with basic auth ------------------------------------------------
 
 
-class _Backend(BaseHTTPRequestHandler):
-    """Relays each request to ``git http-backend`` (CGI) once basic auth checks out."""
-
-    server: _GitServer
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def _serve(self) -> None:
-        auth = self.headers.get("Authorization", "")
-        self.server.requests.append((self.path, auth))
-        user_pass = base64.b64decode(auth.removeprefix("Basic ")).decode() if auth else ""
-        if user_pass.partition(":")[2] != self.server.token:
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="git"')
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        body = self._body()
-        path, _, query = self.path.partition("?")
-        env = {
-            "PATH": os.environ["PATH"], "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_PROJECT_ROOT": str(self.server.root), "GIT_HTTP_EXPORT_ALL": "1",
-            "REQUEST_METHOD": self.command, "PATH_INFO": unquote(path), "QUERY_STRING": query,
-            "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-            "CONTENT_LENGTH": str(len(body)), "REMOTE_ADDR": "127.0.0.1", "REMOTE_USER": "user",
-            "HTTP_GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
-            "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
-        }  # fmt: skip
-        out = subprocess.run(
-            ["git", "http-backend"], input=body, env=env, capture_output=True, check=False
-        ).stdout
-        head, _, payload = out.partition(b"\r\n\r\n")
-        status, headers = 200, []
-        for line in head.decode().splitlines():
-            name, _, value = line.partition(":")
-            if name.lower() == "status":
-                status = int(value.split()[0])
-            else:
-                headers.append((name, value.strip()))
-        self.send_response(status)
-        for name, value in headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def _body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
-            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = b""
-        while size := int(self.rfile.readline().split(b";")[0], 16):
-            body += self.rfile.read(size)
-            self.rfile.readline()
-        self.rfile.readline()
-        return body
-
-
-class _GitServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, root: Path, token: str) -> None:
-        super().__init__(("127.0.0.1", 0), _Backend)
-        self.root = root
-        self.token = token
-        self.requests: list[tuple[str, str]] = []
-
-
 @pytest.fixture
-def http_remote(remote: Path, tmp_path: Path) -> Iterator[tuple[_GitServer, str]]:
+def http_remote(remote: Path, tmp_path: Path) -> Iterator[tuple[GitServer, str]]:
     root = tmp_path / "served"
     root.mkdir()
     git(root, "clone", "-q", "--bare", str(remote), "repo.git")
     git(root / "repo.git", "config", "uploadpack.allowFilter", "true")
-    server = _GitServer(root, TOKEN)
+    server = GitServer(root, TOKEN)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -446,7 +371,7 @@ def _files_containing(root: Path, needle: bytes) -> list[Path]:
 
 
 def test_cache_authenticates_without_storing_the_token(
-    http_remote: tuple[_GitServer, str],
+    http_remote: tuple[GitServer, str],
     remote: Path,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
@@ -479,7 +404,7 @@ def test_cache_authenticates_without_storing_the_token(
     assert any(auth == f"Basic {basic.decode()}" for _, auth in server.requests)
 
 
-def test_cache_token_argument(http_remote: tuple[_GitServer, str], tmp_path: Path) -> None:
+def test_cache_token_argument(http_remote: tuple[GitServer, str], tmp_path: Path) -> None:
     _, host = http_remote
     _, commit = GitCache(tmp_path / "cache").repo(f"http://{host}/repo.git", "v1", token=TOKEN)
     assert len(commit) == 40
@@ -487,7 +412,7 @@ def test_cache_token_argument(http_remote: tuple[_GitServer, str], tmp_path: Pat
 
 @pytest.mark.parametrize("userinfo", ["user:wrong-token-value@", "wrong-token-value@", ""])
 def test_cache_refused_credentials_are_one_line_without_the_token(
-    http_remote: tuple[_GitServer, str], tmp_path: Path, userinfo: str
+    http_remote: tuple[GitServer, str], tmp_path: Path, userinfo: str
 ) -> None:
     _, host = http_remote
     with pytest.raises(GitError, match="authentication failed") as caught:

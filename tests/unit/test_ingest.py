@@ -185,3 +185,30 @@ def test_dry_run_decides_but_publishes_and_uploads_nothing(tree: Path) -> None:
 )
 def test_encoding_detection(data: bytes, encoding: Enc) -> None:
     assert detect_encoding(data) is encoding
+
+
+@pytest.mark.parametrize(
+    ("kind", "prefer", "size", "expected"),
+    [
+        ("git_url", True, 10, ContentStrategy.GIT_REFERENCE),
+        ("git_url", False, 10, ContentStrategy.INLINE),
+        ("git", True, 10, ContentStrategy.INLINE),  # a local repository has no URL to share
+        ("directory", False, 10**6, ContentStrategy.OBJECT_STORAGE),
+    ],
+)
+def test_auto_choices(
+    kind: str, prefer: bool, size: int, expected: ContentStrategy, tmp_path: Path
+) -> None:
+    from producers.base import SourceInfo, SourceKind
+
+    job = Ingest(DirectorySource(tmp_path), IngestOptions(prefer_git_reference=prefer), "r")
+    assert job._choose(size, SourceInfo(SourceKind(kind), "loc", "p")) is expected
+
+
+def test_an_excluded_directory_is_skipped_whole(tree: Path) -> None:
+    sink = Sink()
+    source = DirectorySource(tree, exclude=("src/",))
+    summary = Ingest(source, IngestOptions(exclude=("src/",)), "r", "p", sink,
+                     MemoryObjectStore("content")).run()
+    assert not any(e.path.startswith("src/") for e in sink.files)
+    assert ("src/", SkipReason.EXCLUDED) in {(s.path, s.reason) for s in summary.skipped}

@@ -208,7 +208,8 @@ def test_auto_choices(
 def test_an_excluded_directory_is_skipped_whole(tree: Path) -> None:
     sink = Sink()
     source = DirectorySource(tree, exclude=("src/",))
-    summary = Ingest(source, IngestOptions(exclude=("src/",)), "r", "p", sink,
-                     MemoryObjectStore("content")).run()
+    summary = Ingest(
+        source, IngestOptions(exclude=("src/",)), "r", "p", sink, MemoryObjectStore("content")
+    ).run()
     assert not any(e.path.startswith("src/") for e in sink.files)
     assert ("src/", SkipReason.EXCLUDED) in {(s.path, s.reason) for s in summary.skipped}

@@ -13,7 +13,14 @@ from typing import Any
 import click
 import orjson
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from headrace.errors import HeadraceError
 from headrace.redact import REDACTOR, credentials_in, strip_credentials
@@ -209,20 +216,33 @@ def ingest(
 
 
 def _run_with_progress(job: Ingest, *, quiet: bool) -> Summary:
+    """A progress bar on a terminal (files, bytes, rate, ETA); nothing otherwise."""
     if quiet or not sys.stderr.isatty():
         return job.run()
+    # A first pass over the candidates (no content is read) gives the totals for the ETA.
+    files = total = 0
+    for candidate in job.source.candidates():
+        files, total = files + 1, total + candidate.size
     with Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("[bold]ingest"),
         BarColumn(),
-        TextColumn("{task.completed} files"),
+        TextColumn("{task.fields[files]:,}/" + f"{files:,} files"),
+        DownloadColumn(),
         TransferSpeedColumn(),
-        TimeElapsedColumn(),
+        TimeRemainingColumn(),
         console=Console(stderr=True),
         transient=True,
     ) as bar:
-        task = bar.add_task("ingest", total=None)
-        job.progress = lambda files, _bytes: bar.update(task, completed=files)
-        return job.run()
+        task = bar.add_task("ingest", total=total, files=0)
+
+        def advance(done: int, size: int) -> None:
+            if done % 64 == 0:  # updating the bar costs more than publishing a small file
+                bar.update(task, completed=size, files=done)
+
+        job.progress = advance
+        summary = job.run()
+        bar.update(task, completed=summary.counts.bytes, files=summary.counts.files)
+        return summary
 
 
 def _print_summary(summary: Summary) -> None:

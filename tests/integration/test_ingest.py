@@ -335,3 +335,32 @@ def test_a_git_url_with_a_token_leaves_no_trace_of_it(
     events = {e.path: e for _k, e in file_events(kafka, registry, env)}
     assert events["README.md"].inline is not None
     assert events["data.bin"].object_ref is not None
+
+
+def test_object_store_down_small_files_go_inline_and_large_ones_fail_the_run(
+    tree: Path,
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("HEADRACE_OBJECT_STORE__ENDPOINT", f"127.0.0.1:{port}")
+    code, out, err = run(
+        ["ingest", str(tree), "--content-strategy", "object_storage", "--json"], capsys
+    )
+    assert code == 1
+    summary = json.loads(out)
+    assert sorted(summary["failed"]) == ["large.bin", "medium.txt"]
+    assert all("unavailable" in why for why in summary["failed"].values())
+    assert summary["counts"]["inline"] == 5 and summary["counts"]["object_storage"] == 0
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("headrace: error: 2 files were not published: ")
+    events = {key.split("/", 1)[1]: e for key, e in file_events(kafka, registry, env)}
+    assert "large.bin" not in events and events["src/app.py"].inline is not None
+    assert [r.kind for r in run_events(kafka, registry, env)] == [RunEventKind.STARTED]

@@ -16,17 +16,6 @@ from typing import Any, TypeAlias
 
 PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 NAMED = frozenset({"record", "enum", "fixed"})
-NEW_READS_OLD = "new reads old"
-OLD_READS_NEW = "old reads new"
-# reader type -> the other writer types it can read
-_PROMOTIONS = {
-    "long": {"int"},
-    "float": {"int", "long"},
-    "double": {"int", "long", "float"},
-    "bytes": {"string"},
-    "string": {"bytes"},
-}
-_PROMOTABLE = {"int", "long", "float", "double", "bytes", "string"}
 _ORDERS = {"ASCENDING", "DESCENDING", "IGNORE"}
 _JAVA_DOUBLE = re.compile(r"[+-]?(?:NaN|Infinity|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[fFdD]?)")
 

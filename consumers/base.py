@@ -1,0 +1,80 @@
+"""The consumer runtime's contract with the groups' sinks.
+
+A sink receives decoded batches and says, per partition, which position is
+durable in its own storage; the runtime commits Kafka offsets only up to
+that. On assignment the sink's own durable state decides where to start
+(Kafka's committed offset is only the fallback), so a replay never writes a
+second copy. Two kinds of sink share this contract:
+
+- a file sink (the archive) buffers records into open segments and makes them
+  durable later (on size, count, age or revocation): ``durable`` advances on
+  its own, ``tick`` runs its timers;
+- a transactional sink (a database) makes each ``write`` durable at once,
+  with its positions in the same transaction.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from schemas.models import Event
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Record:
+    """A Kafka record as consumed: its place, its bytes, its headers."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...] = ()
+
+
+@dataclass(frozen=True)
+class Decoded:
+    record: Record
+    event: Event
+    schema_id: int
+
+
+@dataclass(frozen=True)
+class SinkCapabilities:
+    """What the runtime may rely on, read instead of isinstance checks."""
+
+    durable_on_write: bool  # True: a returned write() is durable (a database transaction)
+    max_batch: int = 10_000
+
+
+class Sink(ABC):
+    """A group's storage. Subclasses implement ``write`` and ``durable``."""
+
+    capabilities = SinkCapabilities(durable_on_write=False)
+
+    @abstractmethod
+    def write(self, batch: Sequence[Decoded]) -> None:
+        """Take a batch (records in offset order per partition); raise Transient or Terminal."""
+
+    @abstractmethod
+    def durable(self) -> dict[TopicPartition, int]:
+        """Per partition, the next offset whose predecessors are all durable."""
+
+    def positions(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Where to start each newly assigned partition, from the sink's own state."""
+        durable = self.durable()
+        return {tp: durable[tp] for tp in partitions if tp in durable}
+
+    def tick(self) -> None:  # noqa: B027 - a hook: file sinks run their timers here
+        """Called every loop iteration, with or without records."""
+
+    def release(self, partitions: Iterable[TopicPartition]) -> None:  # noqa: B027 - a hook
+        """The partitions are being revoked: make what is held for them durable."""
+
+    def close(self) -> None:  # noqa: B027 - a hook
+        """Shut down: make everything durable that can be."""

@@ -1,0 +1,259 @@
+"""The consumer runtime every group shares: poll, decode, write, commit, retry, dead-letter.
+
+- Offsets are committed only up to what the sink reports durable.
+- On assignment each partition starts where the sink's own durable state says
+  (Kafka's committed offset is the fallback); on revocation the sink makes
+  what it holds durable and that is committed before the partitions go.
+- A record that cannot be decoded, or that the sink refuses as terminal, goes
+  to the dead-letter topic; the group goes on. Transient failures are
+  retried with exponential backoff and jitter while the partitions are
+  paused; nothing is dropped.
+- SIGTERM and SIGINT stop the loop after the batch in hand; what is durable
+  is committed and the consumer leaves the group.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+
+from confluent_kafka import Consumer, Message
+from confluent_kafka import TopicPartition as KafkaPartition
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+
+from consumers.base import Decoded, Record, Sink, TopicPartition
+from consumers.dlq import REASON_OF, DeadLetterQueue
+from consumers.errors import StopConsuming
+from consumers.metrics import Metrics
+from headrace.errors import HeadraceError, Terminal, is_transient
+from headrace.kafka import make_consumer
+from headrace.settings import KafkaSettings
+from schemas.errors import DeserializationError
+from schemas.models import DeadLetterReason, Event
+from schemas.serde import HEADER_SIZE, EventDeserializer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RuntimeStats:
+    processed: int = 0
+    dead_lettered: int = 0
+    committed: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+class ConsumerRuntime:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        group: str,
+        decoders: Mapping[str, EventDeserializer[Event]],  # topic -> deserializer
+        sink: Sink,
+        dlq: DeadLetterQueue,
+        *,
+        metrics: Metrics | None = None,
+        until_caught_up: bool = False,
+        batch_size: int = 5000,
+        poll_timeout_s: float = 0.5,
+        retry_for_s: float = 120.0,
+    ) -> None:
+        self.group, self.sink, self.dlq = group, sink, dlq
+        self.decoders = dict(decoders)
+        self.metrics = metrics or Metrics(group)
+        self.until_caught_up = until_caught_up
+        self.batch_size = min(batch_size, sink.capabilities.max_batch)
+        self.poll_timeout_s = poll_timeout_s
+        self.retry_for_s = retry_for_s
+        self.stats = RuntimeStats()
+        self._consumer: Consumer = make_consumer(kafka, group)
+        self._assigned: set[TopicPartition] = set()
+        self._targets: dict[TopicPartition, int] = {}
+        self._stop = False
+
+    # --- the loop -------------------------------------------------------------------
+
+    def stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
+        if signum is not None:
+            log.info("signal %s: stopping after the batch in hand", signal.Signals(signum).name)
+        self._stop = True
+
+    def run(self) -> RuntimeStats:
+        previous = {sig: signal.signal(sig, self.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        consumer = self._consumer
+        consumer.subscribe(
+            list(self.decoders),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        try:
+            while not self._stop:
+                messages = consumer.consume(self.batch_size, self.poll_timeout_s)
+                started = time.perf_counter()
+                self._process(messages)
+                self.sink.tick()
+                self._commit()
+                if messages:
+                    self.metrics.batch_seconds.observe(time.perf_counter() - started)
+                self.metrics.beat()
+                if self.until_caught_up and self._caught_up():
+                    break
+        finally:
+            try:
+                self.sink.close()
+                self.dlq.flush()
+                self._commit()
+            finally:
+                consumer.close()
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+        return self.stats
+
+    def _process(self, messages: Sequence[Message]) -> None:
+        batch: list[Decoded] = []
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                if error.fatal():
+                    raise StopConsuming(f"fatal Kafka error: {error.str()}")
+                log.warning("consume error: %s", error.str())
+                continue
+            record = _record(msg)
+            try:
+                event = self.decoders[record.topic](record.value)
+            except DeserializationError as exc:
+                self._dead_letter(record, REASON_OF[exc.reason], str(exc))
+                continue
+            schema_id = int.from_bytes((record.value or b"")[1:HEADER_SIZE], "big")
+            batch.append(Decoded(record, event, schema_id))
+        if batch:
+            self._write(batch)
+        self.dlq.flush()
+
+    def _write(self, batch: list[Decoded]) -> None:
+        """Write with retries for transient failures; isolate and dead-letter terminal ones."""
+        try:
+            self._with_retries(lambda: self.sink.write(batch))
+        except Terminal as exc:
+            if len(batch) == 1:
+                self._dead_letter(batch[0].record, DeadLetterReason.STORAGE_CONSTRAINT, str(exc))
+                return
+            for one in batch:  # find the records the sink refuses; write the rest
+                self._write([one])
+            return
+        self.stats.processed += len(batch)
+        self.metrics.processed.inc(len(batch))
+
+    def _with_retries(self, call: Callable[[], None]) -> None:
+        paused = False
+
+        def pause(_state: object) -> None:
+            nonlocal paused
+            if not paused and self._assigned:
+                self._consumer.pause([KafkaPartition(t, p) for t, p in self._assigned])
+                paused = True
+            log.warning("sink unavailable, retrying: %s", _state)
+
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception(is_transient),
+                wait=wait_exponential_jitter(multiplier=0.5, max=30),
+                stop=stop_after_delay(self.retry_for_s),
+                before_sleep=pause,
+                reraise=True,
+            ):
+                with attempt:
+                    call()
+        except HeadraceError as exc:
+            if is_transient(exc):
+                raise StopConsuming(
+                    f"sink still unavailable after {self.retry_for_s:.0f}s: {exc}"
+                ) from None
+            raise
+        finally:
+            if paused:
+                self._consumer.resume([KafkaPartition(t, p) for t, p in self._assigned])
+
+    def _dead_letter(self, record: Record, reason: DeadLetterReason, error: str) -> None:
+        log.warning(
+            "dead-lettering %s/%s/%s: %s", record.topic, record.partition, record.offset, error
+        )
+        self.dlq.send(record, reason, error)
+        self.stats.dead_lettered += 1
+        self.metrics.dead_lettered.inc()
+        self.metrics.failed.inc()
+
+    # --- offsets and rebalances --------------------------------------------------------
+
+    def _commit(self, only: set[TopicPartition] | None = None) -> None:
+        offsets = [
+            KafkaPartition(t, p, offset)
+            for (t, p), offset in self.sink.durable().items()
+            if (t, p) in (only if only is not None else self._assigned)
+            and offset > self.stats.committed.get((t, p), -1)
+        ]
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except Exception as exc:  # a failed commit is retried with the next one
+            log.warning("commit failed, will retry: %s", exc)
+            return
+        for tp in offsets:
+            self.stats.committed[(tp.topic, tp.partition)] = tp.offset
+
+    def _on_assign(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
+        wanted = [(tp.topic, tp.partition) for tp in partitions]
+        start = self.sink.positions(wanted)
+        for tp in partitions:
+            if (tp.topic, tp.partition) in start:
+                tp.offset = start[(tp.topic, tp.partition)]
+            _low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            self._targets.setdefault((tp.topic, tp.partition), high)
+        self._assigned |= set(wanted)
+        consumer.assign(partitions)
+        log.info("assigned %s", ", ".join(f"{t}[{p}]" for t, p in sorted(wanted)))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
+        going = {(tp.topic, tp.partition) for tp in partitions}
+        self.sink.release(going)
+        self.dlq.flush()
+        self._commit(going)
+        self._assigned -= going
+        consumer.unassign()
+
+    def _on_lost(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
+        self._assigned -= {(tp.topic, tp.partition) for tp in partitions}
+
+    def _caught_up(self) -> bool:
+        if not self._assigned:
+            return False
+        positions = self._consumer.position([KafkaPartition(t, p) for t, p in self._assigned])
+        durable = self.sink.durable()
+        for tp in positions:
+            key = (tp.topic, tp.partition)
+            target = self._targets.get(key, 0)
+            if tp.offset < target and durable.get(key, 0) < target:
+                return False
+            lag = max(target - max(tp.offset, 0), 0)
+            self.metrics.lag.labels(self.group, tp.topic, str(tp.partition)).set(lag)
+        return True
+
+
+def _record(msg: Message) -> Record:
+    _kind, timestamp = msg.timestamp()
+    raw = msg.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return Record(
+        topic=msg.topic() or "",
+        partition=msg.partition() or 0,
+        offset=msg.offset() or 0,
+        timestamp_ms=timestamp,
+        key=msg.key(),
+        value=msg.value(),
+        headers=tuple((k, v.encode() if isinstance(v, str) else v) for k, v in pairs),
+    )

@@ -18,6 +18,7 @@ from headrace.errors import HeadraceError
 from headrace.settings import Settings, load_settings
 from headrace.stack.cli import stack
 from headrace.telemetry import configure_logging
+from consumers.dlq_cli import dlq
 from producers.cli import ingest
 from schemas.cli import schemas
 
@@ -66,6 +67,7 @@ def cli(
 cli.add_command(stack)
 cli.add_command(schemas)
 cli.add_command(ingest)
+cli.add_command(dlq)
 
 
 @cli.command("settings")

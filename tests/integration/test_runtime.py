@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import Iterator, Sequence
 
+import orjson
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -16,6 +17,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from consumers.base import Decoded, Sink, SinkCapabilities, TopicPartition
 from consumers.dlq import DeadLetterQueue
 from consumers.runtime import ConsumerRuntime
+from headrace.errors import HeadraceError, Terminal
 from headrace.kafka import ensure_topics, make_admin, make_producer
 from headrace.settings import KafkaSettings, RegistrySettings
 from schemas.catalog import EventType
@@ -23,6 +25,7 @@ from schemas.models import DeadLetter, DeadLetterReason, Event, FileEvent
 from schemas.registry import make_registry_client
 from schemas.serde import EventDeserializer, EventSerializer
 from tests.integration.topics import read_topic
+from tests.unit.test_cli import run
 
 
 class MemorySink(Sink):
@@ -142,3 +145,52 @@ def test_poison_messages_are_dead_lettered_and_the_group_goes_on(
         assert letter.value in (unknown_id,) or letter.reason is DeadLetterReason.DESERIALIZATION
         assert dict(headers)["headrace.dlq.reason"] == letter.reason.value.encode()
         assert letter.error
+
+
+class RefusingSink(MemorySink):
+    """Refuses one path as a constraint violation, until fixed."""
+
+    def __init__(self, refuse: str | None) -> None:
+        super().__init__()
+        self.refuse = refuse
+
+    def write(self, batch: Sequence[Decoded]) -> None:
+        if self.refuse and any(d.event.path == self.refuse for d in batch):  # type: ignore[attr-defined]
+            raise ConstraintViolation(f"{self.refuse} breaks a constraint")
+        super().write(batch)
+
+
+class ConstraintViolation(HeadraceError, Terminal):
+    pass
+
+
+def test_a_refused_record_is_dead_lettered_and_replay_brings_it_back(
+    setup: tuple[KafkaSettings, SchemaRegistryClient],
+    registry: RegistrySettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings, client = setup
+    publish(settings, client, events(30))
+    first = RefusingSink(refuse="f0007.txt")
+    stats = runtime(settings, client, first, f"test-rt-{uuid.uuid4().hex[:6]}").run()
+    assert stats.processed == 29 and stats.dead_lettered == 1
+    assert "f0007.txt" not in {d.event.path for d in first.rows}  # type: ignore[attr-defined]
+
+    monkeypatch.setenv("HEADRACE_KAFKA__BOOTSTRAP_SERVERS", settings.bootstrap_servers)
+    monkeypatch.setenv("HEADRACE_KAFKA__TOPICS__DEAD_LETTER", settings.topics.dead_letter)
+    monkeypatch.setenv("HEADRACE_REGISTRY__URL", registry.url)
+    code, out, err = run(["dlq", "list", "--json"], capsys)
+    assert code == 0, err
+    [listed] = [orjson.loads(line) for line in out.splitlines()]
+    assert listed["reason"] == "storage_constraint"
+    assert "f0007.txt breaks a constraint" in listed["error"]
+    code, out, _ = run(["dlq", "show", listed["id"]], capsys)
+    assert code == 0 and orjson.loads(out)["reason"] == "STORAGE_CONSTRAINT"
+
+    code, out, err = run(["dlq", "replay", listed["id"]], capsys)
+    assert (code, out.strip()) == (0, f"replayed {listed['id']}"), err
+    fixed = RefusingSink(refuse=None)
+    fixed.positions_ = dict(first.positions_)  # the sink's state: everything else is done
+    stats = runtime(settings, client, fixed, f"test-rt-{uuid.uuid4().hex[:6]}").run()
+    assert [d.event.path for d in fixed.rows] == ["f0007.txt"]  # type: ignore[attr-defined]

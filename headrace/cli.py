@@ -13,12 +13,12 @@ from pathlib import Path
 import click
 import orjson
 
+from consumers.dlq_cli import dlq
 from headrace import __version__
 from headrace.errors import HeadraceError
 from headrace.settings import Settings, load_settings
 from headrace.stack.cli import stack
 from headrace.telemetry import configure_logging
-from consumers.dlq_cli import dlq
 from producers.cli import ingest
 from schemas.cli import schemas
 

@@ -34,7 +34,7 @@ from headrace.kafka import make_consumer
 from headrace.settings import KafkaSettings
 from schemas.errors import DeserializationError
 from schemas.models import DeadLetterReason, Event
-from schemas.serde import HEADER_SIZE, EventDeserializer
+from schemas.serde import HEADER_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class ConsumerRuntime:
         self,
         kafka: KafkaSettings,
         group: str,
-        decoders: Mapping[str, EventDeserializer[Event]],  # topic -> deserializer
+        decoders: Mapping[str, Callable[[bytes | None], Event]],  # topic -> deserializer
         sink: Sink,
         dlq: DeadLetterQueue,
         *,

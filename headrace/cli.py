@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 import orjson
 
+from consumers.cli import consume
 from consumers.dlq_cli import dlq
 from headrace import __version__
 from headrace.errors import HeadraceError
@@ -68,6 +69,7 @@ cli.add_command(stack)
 cli.add_command(schemas)
 cli.add_command(ingest)
 cli.add_command(dlq)
+cli.add_command(consume)
 
 
 @cli.command("settings")

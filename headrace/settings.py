@@ -100,6 +100,25 @@ class GitSettings(_Section):
     token: SecretStr | None = None
 
 
+class ConsumerSettings(_Section):
+    """The consumer runtime: group ids, batches, and the metrics endpoint."""
+
+    group_prefix: str = "headrace."  # the archive group is "headrace.archive"
+    batch_size: int = Field(default=5000, ge=1)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9400, ge=0)  # 0: no /metrics and /healthz endpoint
+
+
+class ArchiveSettings(_Section):
+    """The archive group's storage: where, how compressed, and when segments close."""
+
+    root: Path = PROJECT_ROOT / ".headrace" / "archive"
+    compression: Literal["zstd", "gzip", "none"] = "zstd"
+    max_segment_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    max_segment_records: int = Field(default=100_000, ge=1)
+    max_segment_age_s: float = Field(default=300.0, gt=0)
+
+
 class StackSettings(_Section):
     """Where the local stack lives and which versions it installs."""
 
@@ -135,6 +154,8 @@ class Settings(BaseSettings):
     object_store: ObjectStoreSettings = ObjectStoreSettings()
     postgres: PostgresSettings = PostgresSettings()
     git: GitSettings = GitSettings()
+    consumer: ConsumerSettings = ConsumerSettings()
+    archive: ArchiveSettings = ArchiveSettings()
     stack: StackSettings = StackSettings()
     log: LogSettings = LogSettings()
 

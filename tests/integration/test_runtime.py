@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import orjson
 import pytest
@@ -83,8 +83,8 @@ def publish(
 def runtime(
     settings: KafkaSettings, client: SchemaRegistryClient, sink: Sink, group: str
 ) -> ConsumerRuntime:
-    decoders: dict[str, EventDeserializer[Event]] = {
-        settings.topics.file_events: EventDeserializer(client, FileEvent),  # type: ignore[dict-item]
+    decoders: dict[str, Callable[[bytes | None], Event]] = {
+        settings.topics.file_events: EventDeserializer(client, FileEvent),
     }
     return ConsumerRuntime(
         settings,

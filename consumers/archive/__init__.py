@@ -1,0 +1,1 @@
+"""The archive group: every event, append-only, in date-partitioned segments."""

@@ -1,0 +1,53 @@
+"""The archive: append-only, date-partitioned, compressed, self-verifying segments of
+Kafka records, under a local directory.
+
+::
+
+    <root>/<topic>/dt=YYYY-MM-DD/<topic>+<partition>+<first_offset:020d>.jsonl[.zst|.gz]
+    <root>/<topic>/dt=YYYY-MM-DD/_manifest.json
+
+:class:`Archive` writes (:mod:`.segments`: open segments, rotation, atomic
+publish), :mod:`.manifest` keeps each day's list of published segments,
+:func:`read` streams records back and :func:`verify` checks files against
+manifests. Names, paths, the line format and the errors are in :mod:`.layout`::
+
+    StorageError (headrace.errors)
+     └── ArchiveError
+          ├── ArchiveConflict     a segment exists with other bytes, or offsets overlap (terminal)
+          ├── ArchiveCorrupt      a published file or manifest does not read back       (terminal)
+          ├── ArchiveRecordError  a record that cannot be archived as given             (terminal)
+          └── ArchiveWriteError   the file system refused a write                       (transient)
+"""
+
+from storage.archive.layout import (
+    ArchiveConflict,
+    ArchiveCorrupt,
+    ArchiveError,
+    ArchiveRecord,
+    ArchiveRecordError,
+    ArchiveWriteError,
+    Compression,
+)
+from storage.archive.manifest import SegmentInfo
+from storage.archive.reader import ArchivedLine, read
+from storage.archive.segments import DEFAULT_POLICY, Archive, ArchivePolicy
+from storage.archive.verify import Problem, ProblemKind, verify
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "Archive",
+    "ArchiveConflict",
+    "ArchiveCorrupt",
+    "ArchiveError",
+    "ArchivePolicy",
+    "ArchiveRecord",
+    "ArchiveRecordError",
+    "ArchiveWriteError",
+    "ArchivedLine",
+    "Compression",
+    "Problem",
+    "ProblemKind",
+    "SegmentInfo",
+    "read",
+    "verify",
+]

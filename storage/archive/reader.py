@@ -1,0 +1,173 @@
+"""Reading the archive back: segments in order, decompressed as they stream.
+
+:func:`read` yields every archived record of a root in (topic, date, partition,
+offset) order, as an :class:`ArchivedLine` equal field by field to the
+:class:`~storage.archive.layout.ArchiveRecord` that was appended (bytes, times
+and decimals restored, see :mod:`storage.archive.layout`). It reads the
+published segment files of each day directory (never the temporary files of a
+writer at work), so it may run while archives write. zstd, gzip and plain
+segments are read alike; a segment that is truncated, does not decompress or
+holds a line that is not a record raises :class:`ArchiveCorrupt`.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any, Protocol
+
+import zstandard
+
+from storage.archive.layout import (
+    ArchiveCorrupt,
+    ArchiveRecord,
+    Compression,
+    day_dirs,
+    decode_line,
+    segment_files,
+    topics,
+    valid_topic,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024
+
+
+class DecompressionError(ArchiveCorrupt):
+    """A segment's bytes do not decompress: corrupt, truncated, or another format."""
+
+
+class PartialLine(ArchiveCorrupt):
+    """A segment ends inside a line (a truncated file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedLine(ArchiveRecord):
+    """A record read back, and the segment file it was read from."""
+
+    segment: str
+
+    @property
+    def record(self) -> ArchiveRecord:
+        """The record as it was appended (ArchiveRecord and ArchivedLine never compare equal)."""
+        return ArchiveRecord(
+            self.topic,
+            self.partition,
+            self.offset,
+            self.timestamp_ms,
+            self.event_time_ms,
+            self.key,
+            self.schema_id,
+            self.event,
+        )
+
+
+def read(
+    root: Path,
+    *,
+    topic: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    predicate: Callable[[dict[str, Any]], bool] | None = None,
+) -> Generator[ArchivedLine, None, None]:
+    """Stream the archived records of ``root``: one topic or all, dates from ``since`` to
+    ``until`` (``YYYY-MM-DD``, both included), those whose event ``predicate`` accepts.
+    A generator: ``close()`` it to release the open file when stopping early."""
+    if topic is not None and not valid_topic(topic):
+        raise ValueError(f"not a topic name: {topic!r}")
+    for bound in (since, until):
+        if bound is not None:
+            date.fromisoformat(bound)  # ValueError for anything but a date
+    for name in [topic] if topic is not None else topics(root):
+        for day, path in day_dirs(root, name):
+            if (since is not None and day < since) or (until is not None and day > until):
+                continue
+            for file_name, parsed in segment_files(path):
+                yield from _read_segment(path / file_name, parsed.compression, predicate)
+
+
+def _read_segment(
+    path: Path, compression: Compression, predicate: Callable[[dict[str, Any]], bool] | None
+) -> Iterator[ArchivedLine]:
+    name = path.name
+    with path.open("rb") as file:
+        for number, line in enumerate(iter_lines(file, compression, path), 1):
+            try:
+                r = decode_line(line)
+            except ValueError as exc:
+                raise ArchiveCorrupt(f"{path} line {number} is not a record: {exc}") from None
+            if predicate is None or predicate(r.event):
+                yield ArchivedLine(
+                    r.topic,
+                    r.partition,
+                    r.offset,
+                    r.timestamp_ms,
+                    r.event_time_ms,
+                    r.key,
+                    r.schema_id,
+                    r.event,
+                    name,
+                )
+
+
+class Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+class _Decompressor(Protocol):
+    def decompress(self, data: bytes, /) -> bytes: ...
+
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+
+def _decompressor(compression: Compression) -> _Decompressor:
+    if compression is Compression.ZSTD:
+        return zstandard.ZstdDecompressor().decompressobj()
+    return zlib.decompressobj(wbits=31)  # gzip
+
+
+def chunks(file: Readable, compression: Compression, path: Path | str) -> Iterator[bytes]:
+    """The decompressed bytes of a segment file, in chunks; every frame (zstd) or member
+    (gzip) must end: a file that stops inside one raises DecompressionError."""
+    if compression is Compression.NONE:
+        while chunk := file.read(CHUNK):
+            yield chunk
+        return
+    decompressor, inside, frames = _decompressor(compression), False, 0
+    while data := file.read(CHUNK):
+        while data:
+            inside = True
+            try:
+                out = decompressor.decompress(data)
+            except (zstandard.ZstdError, zlib.error) as exc:
+                raise DecompressionError(f"{path} does not decompress: {exc}") from None
+            if out:
+                yield out
+            if decompressor.eof:
+                data, frames, inside = decompressor.unused_data, frames + 1, False
+                decompressor = _decompressor(compression)
+            else:
+                data = b""
+    if inside or frames == 0:
+        raise DecompressionError(f"{path} ends inside a {compression} frame (truncated)")
+
+
+def iter_lines(file: Readable, compression: Compression, path: Path | str) -> Iterator[bytes]:
+    """The lines of a segment file, without their newlines; PartialLine if the last one has
+    none, DecompressionError if the file does not decompress."""
+    rest = b""
+    for chunk in chunks(file, compression, path):
+        lines = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    if rest:
+        raise PartialLine(f"{path} ends inside a line (truncated)")

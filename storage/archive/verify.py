@@ -1,0 +1,269 @@
+"""The verifier: does the archive hold what its manifests say, and nothing else?
+
+:func:`verify` reads every segment file of every day (or of one) in full and
+returns one :class:`Problem` per finding, never raising on bad data:
+
+- ``bad_manifest``: a manifest that does not parse;
+- ``missing_segment``: listed in the manifest, not on disk;
+- ``unlisted_segment``: on disk, not in the manifest (a crash between a
+  segment's rename and its manifest update leaves one; the archive adopts it
+  when it next reads that partition's position);
+- ``manifest_mismatch``: an entry whose name, records, offsets, size or sha256
+  differ from the file's;
+- ``decompression_error``, ``unparsable_line`` (a truncated plain file ends
+  inside a line), ``order`` (offsets not strictly increasing in a segment),
+  ``wrong_partition`` (a line whose topic, partition or date is not its
+  segment's);
+- ``overlap``: two listed segments of a partition whose offset ranges meet;
+- ``gap``: a listed segment that does not follow the segment before it.
+  Offsets alone cannot show a gap (transaction markers and aborted records
+  take offsets), so each segment records the partition's last archived offset
+  when it was opened (``previous_last_offset``) and a gap is a break in that
+  chain: the segment it follows is not the one before it. Checked across all
+  days, or within the day when ``date`` is given (then a chain's head is not);
+- ``unknown_file``: any other file in a day directory (temporary files of a
+  writer at work are expected and ignored).
+
+One problem per kind and segment at most, with the count and the first line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date as Date
+from enum import StrEnum
+from pathlib import Path
+from typing import BinaryIO
+
+from storage.archive.layout import (
+    LOCK,
+    MANIFEST,
+    ArchiveCorrupt,
+    SegmentName,
+    date_of,
+    day_dirs,
+    decode_line,
+    is_temp,
+    parse_day_dir,
+    parse_segment_name,
+    segment_files,
+    segment_name,
+    topics,
+)
+from storage.archive.manifest import SegmentInfo, read_manifest
+from storage.archive.reader import CHUNK, DecompressionError, PartialLine, iter_lines
+
+log = logging.getLogger(__name__)
+
+
+class ProblemKind(StrEnum):
+    BAD_MANIFEST = "bad_manifest"
+    MISSING_SEGMENT = "missing_segment"
+    UNLISTED_SEGMENT = "unlisted_segment"
+    MANIFEST_MISMATCH = "manifest_mismatch"
+    DECOMPRESSION_ERROR = "decompression_error"
+    UNPARSABLE_LINE = "unparsable_line"
+    ORDER = "order"
+    WRONG_PARTITION = "wrong_partition"
+    OVERLAP = "overlap"
+    GAP = "gap"
+    UNKNOWN_FILE = "unknown_file"
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    kind: ProblemKind
+    message: str
+
+
+def verify(root: Path, *, date: str | None = None) -> list[Problem]:
+    """Every problem of the archive under ``root``, all days or one (``YYYY-MM-DD``)."""
+    if date is not None:
+        Date.fromisoformat(date)  # ValueError for anything but a date
+    problems: list[Problem] = []
+    for topic in topics(root):
+        chains: dict[int, list[tuple[Path, SegmentInfo]]] = defaultdict(list)
+        for day, directory in day_dirs(root, topic):
+            if date is None or day == date:
+                problems += _verify_day(topic, day, directory, chains)
+        for chain in chains.values():
+            problems += _check_chain(chain, whole=date is None)
+    log.info("verified %s: %s problems", root, len(problems))
+    return problems
+
+
+def _verify_day(
+    topic: str, day: str, directory: Path, chains: dict[int, list[tuple[Path, SegmentInfo]]]
+) -> list[Problem]:
+    problems: list[Problem] = []
+    try:
+        listed: list[SegmentInfo] | None = read_manifest(directory)
+    except ArchiveCorrupt as exc:
+        problems.append(Problem(str(directory / MANIFEST), ProblemKind.BAD_MANIFEST, str(exc)))
+        listed = None
+    by_name = {s.name: s for s in listed or ()}
+    on_disk = segment_files(directory)
+    names = {name for name, _ in on_disk}
+    for entry in os.scandir(directory):
+        if entry.name not in names and entry.name not in (MANIFEST, LOCK):
+            if not is_temp(entry.name):
+                problems.append(Problem(entry.path, ProblemKind.UNKNOWN_FILE, "not a segment"))
+    for s in listed or ():
+        path = directory / s.name
+        expected = segment_name(s.topic, s.partition, s.first_offset, s.compression)
+        if (s.topic, s.date, s.name) != (topic, day, expected):
+            problems.append(
+                Problem(str(path), ProblemKind.MANIFEST_MISMATCH, "entry names another place")
+            )
+        if s.name not in names:
+            problems.append(Problem(str(path), ProblemKind.MISSING_SEGMENT, "listed, not on disk"))
+        chains[s.partition].append((path, s))
+    for name, parsed in on_disk:
+        path = directory / name
+        facts = _scan(path, parsed, topic, day)
+        problems += facts.problems
+        info = by_name.get(name)
+        if info is None:
+            if listed is not None:
+                problems.append(Problem(str(path), ProblemKind.UNLISTED_SEGMENT, "not listed"))
+            if facts.first >= 0:  # its records are there: no gap around it
+                chains[parsed.partition].append((path, _info(parsed, day, name, facts)))
+            continue
+        found = (facts.records, facts.first, facts.last, facts.size, facts.sha256)
+        wanted = (info.records, info.first_offset, info.last_offset, info.size, info.sha256)
+        fields = ("records", "first_offset", "last_offset", "size", "sha256")
+        wrong = [
+            f"{f} {w} listed, {v} found"
+            for f, w, v in zip(fields, wanted, found, strict=True)
+            if w != v
+        ]
+        if wrong:
+            problems.append(Problem(str(path), ProblemKind.MANIFEST_MISMATCH, "; ".join(wrong)))
+    return problems
+
+
+@dataclass
+class _Facts:
+    sha256: str = ""
+    size: int = 0
+    records: int = 0
+    first: int = -1
+    last: int = -1
+    problems: list[Problem] = field(default_factory=list)
+
+
+class _Hashing:
+    """Reads a file, hashing the bytes as they go by."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file, self.digest, self.size = file, hashlib.sha256(), 0
+
+    def read(self, size: int, /) -> bytes:
+        data = self.file.read(size)
+        self.digest.update(data)
+        self.size += len(data)
+        return data
+
+
+def _scan(path: Path, parsed: SegmentName, topic: str, day: str) -> _Facts:
+    facts = _Facts()
+    bad: Counter[ProblemKind] = Counter()
+    first_bad: dict[ProblemKind, str] = {}
+
+    def found(kind: ProblemKind, where: str) -> None:
+        bad[kind] += 1
+        first_bad.setdefault(kind, where)
+
+    if parsed.topic != topic:
+        found(ProblemKind.WRONG_PARTITION, f"a segment of topic {parsed.topic} under {topic}")
+    highest = -1
+    with path.open("rb") as file:
+        hashing = _Hashing(file)
+        try:
+            for number, line in enumerate(iter_lines(hashing, parsed.compression, path), 1):
+                facts.records += 1
+                try:
+                    r = decode_line(line)
+                except ValueError as exc:
+                    found(ProblemKind.UNPARSABLE_LINE, f"line {number}: {exc}")
+                    continue
+                if (r.topic, r.partition, date_of(r.event_time_ms)) != (
+                    topic,
+                    parsed.partition,
+                    day,
+                ):
+                    found(ProblemKind.WRONG_PARTITION, f"line {number}: {r.topic}[{r.partition}]")
+                if r.offset <= highest:
+                    found(ProblemKind.ORDER, f"line {number}: offset {r.offset} after {highest}")
+                facts.first = r.offset if facts.first < 0 else facts.first
+                facts.last, highest = r.offset, max(highest, r.offset)
+        except DecompressionError as exc:
+            found(ProblemKind.DECOMPRESSION_ERROR, str(exc))
+        except PartialLine as exc:
+            facts.records += 1
+            found(ProblemKind.UNPARSABLE_LINE, f"last line: {exc}")
+        while hashing.read(CHUNK):  # the rest, after an error, for the size and sha256
+            pass
+    facts.sha256, facts.size = hashing.digest.hexdigest(), hashing.size
+    if facts.first not in (-1, parsed.first_offset):
+        found(ProblemKind.MANIFEST_MISMATCH, f"first offset {facts.first} is not its name's")
+    for kind, count in bad.items():
+        message = f"{count} time(s), first: {first_bad[kind]}"
+        facts.problems.append(Problem(str(path), kind, message))
+    return facts
+
+
+def describe(path: Path, others: Sequence[SegmentInfo] = ()) -> SegmentInfo:
+    """The manifest entry of a segment file, from its content; ArchiveCorrupt unless the
+    verifier finds nothing wrong with it. ``others``, the partition's other segments,
+    give ``previous_last_offset``."""
+    parsed, day = parse_segment_name(path.name), parse_day_dir(path.parent.name)
+    if parsed is None or day is None:
+        raise ArchiveCorrupt(f"{path} is not where a segment can be")
+    facts = _scan(path, parsed, path.parent.parent.name, day)
+    if facts.problems or facts.records == 0:
+        found = facts.problems[0].message if facts.problems else "no record"
+        raise ArchiveCorrupt(f"{path} is not a sound segment: {found}")
+    before = [s.last_offset for s in others if s.last_offset < facts.first]
+    return _info(parsed, day, path.name, facts, max(before) if before else None)
+
+
+def _info(
+    parsed: SegmentName, day: str, name: str, facts: _Facts, previous: int | None = None
+) -> SegmentInfo:
+    return SegmentInfo(
+        parsed.topic,
+        parsed.partition,
+        day,
+        facts.first,
+        facts.last,
+        facts.records,
+        name,
+        facts.size,
+        facts.sha256,
+        parsed.compression,
+        previous,
+    )
+
+
+def _check_chain(chain: list[tuple[Path, SegmentInfo]], *, whole: bool) -> list[Problem]:
+    problems = []
+    chain.sort(key=lambda item: (item[1].first_offset, item[1].last_offset))
+    before: SegmentInfo | None = None
+    for path, s in chain:
+        if before is not None and s.first_offset <= before.last_offset:
+            message = f"offsets {s.first_offset}-{s.last_offset} overlap {before.name}"
+            problems.append(Problem(str(path), ProblemKind.OVERLAP, message))
+        elif s.previous_last_offset is not None and (before is not None or whole):
+            ends = None if before is None else before.last_offset
+            if s.previous_last_offset != ends:
+                message = f"follows offset {s.previous_last_offset}; the one before ends at {ends}"
+                problems.append(Problem(str(path), ProblemKind.GAP, message))
+        before = s if before is None or s.last_offset > before.last_offset else before
+    return problems

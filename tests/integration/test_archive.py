@@ -1,0 +1,218 @@
+"""The archive group against real Kafka: each event archived exactly once after a
+clean run, a SIGKILL mid-segment, and a rebalance between two processes; an idle
+partition's open segment closes on time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from headrace.kafka import ensure_topics, make_admin, make_producer
+from headrace.settings import KafkaSettings, RegistrySettings
+from schemas.catalog import EventType
+from schemas.models import FileEvent
+from schemas.registry import make_registry_client
+from schemas.serde import EventSerializer
+from storage.archive import read, verify
+from tests.unit.test_cli import run
+
+
+@pytest.fixture
+def env(
+    tmp_path: Path,
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[str, str]:
+    tag = uuid.uuid4().hex[:10]
+    values = {
+        "HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "HEADRACE_KAFKA__PARTITIONS": "3",
+        "HEADRACE_KAFKA__TOPICS__FILE_EVENTS": f"test.arch-{tag}.files",
+        "HEADRACE_KAFKA__TOPICS__RUN_EVENTS": f"test.arch-{tag}.runs",
+        "HEADRACE_KAFKA__TOPICS__VERIFICATIONS": f"test.arch-{tag}.verifications",
+        "HEADRACE_KAFKA__TOPICS__DEAD_LETTER": f"test.arch-{tag}.dlq",
+        "HEADRACE_REGISTRY__URL": registry.url,
+        "HEADRACE_CONSUMER__GROUP_PREFIX": f"test-{tag}.",
+        "HEADRACE_CONSUMER__METRICS_PORT": "0",
+        "HEADRACE_ARCHIVE__ROOT": str(tmp_path / "archive"),
+        "HEADRACE_ARCHIVE__MAX_SEGMENT_RECORDS": "50",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    settings = kafka.model_copy(update={"partitions": 3})
+    ensure_topics(
+        make_admin(settings),
+        [values["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"]],
+        partitions=3,
+        replication_factor=1,
+    )
+    return values
+
+
+def publish(
+    env: dict[str, str], kafka: KafkaSettings, registry: RegistrySettings, start: int, count: int
+) -> None:
+    topic = env["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"]
+    with make_registry_client(registry) as client:
+        serialize = EventSerializer(client, EventType.FILE_EVENT)
+        ctx = SerializationContext(topic, MessageField.VALUE)
+        producer = make_producer(kafka)
+        for i in range(start, start + count):
+            event = FileEvent(project="p", path=f"f{i:05d}.txt", size=i, checksum=f"{i:064x}")
+            producer.produce(topic, key=f"p/{event.path}".encode(), value=serialize(event, ctx))
+            producer.poll(0)
+        assert producer.flush(30) == 0
+
+
+def archived(env: dict[str, str]) -> Counter[str]:
+    root = Path(env["HEADRACE_ARCHIVE__ROOT"])
+    return Counter(line.event["path"] for line in read(root))
+
+
+def consumer_process(env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "headrace", "consume", "archive", *extra],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def manifests(env: dict[str, str]) -> list[Path]:
+    return list(Path(env["HEADRACE_ARCHIVE__ROOT"]).rglob("_manifest.json"))
+
+
+def group_members(kafka: KafkaSettings, env: dict[str, str]) -> int:
+    group = env["HEADRACE_CONSUMER__GROUP_PREFIX"] + "archive"
+    admin = make_admin(kafka)  # kept alive until the answer arrives
+    description = admin.describe_consumer_groups([group], request_timeout=10)[group]
+    return len(description.result(timeout=10).members)
+
+
+def drain(capsys: pytest.CaptureFixture[str]) -> str:
+    code, out, err = run(["consume", "archive", "--until-caught-up"], capsys)
+    assert code == 0, err
+    return out
+
+
+def expected(n: int) -> Counter[str]:
+    return Counter(f"f{i:05d}.txt" for i in range(n))
+
+
+def test_clean_run_archives_each_event_once(
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    publish(env, kafka, registry, 0, 400)
+    assert "400 records written" in drain(capsys)
+    assert archived(env) == expected(400)
+    assert verify(Path(env["HEADRACE_ARCHIVE__ROOT"])) == []
+    # A second run finds its place in the archive's own manifests: nothing twice.
+    assert "0 records written" in drain(capsys)
+    assert archived(env) == expected(400)
+
+
+def test_sigkill_mid_segment_then_restart_archives_each_event_once(
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    publish(env, kafka, registry, 0, 3000)
+    proc = consumer_process(env)
+    try:
+        wait_for(lambda: bool(manifests(env)), 60, "a first published segment")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    drain(capsys)
+    assert archived(env) == expected(3000)
+    assert verify(Path(env["HEADRACE_ARCHIVE__ROOT"])) == []
+
+
+def test_rebalance_between_two_processes_archives_each_event_once(
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    publish(env, kafka, registry, 0, 1000)
+    first = consumer_process(env)
+    second = None
+    try:
+        wait_for(lambda: bool(manifests(env)), 60, "the first process archiving")
+        second = consumer_process(env)  # joins the group: partitions move
+        wait_for(lambda: group_members(kafka, env) == 2, 60, "the second process to join")
+        publish(env, kafka, registry, 1000, 1000)
+        wait_for(lambda: sum(archived(env).values()) >= 1500, 90, "both processes archiving")
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in (first, second):
+            if proc is not None:
+                _, err = proc.communicate(timeout=60)
+                assert proc.returncode == 0, err.decode()[-2000:]
+    drain(capsys)
+    assert archived(env) == expected(2000)
+    assert verify(Path(env["HEADRACE_ARCHIVE__ROOT"])) == []
+
+
+def test_an_idle_partitions_segment_closes_on_time_and_health_answers(
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    idle = {
+        **env,
+        "HEADRACE_ARCHIVE__MAX_SEGMENT_AGE_S": "2",
+        "HEADRACE_ARCHIVE__MAX_SEGMENT_RECORDS": "100000",
+        "HEADRACE_CONSUMER__METRICS_PORT": str(port),
+    }
+    publish(env, kafka, registry, 0, 30)  # far fewer than a segment holds
+    proc = consumer_process(idle)
+    try:
+        wait_for(lambda: _get(port, "/healthz") == 200, 60, "the health endpoint")
+        started = time.monotonic()
+        wait_for(lambda: sum(archived(env).values()) == 30, 30, "the idle segment to close")
+        assert time.monotonic() - started < 15
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert 'headrace_records_processed_total{group="' in metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert archived(env) == expected(30)
+
+
+def _get(port: int, path: str) -> int:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code
+    except httpx.HTTPError:
+        return 0

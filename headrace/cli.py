@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 import orjson
 
+from consumers.archive.cli import archive
 from consumers.cli import consume
 from consumers.dlq_cli import dlq
 from headrace import __version__
@@ -70,6 +71,7 @@ cli.add_command(schemas)
 cli.add_command(ingest)
 cli.add_command(dlq)
 cli.add_command(consume)
+cli.add_command(archive)
 
 
 @cli.command("settings")

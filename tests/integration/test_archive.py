@@ -4,6 +4,7 @@ partition's open segment closes on time."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -216,3 +217,26 @@ def _get(port: int, path: str) -> int:
         return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code
     except httpx.HTTPError:
         return 0
+
+
+def test_archive_read_and_verify_commands(
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    publish(env, kafka, registry, 0, 120)
+    drain(capsys)
+    code, out, _ = run(["archive", "verify", "--all"], capsys)
+    assert code == 0 and out.startswith("ok: the archive at ")
+    code, out, _ = run(["archive", "read", "--project", "p", "--path", "f001*.txt"], capsys)
+    assert code == 0
+    paths = sorted(json.loads(line)["event"]["path"] for line in out.splitlines())
+    assert paths == [f"f{i:05d}.txt" for i in range(100, 120)]
+
+    segment = next(Path(env["HEADRACE_ARCHIVE__ROOT"]).rglob("*.jsonl.zst"))
+    segment.write_bytes(segment.read_bytes()[:-7])  # truncate a published segment
+    code, out, err = run(["archive", "verify"], capsys)
+    assert code == 1
+    assert "decompression_error" in out or "manifest_mismatch" in out
+    assert err.strip().splitlines()[-1].startswith("headrace: error: 2 problems in the archive")

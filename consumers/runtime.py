@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
+import orjson
 from confluent_kafka import Consumer, Message
 from confluent_kafka import TopicPartition as KafkaPartition
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
@@ -71,6 +72,8 @@ class ConsumerRuntime:
         self.stats = RuntimeStats()
         self._consumer: Consumer = make_consumer(kafka, group)
         self._assigned: set[TopicPartition] = set()
+        self._handed: dict[TopicPartition, int] = {}  # highest offset given to the sink
+        self._dead: dict[TopicPartition, int] = {}  # highest offset dead-lettered
         self._targets: dict[TopicPartition, int] = {}
         self._stop = False
 
@@ -131,6 +134,9 @@ class ConsumerRuntime:
             schema_id = int.from_bytes((record.value or b"")[1:HEADER_SIZE], "big")
             batch.append(Decoded(record, event, schema_id))
         if batch:
+            for item in batch:
+                tp = (item.record.topic, item.record.partition)
+                self._handed[tp] = max(self._handed.get(tp, -1), item.record.offset)
             self._write(batch)
         self.dlq.flush()
 
@@ -183,16 +189,31 @@ class ConsumerRuntime:
             "dead-lettering %s/%s/%s: %s", record.topic, record.partition, record.offset, error
         )
         self.dlq.send(record, reason, error)
+        tp = (record.topic, record.partition)
+        self._dead[tp] = max(self._dead.get(tp, -1), record.offset)
         self.stats.dead_lettered += 1
         self.metrics.dead_lettered.inc()
         self.metrics.failed.inc()
 
     # --- offsets and rebalances --------------------------------------------------------
 
+    def safe_positions(self) -> dict[TopicPartition, int]:
+        """What may be committed: the sink's durable positions, moved past dead-lettered
+        records once everything handed to the sink before them is durable."""
+        positions = self.sink.durable()
+        for tp, dead in self._dead.items():
+            durable = positions.get(tp, 0)
+            # Only when nothing handed to the sink is pending (all of it is durable).
+            if dead >= durable and self._handed.get(tp, -1) < durable:
+                positions[tp] = dead + 1
+        return positions
+
     def _commit(self, only: set[TopicPartition] | None = None) -> None:
+        # The commit time rides in the offset's metadata, for `headrace status`.
+        stamp = orjson.dumps({"committed_at": time.time()}).decode()
         offsets = [
-            KafkaPartition(t, p, offset)
-            for (t, p), offset in self.sink.durable().items()
+            KafkaPartition(t, p, offset, metadata=stamp)
+            for (t, p), offset in self.safe_positions().items()
             if (t, p) in (only if only is not None else self._assigned)
             and offset > self.stats.committed.get((t, p), -1)
         ]
@@ -209,9 +230,17 @@ class ConsumerRuntime:
     def _on_assign(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         wanted = [(tp.topic, tp.partition) for tp in partitions]
         start = self.sink.positions(wanted)
+        # Commits never pass what is durable, so a committed offset ahead of the sink's
+        # own position only skips dead-lettered records (or transaction markers).
+        committed = {
+            (tp.topic, tp.partition): tp.offset
+            for tp in consumer.committed(partitions, timeout=10)
+            if tp.offset >= 0
+        }
         for tp in partitions:
-            if (tp.topic, tp.partition) in start:
-                tp.offset = start[(tp.topic, tp.partition)]
+            key = (tp.topic, tp.partition)
+            if key in start:
+                tp.offset = max(start[key], committed.get(key, -1))
             _low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
             self._targets.setdefault((tp.topic, tp.partition), high)
         self._assigned |= set(wanted)

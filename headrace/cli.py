@@ -16,6 +16,7 @@ import orjson
 from consumers.archive.cli import archive
 from consumers.cli import consume
 from consumers.dlq_cli import dlq
+from consumers.status import status
 from headrace import __version__
 from headrace.errors import HeadraceError
 from headrace.settings import Settings, load_settings
@@ -72,6 +73,7 @@ cli.add_command(ingest)
 cli.add_command(dlq)
 cli.add_command(consume)
 cli.add_command(archive)
+cli.add_command(status)
 
 
 @cli.command("settings")

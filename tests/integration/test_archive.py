@@ -240,3 +240,28 @@ def test_archive_read_and_verify_commands(
     assert code == 1
     assert "decompression_error" in out or "manifest_mismatch" in out
     assert err.strip().splitlines()[-1].startswith("headrace: error: 2 problems in the archive")
+
+
+def test_status_reports_lag_commit_time_and_dead_letters(
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    publish(env, kafka, registry, 0, 60)
+    from confluent_kafka import Producer
+
+    poison = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    poison.produce(env["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"], key=b"p/x", value=b"not avro")
+    assert poison.flush(10) == 0
+    drain(capsys)
+    publish(env, kafka, registry, 60, 9)  # lag: 9 records not yet archived
+    code, out, err = run(["status", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)[env["HEADRACE_CONSUMER__GROUP_PREFIX"] + "archive"]
+    assert report["dead_letters"] == 1
+    files = [
+        p for p in report["partitions"] if p["topic"] == env["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"]
+    ]
+    assert sum(p["lag"] for p in files) == 9
+    assert all(p["committed_at"] for p in files if p["committed"])

@@ -137,7 +137,10 @@ class EventDeserializer(Generic[E]):
         body = io.BytesIO(data)
         body.seek(HEADER_SIZE)
         try:
-            record = fastavro.schemaless_reader(body, writer, self._reader)
+            # The same schema as the reader's needs no resolution step (and is faster).
+            record = fastavro.schemaless_reader(
+                body, writer, None if writer is self._reader else self._reader
+            )
         except SchemaResolutionError as exc:
             raise DeserializationError(
                 Reason.UNRESOLVABLE_SCHEMA,
@@ -189,6 +192,8 @@ class EventDeserializer(Generic[E]):
             raise DeserializationError(
                 Reason.UNRESOLVABLE_SCHEMA, f"schema id {schema_id} does not parse: {exc}"
             ) from None
+        if parsed == self._reader:
+            parsed = self._reader  # identical to the reader: read without resolving
         with self._lock:
             self._writers[schema_id] = parsed
         return parsed

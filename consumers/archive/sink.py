@@ -17,8 +17,9 @@ TIME_FIELDS = ("event_time", "verified_at", "failed_at")
 
 def event_time_ms(decoded: Decoded) -> int:
     """The event's own time, for its date directory; the record's time if it has none."""
+    fields = type(decoded.event).model_fields
     for name in TIME_FIELDS:
-        value = getattr(decoded.event, name, None)
+        value = getattr(decoded.event, name) if name in fields else None
         if isinstance(value, datetime):
             return int(value.timestamp() * 1000)
     return decoded.record.timestamp_ms

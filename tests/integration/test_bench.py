@@ -58,3 +58,23 @@ def test_ingest_benchmark_runs_small(
     out = done.stdout
     assert "300 files inline" in out and "x baseline" in out and "peak RSS" in out
     assert "re-ingest 0 uploads, 301 already stored" in out
+
+
+def test_archive_benchmark_runs_small(kafka: KafkaSettings, registry: RegistrySettings) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "HEADRACE_REGISTRY__URL": registry.url,
+        "HEADRACE_CONSUMER__METRICS_PORT": "0",
+    }
+    done = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "bench" / "archive.py"), "--events", "3000"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "archive group" in done.stdout and "x baseline" in done.stdout
+    assert "% saved" in done.stdout

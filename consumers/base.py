@@ -18,6 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from schemas.models import Event
 
@@ -39,9 +40,19 @@ class Record:
 
 @dataclass(frozen=True)
 class Decoded:
+    """A record that decoded: as a model, or (for sinks that need none) as the
+    reader schema's plain dict, which is cheaper."""
+
     record: Record
-    event: Event
+    event: Event | None
     schema_id: int
+    fields: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.fields is not None:
+            return self.fields
+        assert self.event is not None  # noqa: S101 - one of the two is always set
+        return self.event.to_avro()
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,7 @@ class SinkCapabilities:
 
     durable_on_write: bool  # True: a returned write() is durable (a database transaction)
     max_batch: int = 10_000
+    needs_models: bool = True  # False: Decoded.fields (a plain dict) is enough
 
 
 class Sink(ABC):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import click
 
@@ -11,10 +10,10 @@ from consumers.archive.sink import ArchiveSink
 from consumers.base import Sink
 from consumers.dlq import DeadLetterQueue
 from consumers.metrics import Metrics
-from consumers.runtime import ConsumerRuntime
+from consumers.runtime import ConsumerRuntime, Decoder
 from headrace.kafka import ensure_topics, make_admin
 from headrace.settings import Settings
-from schemas.models import Event, FileEvent, RunEvent, VerificationEvent
+from schemas.models import FileEvent, RunEvent, VerificationEvent
 from schemas.registry import make_registry_client
 from schemas.serde import EventDeserializer
 from storage.archive import Archive, ArchivePolicy, Compression
@@ -69,7 +68,7 @@ def consume(
         log.info("metrics on http://%s:%s/metrics", settings.consumer.metrics_host, bound)
     try:
         with make_registry_client(settings.registry) as client:
-            decoders: dict[str, Callable[[bytes | None], Event]] = {
+            decoders: dict[str, Decoder] = {
                 topics.file_events: EventDeserializer(client, FileEvent),
                 topics.run_events: EventDeserializer(client, RunEvent),
                 topics.verifications: EventDeserializer(client, VerificationEvent),

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any, Protocol
 
 import orjson
 from confluent_kafka import Consumer, Message
@@ -40,6 +41,14 @@ from schemas.serde import HEADER_SIZE
 log = logging.getLogger(__name__)
 
 
+class Decoder(Protocol):
+    """What the runtime needs of a deserializer (schemas.serde.EventDeserializer)."""
+
+    def __call__(self, data: bytes | None) -> Event: ...
+
+    def decode(self, data: bytes | None) -> dict[str, Any]: ...
+
+
 @dataclass
 class RuntimeStats:
     processed: int = 0
@@ -52,7 +61,7 @@ class ConsumerRuntime:
         self,
         kafka: KafkaSettings,
         group: str,
-        decoders: Mapping[str, Callable[[bytes | None], Event]],  # topic -> deserializer
+        decoders: Mapping[str, Decoder],  # topic -> deserializer
         sink: Sink,
         dlq: DeadLetterQueue,
         *,
@@ -126,13 +135,17 @@ class ConsumerRuntime:
                 log.warning("consume error: %s", error.str())
                 continue
             record = _record(msg)
+            decoder = self.decoders[record.topic]
             try:
-                event = self.decoders[record.topic](record.value)
+                if self.sink.capabilities.needs_models:
+                    event, fields = decoder(record.value), None
+                else:
+                    event, fields = None, decoder.decode(record.value)
             except DeserializationError as exc:
                 self._dead_letter(record, REASON_OF[exc.reason], str(exc))
                 continue
             schema_id = int.from_bytes((record.value or b"")[1:HEADER_SIZE], "big")
-            batch.append(Decoded(record, event, schema_id))
+            batch.append(Decoded(record, event, schema_id, fields))
         if batch:
             for item in batch:
                 tp = (item.record.topic, item.record.partition)

@@ -125,6 +125,19 @@ class EventDeserializer(Generic[E]):
         self._lock = threading.Lock()
 
     def __call__(self, data: bytes | None, ctx: SerializationContext | None = None) -> E:
+        record = self.decode(data)
+        try:
+            return self.model.from_avro(record)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise DeserializationError(
+                Reason.INVALID_EVENT, f"not a valid {self.model.__name__}: {where}: {first['msg']}"
+            ) from None
+
+    def decode(self, data: bytes | None) -> dict[str, Any]:
+        """The record as the reader schema's dict, without building the model: for sinks
+        that store what was published as it is (the archive)."""
         if data is None or len(data) <= HEADER_SIZE:
             size = "no value" if data is None else f"{len(data)} bytes"
             raise DeserializationError(Reason.EMPTY, f"{size}: shorter than the wire-format header")
@@ -157,14 +170,7 @@ class EventDeserializer(Generic[E]):
             )
         if not isinstance(record, dict):
             raise DeserializationError(Reason.INVALID_EVENT, "the payload is not a record")
-        try:
-            return self.model.from_avro(record)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise DeserializationError(
-                Reason.INVALID_EVENT, f"not a valid {self.model.__name__}: {where}: {first['msg']}"
-            ) from None
+        return record
 
     def _writer(self, schema_id: int) -> Any:
         """The parsed writer schema for ``schema_id``, fetched once per id."""

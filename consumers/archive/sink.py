@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 from consumers.base import Decoded, Sink, SinkCapabilities, TopicPartition
 from storage.archive import Archive, ArchiveRecord, SegmentInfo
@@ -15,41 +16,40 @@ from storage.archive import Archive, ArchiveRecord, SegmentInfo
 TIME_FIELDS = ("event_time", "verified_at", "failed_at")
 
 
-def event_time_ms(decoded: Decoded) -> int:
+def event_time_ms(event: dict[str, Any], record_time_ms: int) -> int:
     """The event's own time, for its date directory; the record's time if it has none."""
-    fields = type(decoded.event).model_fields
     for name in TIME_FIELDS:
-        value = getattr(decoded.event, name) if name in fields else None
+        value = event.get(name)
         if isinstance(value, datetime):
             return int(value.timestamp() * 1000)
-    return decoded.record.timestamp_ms
+    return record_time_ms
 
 
 class ArchiveSink(Sink):
-    capabilities = SinkCapabilities(durable_on_write=False, max_batch=10_000)
+    # The archive stores what was published: the decoded dict, no model needed.
+    capabilities = SinkCapabilities(durable_on_write=False, max_batch=10_000, needs_models=False)
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
         self._durable: dict[TopicPartition, int] = {}
 
     def write(self, batch: Sequence[Decoded]) -> None:
-        self._published(
-            self.archive.append(
-                [
-                    ArchiveRecord(
-                        topic=d.record.topic,
-                        partition=d.record.partition,
-                        offset=d.record.offset,
-                        timestamp_ms=d.record.timestamp_ms,
-                        event_time_ms=event_time_ms(d),
-                        key=d.record.key,
-                        schema_id=d.schema_id,
-                        event=d.event.to_avro(),
-                    )
-                    for d in batch
-                ]
+        records = []
+        for d in batch:
+            event = d.as_dict()
+            records.append(
+                ArchiveRecord(
+                    topic=d.record.topic,
+                    partition=d.record.partition,
+                    offset=d.record.offset,
+                    timestamp_ms=d.record.timestamp_ms,
+                    event_time_ms=event_time_ms(event, d.record.timestamp_ms),
+                    key=d.record.key,
+                    schema_id=d.schema_id,
+                    event=event,
+                )
             )
-        )
+        self._published(self.archive.append(records))
 
     def durable(self) -> dict[TopicPartition, int]:
         return dict(self._durable)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import orjson
 import pytest
@@ -16,12 +16,12 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from consumers.base import Decoded, Sink, SinkCapabilities, TopicPartition
 from consumers.dlq import DeadLetterQueue
-from consumers.runtime import ConsumerRuntime
+from consumers.runtime import ConsumerRuntime, Decoder
 from headrace.errors import HeadraceError, Terminal
 from headrace.kafka import ensure_topics, make_admin, make_producer
 from headrace.settings import KafkaSettings, RegistrySettings
 from schemas.catalog import EventType
-from schemas.models import DeadLetter, DeadLetterReason, Event, FileEvent
+from schemas.models import DeadLetter, DeadLetterReason, FileEvent
 from schemas.registry import make_registry_client
 from schemas.serde import EventDeserializer, EventSerializer
 from tests.integration.topics import read_topic
@@ -83,7 +83,7 @@ def publish(
 def runtime(
     settings: KafkaSettings, client: SchemaRegistryClient, sink: Sink, group: str
 ) -> ConsumerRuntime:
-    decoders: dict[str, Callable[[bytes | None], Event]] = {
+    decoders: dict[str, Decoder] = {
         settings.topics.file_events: EventDeserializer(client, FileEvent),
     }
     return ConsumerRuntime(

@@ -188,3 +188,11 @@ def test_a_schema_the_reader_cannot_resolve(
 def test_deserialization_errors_are_terminal() -> None:
     error = DeserializationError(DeserializationReason.CORRUPT_PAYLOAD, "x")
     assert isinstance(error, Terminal) and not is_transient(error)
+
+
+@settings(max_examples=40, deadline=None)
+@given(event=file_events())
+def test_decode_gives_the_reader_schemas_dict_without_the_model(event: FileEvent) -> None:
+    registry = mock_registry()
+    payload = EventSerializer(registry, EventType.FILE_EVENT)(event, CTX)
+    assert EventDeserializer(registry, FileEvent).decode(payload) == event.to_avro()

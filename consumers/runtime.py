@@ -25,7 +25,13 @@ from typing import Any, Protocol
 import orjson
 from confluent_kafka import Consumer, Message
 from confluent_kafka import TopicPartition as KafkaPartition
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from consumers.base import Decoded, Record, Sink, TopicPartition
 from consumers.dlq import REASON_OF, DeadLetterQueue
@@ -157,6 +163,8 @@ class ConsumerRuntime:
         """Write with retries for transient failures; isolate and dead-letter terminal ones."""
         try:
             self._with_retries(lambda: self.sink.write(batch))
+        except StopConsuming:
+            raise  # the sink stayed unavailable: stop, never dead-letter an outage
         except Terminal as exc:
             if len(batch) == 1:
                 self._dead_letter(batch[0].record, DeadLetterReason.STORAGE_CONSTRAINT, str(exc))
@@ -170,12 +178,15 @@ class ConsumerRuntime:
     def _with_retries(self, call: Callable[[], None]) -> None:
         paused = False
 
-        def pause(_state: object) -> None:
+        def pause(state: RetryCallState) -> None:
             nonlocal paused
             if not paused and self._assigned:
                 self._consumer.pause([KafkaPartition(t, p) for t, p in self._assigned])
                 paused = True
-            log.warning("sink unavailable, retrying: %s", _state)
+            error = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "sink unavailable (attempt %d), partitions paused: %s", state.attempt_number, error
+            )
 
         try:
             for attempt in Retrying(

@@ -16,8 +16,9 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from consumers.base import Decoded, Sink, SinkCapabilities, TopicPartition
 from consumers.dlq import DeadLetterQueue
+from consumers.errors import StopConsuming
 from consumers.runtime import ConsumerRuntime, Decoder
-from headrace.errors import HeadraceError, Terminal
+from headrace.errors import HeadraceError, Terminal, Transient
 from headrace.kafka import ensure_topics, make_admin, make_producer
 from headrace.settings import KafkaSettings, RegistrySettings
 from schemas.catalog import EventType
@@ -194,3 +195,57 @@ def test_a_refused_record_is_dead_lettered_and_replay_brings_it_back(
     fixed.positions_ = dict(first.positions_)  # the sink's state: everything else is done
     stats = runtime(settings, client, fixed, f"test-rt-{uuid.uuid4().hex[:6]}").run()
     assert [d.event.path for d in fixed.rows] == ["f0007.txt"]  # type: ignore[attr-defined]
+
+
+class FlakySink(MemorySink):
+    """Unavailable for its first writes, like a database that is restarting."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.attempts = 0
+
+    def write(self, batch: Sequence[Decoded]) -> None:
+        self.attempts += 1
+        if self.failures:
+            self.failures -= 1
+            raise StorageDown("database restarting")
+        super().write(batch)
+
+
+class StorageDown(HeadraceError, Transient):
+    pass
+
+
+def test_transient_failures_are_retried_not_dead_lettered(
+    setup: tuple[KafkaSettings, SchemaRegistryClient],
+) -> None:
+    settings, client = setup
+    publish(settings, client, events(40))
+    sink = FlakySink(failures=3)
+    stats = runtime(settings, client, sink, f"test-rt-{uuid.uuid4().hex[:6]}").run()
+    assert stats.processed == 40 and stats.dead_lettered == 0
+    assert sink.attempts >= 4
+    assert sorted(d.event.path for d in sink.rows) == [e.path for e in events(40)]  # type: ignore[union-attr]
+
+
+def test_a_sink_down_for_too_long_stops_the_group_with_a_clear_error(
+    setup: tuple[KafkaSettings, SchemaRegistryClient],
+) -> None:
+    settings, client = setup
+    publish(settings, client, events(5))
+    group = f"test-rt-{uuid.uuid4().hex[:6]}"
+    decoders: dict[str, Decoder] = {
+        settings.topics.file_events: EventDeserializer(client, FileEvent)
+    }
+    rt = ConsumerRuntime(
+        settings,
+        group,
+        decoders,
+        FlakySink(failures=10**6),
+        DeadLetterQueue(settings, client, group),
+        until_caught_up=True,
+        retry_for_s=2.0,
+    )
+    with pytest.raises(StopConsuming, match="sink still unavailable after 2s: database restarting"):
+        rt.run()

@@ -7,8 +7,11 @@ Authorization header are recorded, so tests can check what a client sent.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import subprocess
+import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote
@@ -86,3 +89,28 @@ class GitServer(ThreadingHTTPServer):
         self.root = root
         self.token = token
         self.requests: list[tuple[str, str]] = []
+
+
+@contextlib.contextmanager
+def serving(work_tree: Path, root: Path, token: str) -> Iterator[GitServer]:
+    """Serve a bare clone of ``work_tree`` as ``/repo.git`` (partial clones allowed)."""
+    root.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["git", "clone", "-q", "--bare", str(work_tree), str(root / "repo.git")],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["git", "-C", str(root / "repo.git"), "config", "uploadpack.allowFilter", "true"],
+        check=True,
+        capture_output=True,
+    )
+    server = GitServer(root, token)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

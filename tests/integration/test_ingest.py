@@ -270,9 +270,8 @@ def test_a_git_url_with_a_token_leaves_no_trace_of_it(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     import base64
-    import threading
 
-    from tests.gitserver import GitServer
+    from tests.gitserver import serving
 
     work = tmp_path / "work"
     work.mkdir()
@@ -281,36 +280,23 @@ def test_a_git_url_with_a_token_leaves_no_trace_of_it(
     (work / "data.bin").write_bytes(os.urandom(150 * 1024))  # object storage, from a git blob
     git(work, "add", "-A")
     git(work, "commit", "-q", "-m", "one")
-    served = tmp_path / "served"
-    served.mkdir()
-    git(served, "clone", "-q", "--bare", str(work), "repo.git")
-    git(served / "repo.git", "config", "uploadpack.allowFilter", "true")
-    server = GitServer(served, TOKEN)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     cache = tmp_path / "git-cache"
     monkeypatch.setenv("HEADRACE_GIT__CACHE_DIR", str(cache))
-    port = server.server_address[1]
-    url = f"http://x-access-token:{TOKEN}@127.0.0.1:{port}/repo.git"
-    try:
-        code, out, err = run(
-            [
-                "--log-level",
-                "DEBUG",
-                "--log-format",
-                "json",
-                "ingest",
-                url,
-                "--ref",
-                "main",
-                "--json",
-            ],
-            capsys,
-        )
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(work, tmp_path / "served", TOKEN) as server:
+        port = server.server_address[1]
+        url = f"http://x-access-token:{TOKEN}@127.0.0.1:{port}/repo.git"
+        argv = [
+            "--log-level",
+            "DEBUG",
+            "--log-format",
+            "json",
+            "ingest",
+            url,
+            "--ref",
+            "main",
+            "--json",
+        ]
+        code, out, err = run(argv, capsys)
     assert code == 0, err
     assert any(auth for _path, auth in server.requests)  # the token was sent, as a header
 

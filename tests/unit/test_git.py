@@ -23,7 +23,7 @@ import pytest
 from headrace.errors import StorageError, Terminal, Transient, is_transient
 from storage.git import Change, GitError, GitRepo, GitUnavailable, TreeEntry
 from storage.git_cache import GitCache
-from tests.gitserver import GitServer
+from tests.gitserver import GitServer, serving
 
 TOKEN = "s3cr3t-token"
 NON_UTF8 = os.fsdecode(b"caf\xe9.txt")
@@ -351,19 +351,8 @@ def test_cache_serializes_concurrent_callers(remote: Path, tmp_path: Path) -> No
 
 @pytest.fixture
 def http_remote(remote: Path, tmp_path: Path) -> Iterator[tuple[GitServer, str]]:
-    root = tmp_path / "served"
-    root.mkdir()
-    git(root, "clone", "-q", "--bare", str(remote), "repo.git")
-    git(root / "repo.git", "config", "uploadpack.allowFilter", "true")
-    server = GitServer(root, TOKEN)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(remote, tmp_path / "served", TOKEN) as server:
         yield server, f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def _files_containing(root: Path, needle: bytes) -> list[Path]:

@@ -11,7 +11,14 @@ import click
 import orjson
 
 from headrace.settings import Settings
-from storage.archive import read, verify
+from storage.archive import MinioColdStore, read, request_deletion, retain, verify
+
+
+def _cold(settings: Settings) -> MinioColdStore:
+    """The cold tier: object storage, the archive's own bucket."""
+    return MinioColdStore(
+        settings.object_store.model_copy(update={"bucket": settings.archive.cold_bucket})
+    )
 
 
 @click.group()
@@ -29,7 +36,7 @@ def verify_(settings: Settings, date: str | None, all_days: bool) -> None:
     if date and all_days:
         raise click.UsageError("give --date or --all, not both")
     root = settings.archive.root
-    problems = verify(root, date=date)
+    problems = verify(root, date=date, cold=_cold(settings))
     for problem in problems:
         click.echo(f"{problem.kind}: {problem.path}: {problem.message}")
     if problems:
@@ -58,7 +65,8 @@ def read_(
     project: str | None,
     path_glob: str | None,
 ) -> None:
-    """Stream archived events as JSON lines (bytes as base64), across compression."""
+    """Stream archived events as JSON lines (bytes as base64), across compression and
+    tiers (local days and days moved to object storage)."""
 
     def wanted(event: dict[str, Any]) -> bool:
         if project is not None and event.get("project") != project:
@@ -66,9 +74,15 @@ def read_(
         return path_glob is None or fnmatch.fnmatchcase(str(event.get("path", "")), path_glob)
 
     out = sys.stdout.buffer
-    for line in read(
-        settings.archive.root, topic=topic, since=since, until=until, predicate=wanted
-    ):
+    lines = read(
+        settings.archive.root,
+        topic=topic,
+        since=since,
+        until=until,
+        predicate=wanted,
+        cold=_cold(settings),
+    )
+    for line in lines:
         out.write(
             orjson.dumps(
                 {
@@ -83,3 +97,33 @@ def read_(
         )
         out.write(b"\n")
     out.flush()
+
+
+@archive.command("retain")
+@click.option(
+    "--older-than",
+    "days",
+    type=click.IntRange(min=0),
+    required=True,
+    metavar="DAYS",
+    help="Move days older than this many days to the cold tier.",
+)
+@click.pass_obj
+def retain_(settings: Settings, days: int) -> None:
+    """Move old days to the cold tier (object storage), verified before the local
+    copies go; nothing is ever deleted. Reading and verifying go on across tiers."""
+    moved = retain(settings.archive.root, _cold(settings), older_than_days=days)
+    click.echo(
+        f"moved {len(moved)} days to the cold tier" + (": " + ", ".join(moved) if moved else "")
+    )
+
+
+@archive.command("request-deletion")
+@click.option("--topic", required=True)
+@click.option("--date", "day", required=True, metavar="YYYY-MM-DD")
+@click.option("--reason", required=True)
+@click.pass_obj
+def request_deletion_(settings: Settings, topic: str, day: str, reason: str) -> None:
+    """Record a request to delete a day of a topic (who, why, when); deletes nothing."""
+    path = request_deletion(settings.archive.root, topic=topic, date=day, reason=reason)
+    click.echo(f"recorded {path}")

@@ -9,7 +9,10 @@ Kafka records, under a local directory.
 :class:`Archive` writes (:mod:`.segments`: open segments, rotation, atomic
 publish), :mod:`.manifest` keeps each day's list of published segments,
 :func:`read` streams records back and :func:`verify` checks files against
-manifests. Names, paths, the line format and the errors are in :mod:`.layout`::
+manifests. :func:`retain` moves old days to a cold tier in object storage
+(:mod:`.retention`; never deleting) and :func:`request_deletion` records a
+request to delete a day. Names, paths, the line format and the errors are in
+:mod:`.layout`::
 
     StorageError (headrace.errors)
      └── ArchiveError
@@ -30,6 +33,16 @@ from storage.archive.layout import (
 )
 from storage.archive.manifest import SegmentInfo
 from storage.archive.reader import ArchivedLine, read
+from storage.archive.retention import (
+    ColdMarker,
+    ColdObject,
+    ColdStore,
+    MemoryColdStore,
+    MinioColdStore,
+    read_cold_marker,
+    request_deletion,
+    retain,
+)
 from storage.archive.segments import DEFAULT_POLICY, Archive, ArchivePolicy
 from storage.archive.verify import Problem, ProblemKind, verify
 
@@ -44,10 +57,18 @@ __all__ = [
     "ArchiveRecordError",
     "ArchiveWriteError",
     "ArchivedLine",
+    "ColdMarker",
+    "ColdObject",
+    "ColdStore",
     "Compression",
+    "MemoryColdStore",
+    "MinioColdStore",
     "Problem",
     "ProblemKind",
     "SegmentInfo",
     "read",
+    "read_cold_marker",
+    "request_deletion",
+    "retain",
     "verify",
 ]

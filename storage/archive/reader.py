@@ -24,14 +24,17 @@ import zstandard
 
 from storage.archive.layout import (
     ArchiveCorrupt,
+    ArchiveError,
     ArchiveRecord,
     Compression,
+    SegmentName,
     day_dirs,
     decode_line,
     segment_files,
     topics,
     valid_topic,
 )
+from storage.archive.retention import ColdMarker, ColdStore, read_cold_marker
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +77,12 @@ def read(
     since: str | None = None,
     until: str | None = None,
     predicate: Callable[[dict[str, Any]], bool] | None = None,
+    cold: ColdStore | None = None,
 ) -> Generator[ArchivedLine, None, None]:
     """Stream the archived records of ``root``: one topic or all, dates from ``since`` to
     ``until`` (``YYYY-MM-DD``, both included), those whose event ``predicate`` accepts.
+    Days moved to the cold tier (:mod:`.retention`) are streamed from ``cold``; without it
+    such a day raises :class:`ArchiveError` rather than be skipped.
     A generator: ``close()`` it to release the open file when stopping early."""
     if topic is not None and not valid_topic(topic):
         raise ValueError(f"not a topic name: {topic!r}")
@@ -87,32 +93,63 @@ def read(
         for day, path in day_dirs(root, name):
             if (since is not None and day < since) or (until is not None and day > until):
                 continue
-            for file_name, parsed in segment_files(path):
-                yield from _read_segment(path / file_name, parsed.compression, predicate)
+            marker = read_cold_marker(path)
+            if marker is None:
+                for file_name, parsed in segment_files(path):
+                    yield from _read_segment(path / file_name, parsed.compression, predicate)
+                continue
+            if cold is None:
+                raise ArchiveError(f"{path} is in the cold tier: read it with a cold store")
+            for file_name, parsed, key in day_sources(path, marker):
+                if key is None:
+                    yield from _read_segment(path / file_name, parsed.compression, predicate)
+                else:
+                    with cold.get(key) as file:
+                        yield from _read_lines(file, key, file_name, parsed.compression, predicate)
+
+
+def day_sources(day: Path, marker: ColdMarker) -> list[tuple[str, SegmentName, str | None]]:
+    """A cold day's segments, in reading order: (file name, its parts, its cold key, or None
+    for a local file: one published into the day after it moved)."""
+    found: list[tuple[str, SegmentName, str | None]] = [
+        (o.name, parsed, o.key) for o, parsed in marker.segments()
+    ]
+    found += ((name, parsed, None) for name, parsed in segment_files(day) if name not in marker)
+    found.sort(key=lambda item: (item[1].partition, item[1].first_offset, item[0]))
+    return found
 
 
 def _read_segment(
     path: Path, compression: Compression, predicate: Callable[[dict[str, Any]], bool] | None
 ) -> Iterator[ArchivedLine]:
-    name = path.name
     with path.open("rb") as file:
-        for number, line in enumerate(iter_lines(file, compression, path), 1):
-            try:
-                r = decode_line(line)
-            except ValueError as exc:
-                raise ArchiveCorrupt(f"{path} line {number} is not a record: {exc}") from None
-            if predicate is None or predicate(r.event):
-                yield ArchivedLine(
-                    r.topic,
-                    r.partition,
-                    r.offset,
-                    r.timestamp_ms,
-                    r.event_time_ms,
-                    r.key,
-                    r.schema_id,
-                    r.event,
-                    name,
-                )
+        yield from _read_lines(file, str(path), path.name, compression, predicate)
+
+
+def _read_lines(
+    file: Readable,
+    where: str,
+    name: str,
+    compression: Compression,
+    predicate: Callable[[dict[str, Any]], bool] | None,
+) -> Iterator[ArchivedLine]:
+    for number, line in enumerate(iter_lines(file, compression, where), 1):
+        try:
+            r = decode_line(line)
+        except ValueError as exc:
+            raise ArchiveCorrupt(f"{where} line {number} is not a record: {exc}") from None
+        if predicate is None or predicate(r.event):
+            yield ArchivedLine(
+                r.topic,
+                r.partition,
+                r.offset,
+                r.timestamp_ms,
+                r.event_time_ms,
+                r.key,
+                r.schema_id,
+                r.event,
+                name,
+            )
 
 
 class Readable(Protocol):

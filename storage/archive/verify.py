@@ -24,6 +24,11 @@ returns one :class:`Problem` per finding, never raising on bad data:
 - ``unknown_file``: any other file in a day directory (temporary files of a
   writer at work are expected and ignored).
 
+A cold day (``_cold.json``, see :mod:`.retention`) has its segments in the cold
+store: the marker is checked against the manifest, and with ``cold`` each object
+is checked with ``stat`` and read in full like a local file (its problems name
+``cold:<key>``); without ``cold``, the marker is all there is to check.
+
 One problem per kind and segment at most, with the count and the first line.
 """
 
@@ -57,8 +62,18 @@ from storage.archive.layout import (
 )
 from storage.archive.manifest import SegmentInfo, read_manifest
 from storage.archive.reader import CHUNK, DecompressionError, PartialLine, iter_lines
+from storage.archive.retention import (
+    COLD_MARKER,
+    DELETION_REQUEST,
+    ColdMarker,
+    ColdStore,
+    cold_key,
+    read_cold_marker,
+)
 
 log = logging.getLogger(__name__)
+
+_BOOKKEEPING = (MANIFEST, LOCK, COLD_MARKER, DELETION_REQUEST)
 
 
 class ProblemKind(StrEnum):
@@ -82,8 +97,12 @@ class Problem:
     message: str
 
 
-def verify(root: Path, *, date: str | None = None) -> list[Problem]:
-    """Every problem of the archive under ``root``, all days or one (``YYYY-MM-DD``)."""
+def verify(root: Path, *, date: str | None = None, cold: ColdStore | None = None) -> list[Problem]:
+    """Every problem of the archive under ``root``, all days or one (``YYYY-MM-DD``).
+
+    A cold day (moved by :func:`~storage.archive.retention.retain`) is checked against its
+    ``_cold.json`` marker; with ``cold``, each of its objects is also checked with ``stat``
+    (size, sha256) and read in full like a local segment."""
     if date is not None:
         Date.fromisoformat(date)  # ValueError for anything but a date
     problems: list[Problem] = []
@@ -91,7 +110,7 @@ def verify(root: Path, *, date: str | None = None) -> list[Problem]:
         chains: dict[int, list[tuple[Path, SegmentInfo]]] = defaultdict(list)
         for day, directory in day_dirs(root, topic):
             if date is None or day == date:
-                problems += _verify_day(topic, day, directory, chains)
+                problems += _verify_day(topic, day, directory, chains, cold)
         for chain in chains.values():
             problems += _check_chain(chain, whole=date is None)
     log.info("verified %s: %s problems", root, len(problems))
@@ -99,7 +118,11 @@ def verify(root: Path, *, date: str | None = None) -> list[Problem]:
 
 
 def _verify_day(
-    topic: str, day: str, directory: Path, chains: dict[int, list[tuple[Path, SegmentInfo]]]
+    topic: str,
+    day: str,
+    directory: Path,
+    chains: dict[int, list[tuple[Path, SegmentInfo]]],
+    cold: ColdStore | None,
 ) -> list[Problem]:
     problems: list[Problem] = []
     try:
@@ -107,11 +130,17 @@ def _verify_day(
     except ArchiveCorrupt as exc:
         problems.append(Problem(str(directory / MANIFEST), ProblemKind.BAD_MANIFEST, str(exc)))
         listed = None
+    try:
+        marker = read_cold_marker(directory)
+    except ArchiveCorrupt as exc:
+        problems.append(Problem(str(directory / COLD_MARKER), ProblemKind.BAD_MANIFEST, str(exc)))
+        marker = None
     by_name = {s.name: s for s in listed or ()}
     on_disk = segment_files(directory)
     names = {name for name, _ in on_disk}
+    moved = {o.name for o, _ in marker.segments()} if marker is not None else set()
     for entry in os.scandir(directory):
-        if entry.name not in names and entry.name not in (MANIFEST, LOCK):
+        if entry.name not in names and entry.name not in _BOOKKEEPING:
             if not is_temp(entry.name):
                 problems.append(Problem(entry.path, ProblemKind.UNKNOWN_FILE, "not a segment"))
     for s in listed or ():
@@ -121,9 +150,11 @@ def _verify_day(
             problems.append(
                 Problem(str(path), ProblemKind.MANIFEST_MISMATCH, "entry names another place")
             )
-        if s.name not in names:
+        if s.name not in names and s.name not in moved:
             problems.append(Problem(str(path), ProblemKind.MISSING_SEGMENT, "listed, not on disk"))
         chains[s.partition].append((path, s))
+    if marker is not None:
+        problems += _verify_cold(topic, day, directory, marker, by_name, listed, chains, cold)
     for name, parsed in on_disk:
         path = directory / name
         facts = _scan(path, parsed, topic, day)
@@ -135,17 +166,66 @@ def _verify_day(
             if facts.first >= 0:  # its records are there: no gap around it
                 chains[parsed.partition].append((path, _info(parsed, day, name, facts)))
             continue
-        found = (facts.records, facts.first, facts.last, facts.size, facts.sha256)
-        wanted = (info.records, info.first_offset, info.last_offset, info.size, info.sha256)
-        fields = ("records", "first_offset", "last_offset", "size", "sha256")
-        wrong = [
-            f"{f} {w} listed, {v} found"
-            for f, w, v in zip(fields, wanted, found, strict=True)
-            if w != v
-        ]
+        wrong = _differences(info, facts)
         if wrong:
             problems.append(Problem(str(path), ProblemKind.MANIFEST_MISMATCH, "; ".join(wrong)))
     return problems
+
+
+def _verify_cold(
+    topic: str,
+    day: str,
+    directory: Path,
+    marker: ColdMarker,
+    by_name: dict[str, SegmentInfo],
+    listed: list[SegmentInfo] | None,
+    chains: dict[int, list[tuple[Path, SegmentInfo]]],
+    cold: ColdStore | None,
+) -> list[Problem]:
+    """The segments of a cold day: the marker against the manifest and, with ``cold``, each
+    object's ``stat`` and content against both."""
+    problems: list[Problem] = []
+    for o, parsed in marker.segments():
+        where = f"cold:{o.key}"
+        info = by_name.get(o.name)
+        wrong = []
+        if o.key != cold_key(topic, day, o.name):
+            wrong.append(f"key {o.key} is not this day's")
+        if info is None:
+            if listed is not None:
+                problems.append(Problem(where, ProblemKind.UNLISTED_SEGMENT, "moved, not listed"))
+        elif (o.size, o.sha256) != (info.size, info.sha256):
+            wrong.append(f"the marker has size {o.size}, sha256 {o.sha256}")
+        if cold is not None:
+            stat = cold.stat(o.key)
+            if stat is None:
+                problems.append(Problem(where, ProblemKind.MISSING_SEGMENT, "not in the store"))
+                continue
+            if stat != (o.size, o.sha256):
+                wrong.append(f"the store has size {stat[0]}, sha256 {stat[1]}")
+            with cold.get(o.key) as file:
+                facts = _scan_file(file, where, parsed, topic, day)
+            problems += facts.problems
+            if info is not None:
+                wrong += _differences(info, facts)
+            elif facts.first >= 0:
+                chains[parsed.partition].append(
+                    (directory / o.name, _info(parsed, day, o.name, facts))
+                )
+        if wrong:
+            problems.append(Problem(where, ProblemKind.MANIFEST_MISMATCH, "; ".join(wrong)))
+    return problems
+
+
+def _differences(info: SegmentInfo, facts: _Facts) -> list[str]:
+    found = (facts.records, facts.first, facts.last, facts.size, facts.sha256)
+    wanted = (info.records, info.first_offset, info.last_offset, info.size, info.sha256)
+    fields = ("records", "first_offset", "last_offset", "size", "sha256")
+    return [
+        f"{f} {w} listed, {v} found"
+        for f, w, v in zip(fields, wanted, found, strict=True)
+        if w != v
+    ]
 
 
 @dataclass
@@ -172,50 +252,54 @@ class _Hashing:
 
 
 def _scan(path: Path, parsed: SegmentName, topic: str, day: str) -> _Facts:
+    with path.open("rb") as file:
+        return _scan_file(file, str(path), parsed, topic, day)
+
+
+def _scan_file(file: BinaryIO, where: str, parsed: SegmentName, topic: str, day: str) -> _Facts:
     facts = _Facts()
     bad: Counter[ProblemKind] = Counter()
     first_bad: dict[ProblemKind, str] = {}
 
-    def found(kind: ProblemKind, where: str) -> None:
+    def found(kind: ProblemKind, detail: str) -> None:
         bad[kind] += 1
-        first_bad.setdefault(kind, where)
+        first_bad.setdefault(kind, detail)
 
     if parsed.topic != topic:
         found(ProblemKind.WRONG_PARTITION, f"a segment of topic {parsed.topic} under {topic}")
     highest = -1
-    with path.open("rb") as file:
-        hashing = _Hashing(file)
-        try:
-            for number, line in enumerate(iter_lines(hashing, parsed.compression, path), 1):
-                facts.records += 1
-                try:
-                    r = decode_line(line)
-                except ValueError as exc:
-                    found(ProblemKind.UNPARSABLE_LINE, f"line {number}: {exc}")
-                    continue
-                if (r.topic, r.partition, date_of(r.event_time_ms)) != (
-                    topic,
-                    parsed.partition,
-                    day,
-                ):
-                    found(ProblemKind.WRONG_PARTITION, f"line {number}: {r.topic}[{r.partition}]")
-                if r.offset <= highest:
-                    found(ProblemKind.ORDER, f"line {number}: offset {r.offset} after {highest}")
-                facts.first = r.offset if facts.first < 0 else facts.first
-                facts.last, highest = r.offset, max(highest, r.offset)
-        except DecompressionError as exc:
-            found(ProblemKind.DECOMPRESSION_ERROR, str(exc))
-        except PartialLine as exc:
+    hashing = _Hashing(file)
+    try:
+        for number, line in enumerate(iter_lines(hashing, parsed.compression, where), 1):
             facts.records += 1
-            found(ProblemKind.UNPARSABLE_LINE, f"last line: {exc}")
-        while hashing.read(CHUNK):  # the rest, after an error, for the size and sha256
-            pass
+            try:
+                r = decode_line(line)
+            except ValueError as exc:
+                found(ProblemKind.UNPARSABLE_LINE, f"line {number}: {exc}")
+                continue
+            if (r.topic, r.partition, date_of(r.event_time_ms)) != (
+                topic,
+                parsed.partition,
+                day,
+            ):
+                found(ProblemKind.WRONG_PARTITION, f"line {number}: {r.topic}[{r.partition}]")
+            if r.offset <= highest:
+                found(ProblemKind.ORDER, f"line {number}: offset {r.offset} after {highest}")
+            facts.first = r.offset if facts.first < 0 else facts.first
+            facts.last, highest = r.offset, max(highest, r.offset)
+    except DecompressionError as exc:
+        found(ProblemKind.DECOMPRESSION_ERROR, str(exc))
+    except PartialLine as exc:
+        facts.records += 1
+        found(ProblemKind.UNPARSABLE_LINE, f"last line: {exc}")
+    while hashing.read(CHUNK):  # the rest, after an error, for the size and sha256
+        pass
     facts.sha256, facts.size = hashing.digest.hexdigest(), hashing.size
     if facts.first not in (-1, parsed.first_offset):
         found(ProblemKind.MANIFEST_MISMATCH, f"first offset {facts.first} is not its name's")
     for kind, count in bad.items():
         message = f"{count} time(s), first: {first_bad[kind]}"
-        facts.problems.append(Problem(str(path), kind, message))
+        facts.problems.append(Problem(where, kind, message))
     return facts
 
 

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,7 @@ import pytest
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from headrace.kafka import ensure_topics, make_admin, make_producer
-from headrace.settings import KafkaSettings, RegistrySettings
+from headrace.settings import KafkaSettings, ObjectStoreSettings, RegistrySettings
 from schemas.catalog import EventType
 from schemas.models import FileEvent
 from schemas.registry import make_registry_client
@@ -265,3 +266,47 @@ def test_status_reports_lag_commit_time_and_dead_letters(
     ]
     assert sum(p["lag"] for p in files) == 9
     assert all(p["committed_at"] for p in files if p["committed"])
+
+
+def test_retention_moves_old_days_to_the_cold_tier_and_reading_goes_on(
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    object_store: ObjectStoreSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("HEADRACE_OBJECT_STORE__ENDPOINT", object_store.endpoint)
+    monkeypatch.setenv("HEADRACE_ARCHIVE__COLD_BUCKET", f"test-cold-{uuid.uuid4().hex[:10]}")
+    topic = env["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"]
+    old = datetime(2020, 1, 2, 3, 4, 5, tzinfo=UTC)
+    with make_registry_client(registry) as client:
+        serialize = EventSerializer(client, EventType.FILE_EVENT)
+        ctx = SerializationContext(topic, MessageField.VALUE)
+        producer = make_producer(kafka)
+        for i in range(40):
+            event = FileEvent(
+                project="p", path=f"old{i:03d}.txt", size=i, checksum=f"{i:064x}", event_time=old
+            )
+            producer.produce(topic, key=event.path.encode(), value=serialize(event, ctx))
+        assert producer.flush(30) == 0
+    publish(env, kafka, registry, 0, 10)  # today's events stay hot
+    drain(capsys)
+    root = Path(env["HEADRACE_ARCHIVE__ROOT"])
+    before = sorted((line.topic, line.partition, line.offset) for line in read(root))
+
+    code, out, err = run(["archive", "retain", "--older-than", "30"], capsys)
+    assert code == 0, err
+    assert out.strip() == "moved 1 days to the cold tier: 2020-01-02"
+    assert not list((root / topic / "dt=2020-01-02").glob("*.jsonl.zst"))  # moved, verified
+    code, out, err = run(["archive", "read"], capsys)
+    assert code == 0, err
+    after = sorted(
+        (json.loads(x)["topic"], json.loads(x)["partition"], json.loads(x)["offset"])
+        for x in out.splitlines()
+    )
+    assert after == before and len(after) == 50
+    code, out, _ = run(["archive", "verify"], capsys)
+    assert code == 0 and out.startswith("ok")
+    code, out, _ = run(["archive", "retain", "--older-than", "30"], capsys)
+    assert out.strip() == "moved 0 days to the cold tier"

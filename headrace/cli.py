@@ -6,6 +6,7 @@ usage error, and ends as one readable line on stderr and a non-zero exit.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -13,20 +14,38 @@ from pathlib import Path
 import click
 import orjson
 
-from consumers.archive.cli import archive
-from consumers.cli import consume
-from consumers.dlq_cli import dlq
-from consumers.status import status
 from headrace import __version__
 from headrace.errors import HeadraceError
 from headrace.settings import Settings, load_settings
-from headrace.stack.cli import stack
 from headrace.telemetry import configure_logging
-from producers.cli import ingest
-from schemas.cli import schemas
+
+# Subcommands are imported when used: `headrace stack status` need not load the
+# Kafka, registry and archive clients (half a second of imports).
+SUBCOMMANDS = {
+    "stack": "headrace.stack.cli:stack",
+    "schemas": "schemas.cli:schemas",
+    "ingest": "producers.cli:ingest",
+    "consume": "consumers.cli:consume",
+    "dlq": "consumers.dlq_cli:dlq",
+    "archive": "consumers.archive.cli:archive",
+    "status": "consumers.status:status",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *SUBCOMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in SUBCOMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module, _, name = SUBCOMMANDS[cmd_name].partition(":")
+        command = getattr(importlib.import_module(module), name)
+        assert isinstance(command, click.Command)  # noqa: S101 - the table above names commands
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "-c",
@@ -65,15 +84,6 @@ def cli(
         (log_level or settings.log.level).upper(), "json" if fmt == "json" else "text", run_id
     )
     ctx.obj = settings
-
-
-cli.add_command(stack)
-cli.add_command(schemas)
-cli.add_command(ingest)
-cli.add_command(dlq)
-cli.add_command(consume)
-cli.add_command(archive)
-cli.add_command(status)
 
 
 @cli.command("settings")

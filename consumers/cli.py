@@ -30,6 +30,7 @@ def _archive_sink(settings: Settings) -> Sink:
         max_segment_bytes=config.max_segment_bytes,
         max_segment_records=config.max_segment_records,
         max_segment_age_s=config.max_segment_age_s,
+        plain_days=config.plain_days,
     )
     return ArchiveSink(Archive(config.root, policy))
 

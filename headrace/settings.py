@@ -117,6 +117,9 @@ class ArchiveSettings(_Section):
     max_segment_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     max_segment_records: int = Field(default=100_000, ge=1)
     max_segment_age_s: float = Field(default=300.0, gt=0)
+    # > 0: publish segments plain, compress them with `headrace archive compress`
+    # once their day is older than this.
+    plain_days: int = Field(default=0, ge=0)
     # Retention moves old days here (object storage); nothing is ever deleted.
     cold_bucket: str = "headrace-archive"
 

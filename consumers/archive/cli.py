@@ -11,7 +11,15 @@ import click
 import orjson
 
 from headrace.settings import Settings
-from storage.archive import MinioColdStore, read, request_deletion, retain, verify
+from storage.archive import (
+    Compression,
+    MinioColdStore,
+    compress_old,
+    read,
+    request_deletion,
+    retain,
+    verify,
+)
 
 
 def _cold(settings: Settings) -> MinioColdStore:
@@ -127,3 +135,27 @@ def request_deletion_(settings: Settings, topic: str, day: str, reason: str) -> 
     """Record a request to delete a day of a topic (who, why, when); deletes nothing."""
     path = request_deletion(settings.archive.root, topic=topic, date=day, reason=reason)
     click.echo(f"recorded {path}")
+
+
+@archive.command("compress")
+@click.option(
+    "--older-than",
+    "days",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="DAYS",
+    help="Days older than this (default: archive.plain_days).",
+)
+@click.pass_obj
+def compress_(settings: Settings, days: int | None) -> None:
+    """Compress the plain segments of old days (archive.plain_days keeps recent days
+    plain); each compressed file is checked against the plain one before it goes."""
+    codec = Compression(settings.archive.compression)
+    if codec is Compression.NONE:
+        raise click.UsageError("archive.compression is none: nothing to compress with")
+    changed = compress_old(
+        settings.archive.root,
+        older_than_days=settings.archive.plain_days if days is None else days,
+        compression=codec,
+    )
+    click.echo(f"compressed {len(changed)} days" + (": " + ", ".join(changed) if changed else ""))

@@ -9,7 +9,9 @@ Kafka records, under a local directory.
 :class:`Archive` writes (:mod:`.segments`: open segments, rotation, atomic
 publish), :mod:`.manifest` keeps each day's list of published segments,
 :func:`read` streams records back and :func:`verify` checks files against
-manifests. :func:`retain` moves old days to a cold tier in object storage
+manifests. :func:`compress_old` compresses old days' segments that were
+published plain (:attr:`ArchivePolicy.plain_days`, :mod:`.compaction`).
+:func:`retain` moves old days to a cold tier in object storage
 (:mod:`.retention`; never deleting) and :func:`request_deletion` records a
 request to delete a day. Names, paths, the line format and the errors are in
 :mod:`.layout`::
@@ -22,6 +24,7 @@ request to delete a day. Names, paths, the line format and the errors are in
           └── ArchiveWriteError   the file system refused a write                       (transient)
 """
 
+from storage.archive.compaction import compress_old
 from storage.archive.layout import (
     ArchiveConflict,
     ArchiveCorrupt,
@@ -66,6 +69,7 @@ __all__ = [
     "Problem",
     "ProblemKind",
     "SegmentInfo",
+    "compress_old",
     "read",
     "read_cold_marker",
     "request_deletion",

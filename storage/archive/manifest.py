@@ -155,6 +155,16 @@ def adopt(day: Path, info: SegmentInfo) -> bool:
         return True
 
 
+def replace_entry(day: Path, name: str, info: SegmentInfo) -> None:
+    """Replace the manifest entry of segment ``name`` by ``info`` (the same segment in
+    another file, see :mod:`.compaction`); the caller holds :func:`locked`. KeyError if
+    ``name`` is not listed."""
+    segments = read_manifest(day)
+    if all(s.name != name for s in segments):
+        raise KeyError(f"{day / name} is not listed")
+    _write(day, info, [info if s.name == name else s for s in segments])
+
+
 def _check(day: Path, segments: list[SegmentInfo], info: SegmentInfo) -> None:
     for s in segments:
         if s.partition != info.partition:

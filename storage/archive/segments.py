@@ -84,11 +84,21 @@ class ArchivePolicy:
     max_segment_bytes: int = 64 * 1024 * 1024  # uncompressed bytes of an open segment
     max_segment_records: int = 100_000
     max_segment_age_s: float = 300.0  # since the segment's first record; closes idle partitions
+    # > 0: publish segments plain (Compression.NONE) and leave ``compression`` to
+    # :func:`storage.archive.compress_old`, run for days older than this many.
+    plain_days: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "compression", Compression(self.compression))
         if min(self.max_segment_bytes, self.max_segment_records, self.max_segment_age_s) <= 0:
             raise ValueError(f"segment limits must be positive: {self}")
+        if self.plain_days < 0:
+            raise ValueError(f"plain_days must not be negative: {self}")
+
+    @property
+    def publish_compression(self) -> Compression:
+        """The compression segments are published with."""
+        return Compression.NONE if self.plain_days > 0 else self.compression
 
 
 DEFAULT_POLICY = ArchivePolicy()
@@ -269,7 +279,7 @@ class Archive:
 
     def _finish(self, key: Key, seg: _Open) -> SegmentInfo:
         topic, partition = key
-        compression = self.policy.compression
+        compression = self.policy.publish_compression
         directory = seg.path.parent
         seg.file.flush()
         if compression is Compression.NONE:
@@ -302,25 +312,7 @@ class Archive:
                 temp.unlink(missing_ok=True)
 
     def _compress(self, source: Path, out: BinaryIO, compression: Compression) -> tuple[str, int]:
-        """Compress ``source`` into ``out`` chunk by chunk; the sha256 and size written."""
-        digest, size = hashlib.sha256(), 0
-        compressor = (
-            self._zstd.compressobj()
-            if compression is Compression.ZSTD
-            else zlib.compressobj(6, zlib.DEFLATED, 31)  # gzip; mtime 0: same bytes every time
-        )
-        with source.open("rb") as src:
-            while True:
-                chunk = src.read(CHUNK)
-                data = compressor.compress(chunk) if chunk else compressor.flush()
-                digest.update(data)
-                size += len(data)
-                out.write(data)
-                if not chunk:
-                    break
-        out.flush()
-        os.fsync(out.fileno())
-        return digest.hexdigest(), size
+        return compress_file(source, out, compression, self._zstd)
 
     def _failed(self, key: Key, exc: OSError) -> ArchiveWriteError:
         self.abandon([key])
@@ -335,11 +327,17 @@ class Archive:
         for _, directory in day_dirs(self.root, topic):
             segments = read_manifest(directory)
             names = {s.name for s in segments}
+            firsts = {s.first_offset for s in segments if s.partition == partition}
             listed += (s for s in segments if s.partition == partition)
             orphans += (
                 (directory, name)
                 for name, parsed in segment_files(directory)
-                if parsed.partition == partition and parsed.topic == topic and name not in names
+                if parsed.partition == partition
+                and parsed.topic == topic
+                and name not in names
+                # the other form of a listed segment: compress_old stopped midway (it
+                # finishes on its next run), not a published segment left unlisted
+                and parsed.first_offset not in firsts
             )
         for directory, name in orphans:
             info = describe(directory / name, listed)
@@ -347,6 +345,36 @@ class Archive:
                 log.warning("adopted %s into its manifest (published, then unlisted)", name)
             listed.append(info)
         return sorted(listed, key=lambda s: s.first_offset)
+
+
+def compress_file(
+    source: Path,
+    out: BinaryIO,
+    compression: Compression,
+    zstd: zstandard.ZstdCompressor | None = None,
+) -> tuple[str, int]:
+    """Compress ``source`` into ``out`` chunk by chunk and fsync it; the sha256 and size
+    written."""
+    digest, size = hashlib.sha256(), 0
+    if compression is Compression.NONE:
+        raise ValueError("Compression.NONE is not a codec")
+    compressor = (
+        (zstd or zstandard.ZstdCompressor(level=3, write_checksum=True)).compressobj()
+        if compression is Compression.ZSTD
+        else zlib.compressobj(6, zlib.DEFLATED, 31)  # gzip; mtime 0: same bytes every time
+    )
+    with source.open("rb") as src:
+        while True:
+            chunk = src.read(CHUNK)
+            data = compressor.compress(chunk) if chunk else compressor.flush()
+            digest.update(data)
+            size += len(data)
+            out.write(data)
+            if not chunk:
+                break
+    out.flush()
+    os.fsync(out.fileno())
+    return digest.hexdigest(), size
 
 
 def _discard(seg: _Open) -> None:

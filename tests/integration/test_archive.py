@@ -310,3 +310,41 @@ def test_retention_moves_old_days_to_the_cold_tier_and_reading_goes_on(
     assert code == 0 and out.startswith("ok")
     code, out, _ = run(["archive", "retain", "--older-than", "30"], capsys)
     assert out.strip() == "moved 0 days to the cold tier"
+
+
+def test_recent_days_stay_plain_and_old_days_get_compressed(
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("HEADRACE_ARCHIVE__PLAIN_DAYS", "7")
+    topic = env["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"]
+    with make_registry_client(registry) as client:
+        serialize = EventSerializer(client, EventType.FILE_EVENT)
+        ctx = SerializationContext(topic, MessageField.VALUE)
+        producer = make_producer(kafka)
+        for i in range(30):
+            event = FileEvent(
+                project="p",
+                path=f"old{i:03d}.txt",
+                size=i,
+                checksum=f"{i:064x}",
+                event_time=datetime(2021, 6, 1, tzinfo=UTC),
+            )
+            producer.produce(topic, key=event.path.encode(), value=serialize(event, ctx))
+        assert producer.flush(30) == 0
+    publish(env, kafka, registry, 0, 10)
+    drain(capsys)
+    root = Path(env["HEADRACE_ARCHIVE__ROOT"])
+    old_day = root / topic / "dt=2021-06-01"
+    assert list(old_day.glob("*.jsonl")) and not list(old_day.glob("*.zst"))
+    before = sorted((line.partition, line.offset) for line in read(root))
+
+    code, out, err = run(["archive", "compress"], capsys)
+    assert code == 0, err
+    assert out.strip() == "compressed 1 days: 2021-06-01"
+    assert list(old_day.glob("*.jsonl.zst")) and not list(old_day.glob("*.jsonl"))
+    assert sorted((line.partition, line.offset) for line in read(root)) == before
+    assert verify(root) == []

@@ -34,38 +34,37 @@ class ObjectStoreError(StorageError):
         self.key = key
 
 
-class ObjectStoreUnavailable(ObjectStoreError, Transient):
+class _OperationFailed(ObjectStoreError):
+    """A failed operation on a bucket or key; subclasses say how it failed."""
+
+    _template = "object store at {endpoint} failed {operation} {where}: {reason}"
+
+    def __init__(
+        self, endpoint: str, bucket: str, operation: str, reason: str, *, key: str | None = None
+    ) -> None:
+        where = f"{bucket}/{key}" if key else bucket
+        super().__init__(
+            self._template.format(
+                endpoint=endpoint, operation=operation, where=where, reason=reason
+            ),
+            endpoint=endpoint,
+            bucket=bucket,
+            key=key,
+        )
+        self.operation = operation
+        self.reason = reason
+
+
+class ObjectStoreUnavailable(_OperationFailed, Transient):
     """The store did not answer, timed out, or said it is busy or failing (5xx, SlowDown)."""
 
-    def __init__(
-        self, endpoint: str, bucket: str, operation: str, reason: str, *, key: str | None = None
-    ) -> None:
-        where = f"{bucket}/{key}" if key else bucket
-        super().__init__(
-            f"object store at {endpoint} is unavailable ({operation} {where}): {reason}",
-            endpoint=endpoint,
-            bucket=bucket,
-            key=key,
-        )
-        self.operation = operation
-        self.reason = reason
+    _template = "object store at {endpoint} is unavailable ({operation} {where}): {reason}"
 
 
-class ObjectStoreRefused(ObjectStoreError, Terminal):
+class ObjectStoreRefused(_OperationFailed, Terminal):
     """The store refused the request: credentials, permissions, bucket name or bucket missing."""
 
-    def __init__(
-        self, endpoint: str, bucket: str, operation: str, reason: str, *, key: str | None = None
-    ) -> None:
-        where = f"{bucket}/{key}" if key else bucket
-        super().__init__(
-            f"object store at {endpoint} refused {operation} {where}: {reason}",
-            endpoint=endpoint,
-            bucket=bucket,
-            key=key,
-        )
-        self.operation = operation
-        self.reason = reason
+    _template = "object store at {endpoint} refused {operation} {where}: {reason}"
 
 
 class ObjectNotFound(ObjectStoreError, Terminal):

@@ -107,6 +107,11 @@ def read_(
     out.flush()
 
 
+def _days(verb: str, days: list[str], where: str = "") -> str:
+    """``moved 2 days to the cold tier: 2020-01-01, 2020-01-02``."""
+    return f"{verb} {len(days)} days{where}" + (": " + ", ".join(days) if days else "")
+
+
 @archive.command("retain")
 @click.option(
     "--older-than",
@@ -121,9 +126,7 @@ def retain_(settings: Settings, days: int) -> None:
     """Move old days to the cold tier (object storage), verified before the local
     copies go; nothing is ever deleted. Reading and verifying go on across tiers."""
     moved = retain(settings.archive.root, _cold(settings), older_than_days=days)
-    click.echo(
-        f"moved {len(moved)} days to the cold tier" + (": " + ", ".join(moved) if moved else "")
-    )
+    click.echo(_days("moved", moved, " to the cold tier"))
 
 
 @archive.command("request-deletion")
@@ -158,4 +161,4 @@ def compress_(settings: Settings, days: int | None) -> None:
         older_than_days=settings.archive.plain_days if days is None else days,
         compression=codec,
     )
-    click.echo(f"compressed {len(changed)} days" + (": " + ", ".join(changed) if changed else ""))
+    click.echo(_days("compressed", changed))

@@ -65,7 +65,14 @@ def env(
 
 
 def publish(
-    env: dict[str, str], kafka: KafkaSettings, registry: RegistrySettings, start: int, count: int
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    start: int,
+    count: int,
+    *,
+    prefix: str = "f",
+    event_time: datetime | None = None,
 ) -> None:
     topic = env["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"]
     with make_registry_client(registry) as client:
@@ -73,7 +80,13 @@ def publish(
         ctx = SerializationContext(topic, MessageField.VALUE)
         producer = make_producer(kafka)
         for i in range(start, start + count):
-            event = FileEvent(project="p", path=f"f{i:05d}.txt", size=i, checksum=f"{i:064x}")
+            event = FileEvent(
+                project="p",
+                path=f"{prefix}{i:05d}.txt",
+                size=i,
+                checksum=f"{i:064x}",
+                event_time=event_time,
+            )
             producer.produce(topic, key=f"p/{event.path}".encode(), value=serialize(event, ctx))
             producer.poll(0)
         assert producer.flush(30) == 0
@@ -280,16 +293,7 @@ def test_retention_moves_old_days_to_the_cold_tier_and_reading_goes_on(
     monkeypatch.setenv("HEADRACE_ARCHIVE__COLD_BUCKET", f"test-cold-{uuid.uuid4().hex[:10]}")
     topic = env["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"]
     old = datetime(2020, 1, 2, 3, 4, 5, tzinfo=UTC)
-    with make_registry_client(registry) as client:
-        serialize = EventSerializer(client, EventType.FILE_EVENT)
-        ctx = SerializationContext(topic, MessageField.VALUE)
-        producer = make_producer(kafka)
-        for i in range(40):
-            event = FileEvent(
-                project="p", path=f"old{i:03d}.txt", size=i, checksum=f"{i:064x}", event_time=old
-            )
-            producer.produce(topic, key=event.path.encode(), value=serialize(event, ctx))
-        assert producer.flush(30) == 0
+    publish(env, kafka, registry, 0, 40, prefix="old", event_time=old)
     publish(env, kafka, registry, 0, 10)  # today's events stay hot
     drain(capsys)
     root = Path(env["HEADRACE_ARCHIVE__ROOT"])
@@ -321,20 +325,7 @@ def test_recent_days_stay_plain_and_old_days_get_compressed(
 ) -> None:
     monkeypatch.setenv("HEADRACE_ARCHIVE__PLAIN_DAYS", "7")
     topic = env["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"]
-    with make_registry_client(registry) as client:
-        serialize = EventSerializer(client, EventType.FILE_EVENT)
-        ctx = SerializationContext(topic, MessageField.VALUE)
-        producer = make_producer(kafka)
-        for i in range(30):
-            event = FileEvent(
-                project="p",
-                path=f"old{i:03d}.txt",
-                size=i,
-                checksum=f"{i:064x}",
-                event_time=datetime(2021, 6, 1, tzinfo=UTC),
-            )
-            producer.produce(topic, key=event.path.encode(), value=serialize(event, ctx))
-        assert producer.flush(30) == 0
+    publish(env, kafka, registry, 0, 30, prefix="old", event_time=datetime(2021, 6, 1, tzinfo=UTC))
     publish(env, kafka, registry, 0, 10)
     drain(capsys)
     root = Path(env["HEADRACE_ARCHIVE__ROOT"])

@@ -17,6 +17,7 @@ from schemas.models import FileEvent, RunEvent, VerificationEvent
 from schemas.registry import make_registry_client
 from schemas.serde import EventDeserializer
 from storage.archive import Archive, ArchivePolicy, Compression
+from storage.archive.backend import open_backend
 
 log = logging.getLogger(__name__)
 # The groups built so far; verify, cache and load join as they land.
@@ -32,7 +33,7 @@ def _archive_sink(settings: Settings) -> Sink:
         max_segment_age_s=config.max_segment_age_s,
         plain_days=config.plain_days,
     )
-    return ArchiveSink(Archive(config.root, policy))
+    return ArchiveSink(Archive(open_backend(config, settings.object_store), policy))
 
 
 @click.command()

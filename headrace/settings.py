@@ -122,6 +122,26 @@ class ArchiveSettings(_Section):
     plain_days: int = Field(default=0, ge=0)
     # Retention moves old days here (object storage); nothing is ever deleted.
     cold_bucket: str = "headrace-archive"
+    # Where published segments live: "local" (under root) or "object_store" (a bucket
+    # of object_store's service, same layout under prefix; open segments are staged
+    # locally under staging until they are published).
+    backend: Literal["local", "object_store"] = "local"
+    bucket: str = "headrace-archive-primary"
+    prefix: str = ""
+    staging: Path = PROJECT_ROOT / ".headrace" / "archive-staging"
+
+
+class LoadSettings(_Section):
+    """The load group's database: which backend, what content it keeps, how deletes land."""
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"  # postgres: the [postgres] section
+    sqlite_path: Path = PROJECT_ROOT / ".headrace" / "db" / "headrace.sqlite3"
+    # inline_and_refs: inline bytes and the reference of the rest; refs_only: no bytes.
+    content: Literal["inline_and_refs", "refs_only"] = "inline_and_refs"
+    # mark: a deleted file stays as a row marked deleted; remove: the row goes, a
+    # tombstone keeps an older event from bringing it back.
+    deletes: Literal["mark", "remove"] = "mark"
+    batch_size: int = Field(default=5000, ge=1)
 
 
 class StackSettings(_Section):
@@ -161,6 +181,7 @@ class Settings(BaseSettings):
     git: GitSettings = GitSettings()
     consumer: ConsumerSettings = ConsumerSettings()
     archive: ArchiveSettings = ArchiveSettings()
+    load: LoadSettings = LoadSettings()
     stack: StackSettings = StackSettings()
     log: LogSettings = LogSettings()
 

@@ -20,6 +20,19 @@ from storage.archive import (
     retain,
     verify,
 )
+from storage.archive.backend import Backend, open_backend
+
+
+def _backend(settings: Settings) -> Backend:
+    return open_backend(settings.archive, settings.object_store)
+
+
+def _local_only(settings: Settings, what: str) -> None:
+    if settings.archive.backend != "local":
+        raise click.UsageError(
+            f"{what} is for an archive on local disk; this one is in object storage"
+            f" (archive.backend = {settings.archive.backend})"
+        )
 
 
 def _cold(settings: Settings) -> MinioColdStore:
@@ -43,8 +56,9 @@ def verify_(settings: Settings, date: str | None, all_days: bool) -> None:
     gaps or overlaps, compressed files decompress. Exit 1 on any problem."""
     if date and all_days:
         raise click.UsageError("give --date or --all, not both")
-    root = settings.archive.root
-    problems = verify(root, date=date, cold=_cold(settings))
+    backend = _backend(settings)
+    root = backend.location
+    problems = verify(backend, date=date, cold=_cold(settings))
     for problem in problems:
         click.echo(f"{problem.kind}: {problem.path}: {problem.message}")
     if problems:
@@ -83,7 +97,7 @@ def read_(
 
     out = sys.stdout.buffer
     lines = read(
-        settings.archive.root,
+        _backend(settings),
         topic=topic,
         since=since,
         until=until,
@@ -125,6 +139,7 @@ def _days(verb: str, days: list[str], where: str = "") -> str:
 def retain_(settings: Settings, days: int) -> None:
     """Move old days to the cold tier (object storage), verified before the local
     copies go; nothing is ever deleted. Reading and verifying go on across tiers."""
+    _local_only(settings, "retain")
     moved = retain(settings.archive.root, _cold(settings), older_than_days=days)
     click.echo(_days("moved", moved, " to the cold tier"))
 
@@ -136,6 +151,7 @@ def retain_(settings: Settings, days: int) -> None:
 @click.pass_obj
 def request_deletion_(settings: Settings, topic: str, day: str, reason: str) -> None:
     """Record a request to delete a day of a topic (who, why, when); deletes nothing."""
+    _local_only(settings, "request-deletion")
     path = request_deletion(settings.archive.root, topic=topic, date=day, reason=reason)
     click.echo(f"recorded {path}")
 
@@ -153,6 +169,7 @@ def request_deletion_(settings: Settings, topic: str, day: str, reason: str) -> 
 def compress_(settings: Settings, days: int | None) -> None:
     """Compress the plain segments of old days (archive.plain_days keeps recent days
     plain); each compressed file is checked against the plain one before it goes."""
+    _local_only(settings, "compress")
     codec = Compression(settings.archive.compression)
     if codec is Compression.NONE:
         raise click.UsageError("archive.compression is none: nothing to compress with")

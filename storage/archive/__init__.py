@@ -1,5 +1,5 @@
 """The archive: append-only, date-partitioned, compressed, self-verifying segments of
-Kafka records, under a local directory.
+Kafka records, under a local directory or in object storage (:mod:`.backend`).
 
 ::
 
@@ -24,6 +24,15 @@ request to delete a day. Names, paths, the line format and the errors are in
           └── ArchiveWriteError   the file system refused a write                       (transient)
 """
 
+from storage.archive.backend import (
+    Backend,
+    Bucket,
+    LocalBackend,
+    MemoryBucket,
+    MinioBucket,
+    ObjectBackend,
+    open_backend,
+)
 from storage.archive.compaction import compress_old
 from storage.archive.layout import (
     ArchiveConflict,
@@ -60,6 +69,13 @@ __all__ = [
     "ArchiveRecordError",
     "ArchiveWriteError",
     "ArchivedLine",
+    "Backend",
+    "Bucket",
+    "LocalBackend",
+    "MemoryBucket",
+    "MinioBucket",
+    "ObjectBackend",
+    "open_backend",
     "ColdMarker",
     "ColdObject",
     "ColdStore",

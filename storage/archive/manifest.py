@@ -107,6 +107,11 @@ def read_manifest(day: Path) -> list[SegmentInfo]:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
+    return parse_manifest(data, str(path))
+
+
+def parse_manifest(data: bytes, where: str) -> list[SegmentInfo]:
+    """The segments of a manifest's bytes; ArchiveCorrupt (naming ``where``) if it is not one."""
     try:
         obj = orjson.loads(data)
         if not isinstance(obj, dict) or obj.get("version") != VERSION:
@@ -116,7 +121,15 @@ def read_manifest(day: Path) -> list[SegmentInfo]:
             raise ValueError("segments is not a list")
         return [SegmentInfo.from_json(entry) for entry in segments]
     except (ValueError, KeyError) as exc:  # orjson.JSONDecodeError is a ValueError
-        raise ArchiveCorrupt(f"manifest {path} cannot be read: {exc}") from None
+        raise ArchiveCorrupt(f"manifest {where} cannot be read: {exc}") from None
+
+
+def manifest_bytes(topic: str, day: str, segments: list[SegmentInfo]) -> bytes:
+    """A manifest listing ``segments`` (sorted by partition and first offset), one a line."""
+    ordered = sorted(segments, key=lambda s: (s.partition, s.first_offset))
+    head = {"version": VERSION, "date": day, "topic": topic}
+    entries = b",\n".join(orjson.dumps(s.to_json()) for s in ordered)
+    return orjson.dumps(head)[:-1] + b',"segments":[\n' + entries + b"\n]}\n"
 
 
 def publish(day: Path, temp: Path, info: SegmentInfo) -> None:
@@ -128,7 +141,7 @@ def publish(day: Path, temp: Path, info: SegmentInfo) -> None:
     """
     with locked(day):
         segments = read_manifest(day)
-        _check(day, segments, info)
+        check_entry(str(day), segments, info)
         final = day / info.name
         if not link_new(temp, final):
             existing, _ = file_sha256(final)
@@ -150,7 +163,7 @@ def adopt(day: Path, info: SegmentInfo) -> bool:
         segments = read_manifest(day)
         if any(s.name == info.name for s in segments):
             return False
-        _check(day, segments, info)
+        check_entry(str(day), segments, info)
         _write(day, info, [*segments, info])
         return True
 
@@ -165,13 +178,14 @@ def replace_entry(day: Path, name: str, info: SegmentInfo) -> None:
     _write(day, info, [info if s.name == name else s for s in segments])
 
 
-def _check(day: Path, segments: list[SegmentInfo], info: SegmentInfo) -> None:
+def check_entry(day: str, segments: list[SegmentInfo], info: SegmentInfo) -> None:
+    """ArchiveConflict if ``info`` would change a listed segment's bytes or overlap one."""
     for s in segments:
         if s.partition != info.partition:
             continue
         if s.name == info.name and s.sha256 != info.sha256:
             raise ArchiveConflict(
-                f"{day / s.name} is published with other bytes (sha256 {s.sha256},"
+                f"{day}/{s.name} is published with other bytes (sha256 {s.sha256},"
                 f" not {info.sha256}); it is never overwritten"
             )
         if (
@@ -180,16 +194,13 @@ def _check(day: Path, segments: list[SegmentInfo], info: SegmentInfo) -> None:
             and info.first_offset <= s.last_offset
         ):
             raise ArchiveConflict(
-                f"{day / info.name} (offsets {info.first_offset}-{info.last_offset}) overlaps"
+                f"{day}/{info.name} (offsets {info.first_offset}-{info.last_offset}) overlaps"
                 f" {s.name} ({s.first_offset}-{s.last_offset})"
             )
 
 
 def _write(day: Path, info: SegmentInfo, segments: list[SegmentInfo]) -> None:
-    segments.sort(key=lambda s: (s.partition, s.first_offset))
-    head = {"version": VERSION, "date": info.date, "topic": info.topic}
-    entries = b",\n".join(orjson.dumps(s.to_json()) for s in segments)  # one a line
-    body = orjson.dumps(head)[:-1] + b',"segments":[\n' + entries + b"\n]}\n"
+    body = manifest_bytes(info.topic, info.date, segments)
     path, file = create_temp(day, MANIFEST)
     with file:
         file.write(body)

@@ -22,19 +22,17 @@ from typing import Any, Protocol
 
 import zstandard
 
+from storage.archive.backend import Backend, as_backend
 from storage.archive.layout import (
     ArchiveCorrupt,
     ArchiveError,
     ArchiveRecord,
     Compression,
     SegmentName,
-    day_dirs,
     decode_line,
-    segment_files,
-    topics,
     valid_topic,
 )
-from storage.archive.retention import ColdMarker, ColdStore, read_cold_marker
+from storage.archive.retention import ColdMarker, ColdStore
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +69,7 @@ class ArchivedLine(ArchiveRecord):
 
 
 def read(
-    root: Path,
+    root: Path | Backend,
     *,
     topic: str | None = None,
     since: str | None = None,
@@ -79,8 +77,9 @@ def read(
     predicate: Callable[[dict[str, Any]], bool] | None = None,
     cold: ColdStore | None = None,
 ) -> Generator[ArchivedLine, None, None]:
-    """Stream the archived records of ``root``: one topic or all, dates from ``since`` to
-    ``until`` (``YYYY-MM-DD``, both included), those whose event ``predicate`` accepts.
+    """Stream the archived records of ``root`` (a directory or a backend): one topic or
+    all, dates from ``since`` to ``until`` (``YYYY-MM-DD``, both included), those whose
+    event ``predicate`` accepts.
     Days moved to the cold tier (:mod:`.retention`) are streamed from ``cold``; without it
     such a day raises :class:`ArchiveError` rather than be skipped.
     A generator: ``close()`` it to release the open file when stopping early."""
@@ -89,41 +88,55 @@ def read(
     for bound in (since, until):
         if bound is not None:
             date.fromisoformat(bound)  # ValueError for anything but a date
-    for name in [topic] if topic is not None else topics(root):
-        for day, path in day_dirs(root, name):
+    backend = as_backend(root)
+    for name in [topic] if topic is not None else backend.topics():
+        for day in backend.days(name):
             if (since is not None and day < since) or (until is not None and day > until):
                 continue
-            marker = read_cold_marker(path)
+            marker = backend.cold_marker(name, day)
             if marker is None:
-                for file_name, parsed in segment_files(path):
-                    yield from _read_segment(path / file_name, parsed.compression, predicate)
+                for file_name, parsed in backend.segment_files(name, day):
+                    yield from _read_segment(backend, name, day, file_name, parsed, predicate)
                 continue
             if cold is None:
-                raise ArchiveError(f"{path} is in the cold tier: read it with a cold store")
-            for file_name, parsed, key in day_sources(path, marker):
+                where = backend.where(name, day)
+                raise ArchiveError(f"{where} is in the cold tier: read it with a cold store")
+            for file_name, parsed, key in day_sources(backend, name, day, marker):
                 if key is None:
-                    yield from _read_segment(path / file_name, parsed.compression, predicate)
+                    yield from _read_segment(backend, name, day, file_name, parsed, predicate)
                 else:
                     with cold.get(key) as file:
                         yield from _read_lines(file, key, file_name, parsed.compression, predicate)
 
 
-def day_sources(day: Path, marker: ColdMarker) -> list[tuple[str, SegmentName, str | None]]:
+def day_sources(
+    backend: Backend, topic: str, day: str, marker: ColdMarker
+) -> list[tuple[str, SegmentName, str | None]]:
     """A cold day's segments, in reading order: (file name, its parts, its cold key, or None
     for a local file: one published into the day after it moved)."""
     found: list[tuple[str, SegmentName, str | None]] = [
         (o.name, parsed, o.key) for o, parsed in marker.segments()
     ]
-    found += ((name, parsed, None) for name, parsed in segment_files(day) if name not in marker)
+    found += (
+        (name, parsed, None)
+        for name, parsed in backend.segment_files(topic, day)
+        if name not in marker
+    )
     found.sort(key=lambda item: (item[1].partition, item[1].first_offset, item[0]))
     return found
 
 
 def _read_segment(
-    path: Path, compression: Compression, predicate: Callable[[dict[str, Any]], bool] | None
+    backend: Backend,
+    topic: str,
+    day: str,
+    name: str,
+    parsed: SegmentName,
+    predicate: Callable[[dict[str, Any]], bool] | None,
 ) -> Iterator[ArchivedLine]:
-    with path.open("rb") as file:
-        yield from _read_lines(file, str(path), path.name, compression, predicate)
+    with backend.open(topic, day, name) as file:
+        where = backend.where(topic, day, name)
+        yield from _read_lines(file, where, name, parsed.compression, predicate)
 
 
 def _read_lines(

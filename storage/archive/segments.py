@@ -44,28 +44,23 @@ from typing import BinaryIO
 
 import zstandard
 
+from storage.archive.backend import Backend, LocalBackend, as_backend
 from storage.archive.layout import (
     DAY_MS,
     ArchiveRecord,
     ArchiveRecordError,
     ArchiveWriteError,
     Compression,
-    day_dir,
-    day_dirs,
     day_string,
     encode_line,
-    segment_files,
     segment_name,
     valid_topic,
 )
 from storage.archive.manifest import (
     SegmentInfo,
-    adopt,
     create_temp,
     ensure_dir,
     file_sha256,
-    publish,
-    read_manifest,
     remove_stale_temps,
 )
 from storage.archive.reader import CHUNK
@@ -135,23 +130,27 @@ class _Partition:
 
 
 class Archive:
-    """Append-only, date-partitioned, compressed segments of Kafka records under ``root``."""
+    """Append-only, date-partitioned, compressed segments of Kafka records, under a local
+    directory (``root`` a Path) or in object storage (an :class:`ObjectBackend`)."""
 
     def __init__(
         self,
-        root: Path,
+        root: Path | Backend,
         policy: ArchivePolicy = DEFAULT_POLICY,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.root, self.policy, self._clock = Path(root), policy, clock
+        self.backend, self.policy, self._clock = as_backend(root), policy, clock
+        if policy.plain_days and not isinstance(self.backend, LocalBackend):
+            raise ValueError("plain_days keeps days plain on local disk: not for object storage")
         self._partitions: dict[Key, _Partition] = {}
         self._zstd = zstandard.ZstdCompressor(level=3, write_checksum=True)
         self.skipped = 0  # records skipped because they were archived already
-        ensure_dir(self.root)
-        removed = remove_stale_temps(self.root)
+        staging = self.backend.staging_root
+        ensure_dir(staging)
+        removed = remove_stale_temps(staging)
         if removed:
-            log.info("removed %s temporary files left under %s", removed, self.root)
+            log.info("removed %s temporary files left under %s", removed, staging)
 
     def append(self, records: Sequence[ArchiveRecord]) -> list[SegmentInfo]:
         """Write records into their partitions' open segments; the segments published.
@@ -251,7 +250,7 @@ class Archive:
         return state
 
     def _open(self, r: ArchiveRecord, state: _Partition, day: int) -> _Open:
-        directory = day_dir(self.root, r.topic, day_string(day))
+        directory = self.backend.staging(r.topic, day_string(day))
         ensure_dir(directory)
         base = segment_name(r.topic, r.partition, r.offset, Compression.NONE)
         path, file = create_temp(directory, base, buffering=CHUNK)
@@ -304,7 +303,7 @@ class Archive:
                 compression,
                 seg.previous_last_offset,
             )
-            publish(directory, temp, info)
+            self.backend.publish(temp, info)
             return info
         finally:
             if out is not None:
@@ -316,22 +315,24 @@ class Archive:
 
     def _failed(self, key: Key, exc: OSError) -> ArchiveWriteError:
         self.abandon([key])
-        return ArchiveWriteError(f"archiving {key[0]}[{key[1]}] under {self.root} failed: {exc}")
+        where = self.backend.location
+        return ArchiveWriteError(f"archiving {key[0]}[{key[1]}] in {where} failed: {exc}")
 
     def _recover(self, topic: str, partition: int) -> list[SegmentInfo]:
         """The partition's segments from the manifests, adopting the files they miss."""
         if not valid_topic(topic):
             raise ValueError(f"not a topic name: {topic!r}")
+        backend = self.backend
         listed: list[SegmentInfo] = []
-        orphans: list[tuple[Path, str]] = []
-        for _, directory in day_dirs(self.root, topic):
-            segments = read_manifest(directory)
+        orphans: list[tuple[str, str]] = []
+        for day in backend.days(topic):
+            segments = backend.read_manifest(topic, day)
             names = {s.name for s in segments}
             firsts = {s.first_offset for s in segments if s.partition == partition}
             listed += (s for s in segments if s.partition == partition)
             orphans += (
-                (directory, name)
-                for name, parsed in segment_files(directory)
+                (day, name)
+                for name, parsed in backend.segment_files(topic, day)
                 if parsed.partition == partition
                 and parsed.topic == topic
                 and name not in names
@@ -339,9 +340,9 @@ class Archive:
                 # finishes on its next run), not a published segment left unlisted
                 and parsed.first_offset not in firsts
             )
-        for directory, name in orphans:
-            info = describe(directory / name, listed)
-            if adopt(directory, info):
+        for day, name in orphans:
+            info = describe(backend, topic, day, name, listed)
+            if backend.adopt(info):
                 log.warning("adopted %s into its manifest (published, then unlisted)", name)
             listed.append(info)
         return sorted(listed, key=lambda s: s.first_offset)

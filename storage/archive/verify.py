@@ -36,44 +36,29 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date as Date
 from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
 
+from storage.archive.backend import Backend, as_backend
 from storage.archive.layout import (
-    LOCK,
     MANIFEST,
     ArchiveCorrupt,
     SegmentName,
     date_of,
-    day_dirs,
     decode_line,
-    is_temp,
-    parse_day_dir,
     parse_segment_name,
-    segment_files,
     segment_name,
-    topics,
 )
-from storage.archive.manifest import SegmentInfo, read_manifest
+from storage.archive.manifest import SegmentInfo
 from storage.archive.reader import CHUNK, DecompressionError, PartialLine, iter_lines
-from storage.archive.retention import (
-    COLD_MARKER,
-    DELETION_REQUEST,
-    ColdMarker,
-    ColdStore,
-    cold_key,
-    read_cold_marker,
-)
+from storage.archive.retention import COLD_MARKER, ColdMarker, ColdStore, cold_key
 
 log = logging.getLogger(__name__)
-
-_BOOKKEEPING = (MANIFEST, LOCK, COLD_MARKER, DELETION_REQUEST)
 
 
 class ProblemKind(StrEnum):
@@ -97,89 +82,95 @@ class Problem:
     message: str
 
 
-def verify(root: Path, *, date: str | None = None, cold: ColdStore | None = None) -> list[Problem]:
-    """Every problem of the archive under ``root``, all days or one (``YYYY-MM-DD``).
+def verify(
+    root: Path | Backend, *, date: str | None = None, cold: ColdStore | None = None
+) -> list[Problem]:
+    """Every problem of the archive in ``root`` (a directory or a backend), all days or one
+    (``YYYY-MM-DD``).
 
     A cold day (moved by :func:`~storage.archive.retention.retain`) is checked against its
     ``_cold.json`` marker; with ``cold``, each of its objects is also checked with ``stat``
     (size, sha256) and read in full like a local segment."""
     if date is not None:
         Date.fromisoformat(date)  # ValueError for anything but a date
+    backend = as_backend(root)
     problems: list[Problem] = []
-    for topic in topics(root):
-        chains: dict[int, list[tuple[Path, SegmentInfo]]] = defaultdict(list)
-        for day, directory in day_dirs(root, topic):
+    for topic in backend.topics():
+        chains: dict[int, list[tuple[str, SegmentInfo]]] = defaultdict(list)
+        for day in backend.days(topic):
             if date is None or day == date:
-                problems += _verify_day(topic, day, directory, chains, cold)
+                problems += _verify_day(backend, topic, day, chains, cold)
         for chain in chains.values():
             problems += _check_chain(chain, whole=date is None)
-    log.info("verified %s: %s problems", root, len(problems))
+    log.info("verified %s: %s problems", backend.location, len(problems))
     return problems
 
 
 def _verify_day(
+    backend: Backend,
     topic: str,
     day: str,
-    directory: Path,
-    chains: dict[int, list[tuple[Path, SegmentInfo]]],
+    chains: dict[int, list[tuple[str, SegmentInfo]]],
     cold: ColdStore | None,
 ) -> list[Problem]:
     problems: list[Problem] = []
+
+    def where(name: str = "") -> str:
+        return backend.where(topic, day, name)
+
     try:
-        listed: list[SegmentInfo] | None = read_manifest(directory)
+        listed: list[SegmentInfo] | None = backend.read_manifest(topic, day)
     except ArchiveCorrupt as exc:
-        problems.append(Problem(str(directory / MANIFEST), ProblemKind.BAD_MANIFEST, str(exc)))
+        problems.append(Problem(where(MANIFEST), ProblemKind.BAD_MANIFEST, str(exc)))
         listed = None
     try:
-        marker = read_cold_marker(directory)
+        marker = backend.cold_marker(topic, day)
     except ArchiveCorrupt as exc:
-        problems.append(Problem(str(directory / COLD_MARKER), ProblemKind.BAD_MANIFEST, str(exc)))
+        problems.append(Problem(where(COLD_MARKER), ProblemKind.BAD_MANIFEST, str(exc)))
         marker = None
     by_name = {s.name: s for s in listed or ()}
-    on_disk = segment_files(directory)
+    on_disk = backend.segment_files(topic, day)
     names = {name for name, _ in on_disk}
     moved = {o.name for o, _ in marker.segments()} if marker is not None else set()
-    for entry in os.scandir(directory):
-        if entry.name not in names and entry.name not in _BOOKKEEPING:
-            if not is_temp(entry.name):
-                problems.append(Problem(entry.path, ProblemKind.UNKNOWN_FILE, "not a segment"))
+    for name in backend.unknown_files(topic, day):
+        problems.append(Problem(where(name), ProblemKind.UNKNOWN_FILE, "not a segment"))
     for s in listed or ():
-        path = directory / s.name
+        path = where(s.name)
         expected = segment_name(s.topic, s.partition, s.first_offset, s.compression)
         if (s.topic, s.date, s.name) != (topic, day, expected):
             problems.append(
-                Problem(str(path), ProblemKind.MANIFEST_MISMATCH, "entry names another place")
+                Problem(path, ProblemKind.MANIFEST_MISMATCH, "entry names another place")
             )
         if s.name not in names and s.name not in moved:
-            problems.append(Problem(str(path), ProblemKind.MISSING_SEGMENT, "listed, not on disk"))
+            problems.append(Problem(path, ProblemKind.MISSING_SEGMENT, "listed, not on disk"))
         chains[s.partition].append((path, s))
     if marker is not None:
-        problems += _verify_cold(topic, day, directory, marker, by_name, listed, chains, cold)
+        problems += _verify_cold(topic, day, where, marker, by_name, listed, chains, cold)
     for name, parsed in on_disk:
-        path = directory / name
-        facts = _scan(path, parsed, topic, day)
+        path = where(name)
+        facts = _scan(backend, topic, day, name, parsed)
         problems += facts.problems
         info = by_name.get(name)
         if info is None:
             if listed is not None:
-                problems.append(Problem(str(path), ProblemKind.UNLISTED_SEGMENT, "not listed"))
+                problems.append(Problem(path, ProblemKind.UNLISTED_SEGMENT, "not listed"))
             if facts.first >= 0:  # its records are there: no gap around it
                 chains[parsed.partition].append((path, _info(parsed, day, name, facts)))
             continue
         wrong = _differences(info, facts)
         if wrong:
-            problems.append(Problem(str(path), ProblemKind.MANIFEST_MISMATCH, "; ".join(wrong)))
+            problems.append(Problem(path, ProblemKind.MANIFEST_MISMATCH, "; ".join(wrong)))
     return problems
 
 
 def _verify_cold(
     topic: str,
     day: str,
-    directory: Path,
+    local: Callable[[str], str],
     marker: ColdMarker,
     by_name: dict[str, SegmentInfo],
     listed: list[SegmentInfo] | None,
-    chains: dict[int, list[tuple[Path, SegmentInfo]]],
+    chains: dict[int, list[tuple[str, SegmentInfo]]],
     cold: ColdStore | None,
 ) -> list[Problem]:
     """The segments of a cold day: the marker against the manifest and, with ``cold``, each
@@ -209,9 +200,7 @@ def _verify_cold(
             if info is not None:
                 wrong += _differences(info, facts)
             elif facts.first >= 0:
-                chains[parsed.partition].append(
-                    (directory / o.name, _info(parsed, day, o.name, facts))
-                )
+                chains[parsed.partition].append((local(o.name), _info(parsed, day, o.name, facts)))
         if wrong:
             problems.append(Problem(where, ProblemKind.MANIFEST_MISMATCH, "; ".join(wrong)))
     return problems
@@ -251,9 +240,9 @@ class _Hashing:
         return data
 
 
-def _scan(path: Path, parsed: SegmentName, topic: str, day: str) -> _Facts:
-    with path.open("rb") as file:
-        return _scan_file(file, str(path), parsed, topic, day)
+def _scan(backend: Backend, topic: str, day: str, name: str, parsed: SegmentName) -> _Facts:
+    with backend.open(topic, day, name) as file:
+        return _scan_file(file, backend.where(topic, day, name), parsed, topic, day)
 
 
 def _scan_file(file: BinaryIO, where: str, parsed: SegmentName, topic: str, day: str) -> _Facts:
@@ -303,19 +292,21 @@ def _scan_file(file: BinaryIO, where: str, parsed: SegmentName, topic: str, day:
     return facts
 
 
-def describe(path: Path, others: Sequence[SegmentInfo] = ()) -> SegmentInfo:
-    """The manifest entry of a segment file, from its content; ArchiveCorrupt unless the
-    verifier finds nothing wrong with it. ``others``, the partition's other segments,
-    give ``previous_last_offset``."""
-    parsed, day = parse_segment_name(path.name), parse_day_dir(path.parent.name)
-    if parsed is None or day is None:
-        raise ArchiveCorrupt(f"{path} is not where a segment can be")
-    facts = _scan(path, parsed, path.parent.parent.name, day)
+def describe(
+    backend: Backend, topic: str, day: str, name: str, others: Sequence[SegmentInfo] = ()
+) -> SegmentInfo:
+    """The manifest entry of a published segment file, from its content; ArchiveCorrupt
+    unless the verifier finds nothing wrong with it. ``others``, the partition's other
+    segments, give ``previous_last_offset``."""
+    parsed = parse_segment_name(name)
+    if parsed is None:
+        raise ArchiveCorrupt(f"{backend.where(topic, day, name)} is not a segment's name")
+    facts = _scan(backend, topic, day, name, parsed)
     if facts.problems or facts.records == 0:
         found = facts.problems[0].message if facts.problems else "no record"
-        raise ArchiveCorrupt(f"{path} is not a sound segment: {found}")
+        raise ArchiveCorrupt(f"{backend.where(topic, day, name)} is not a sound segment: {found}")
     before = [s.last_offset for s in others if s.last_offset < facts.first]
-    return _info(parsed, day, path.name, facts, max(before) if before else None)
+    return _info(parsed, day, name, facts, max(before) if before else None)
 
 
 def _info(
@@ -336,18 +327,18 @@ def _info(
     )
 
 
-def _check_chain(chain: list[tuple[Path, SegmentInfo]], *, whole: bool) -> list[Problem]:
+def _check_chain(chain: list[tuple[str, SegmentInfo]], *, whole: bool) -> list[Problem]:
     problems = []
     chain.sort(key=lambda item: (item[1].first_offset, item[1].last_offset))
     before: SegmentInfo | None = None
     for path, s in chain:
         if before is not None and s.first_offset <= before.last_offset:
             message = f"offsets {s.first_offset}-{s.last_offset} overlap {before.name}"
-            problems.append(Problem(str(path), ProblemKind.OVERLAP, message))
+            problems.append(Problem(path, ProblemKind.OVERLAP, message))
         elif s.previous_last_offset is not None and (before is not None or whole):
             ends = None if before is None else before.last_offset
             if s.previous_last_offset != ends:
                 message = f"follows offset {s.previous_last_offset}; the one before ends at {ends}"
-                problems.append(Problem(str(path), ProblemKind.GAP, message))
+                problems.append(Problem(path, ProblemKind.GAP, message))
         before = s if before is None or s.last_offset > before.last_offset else before
     return problems

@@ -31,7 +31,7 @@ from storage.archive import (
     verify,
 )
 from storage.archive import manifest as manifest_module
-from storage.archive import segments as segments_module
+from storage.archive.backend import LocalBackend
 from storage.archive.layout import (
     date_of,
     day_dir,
@@ -493,7 +493,7 @@ def test_a_failing_disk_is_a_transient_error_and_drops_the_segment(
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(segments_module, "publish", full)
+    monkeypatch.setattr(LocalBackend, "publish", full)
     with pytest.raises(ArchiveWriteError, match="No space left") as caught:
         archive.close_all()
     assert is_transient(caught.value)

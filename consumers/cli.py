@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import click
 
@@ -13,18 +14,16 @@ from consumers.metrics import Metrics
 from consumers.runtime import ConsumerRuntime, Decoder
 from headrace.kafka import ensure_topics, make_admin
 from headrace.settings import Settings
-from schemas.models import FileEvent, RunEvent, VerificationEvent
+from schemas.models import Event, FileEvent, RunEvent, VerificationEvent
 from schemas.registry import make_registry_client
 from schemas.serde import EventDeserializer
 from storage.archive import Archive, ArchivePolicy, Compression
 from storage.archive.backend import open_backend
 
 log = logging.getLogger(__name__)
-# The groups built so far; verify, cache and load join as they land.
-GROUPS = ("archive",)
 
 
-def _archive_sink(settings: Settings) -> Sink:
+def _archive_sink(settings: Settings, _group_id: str) -> Sink:
     config = settings.archive
     policy = ArchivePolicy(
         compression=Compression(config.compression),
@@ -36,8 +35,40 @@ def _archive_sink(settings: Settings) -> Sink:
     return ArchiveSink(Archive(open_backend(config, settings.object_store), policy))
 
 
+def _load_sink(settings: Settings, group_id: str) -> Sink:
+    from consumers.load.sink import LoadSink  # noqa: PLC0415 - the database only when loading
+    from storage.db import open_database  # noqa: PLC0415
+
+    db = open_database(settings)
+    try:
+        db.migrate()
+    except BaseException:
+        db.close()
+        raise
+    topics = settings.kafka.topics
+    return LoadSink(
+        db,
+        group_id,
+        file_topic=topics.file_events,
+        run_topic=topics.run_events,
+        content=settings.load.content,
+    )
+
+
+# The groups built so far, and the topics each reads; verify and cache join as they land.
+GROUPS: dict[str, tuple[Callable[[Settings, str], Sink], tuple[str, ...]]] = {
+    "archive": (_archive_sink, ("file_events", "run_events", "verifications")),
+    "load": (_load_sink, ("file_events", "run_events")),
+}
+MODELS: dict[str, type[Event]] = {
+    "file_events": FileEvent,
+    "run_events": RunEvent,
+    "verifications": VerificationEvent,
+}
+
+
 @click.command()
-@click.argument("group", type=click.Choice(GROUPS))
+@click.argument("group", type=click.Choice(sorted(GROUPS)))
 @click.option(
     "--until-caught-up",
     is_flag=True,
@@ -57,9 +88,11 @@ def consume(
     it cleanly: what is durable is committed and the group is left."""
     kafka, topics = settings.kafka, settings.kafka.topics
     group_id = settings.consumer.group_prefix + group
+    make_sink, fields = GROUPS[group]
+    names = {field: getattr(topics, field) for field in fields}
     ensure_topics(
         make_admin(kafka),
-        [topics.file_events, topics.run_events, topics.verifications],
+        list(names.values()),
         partitions=kafka.partitions,
         replication_factor=kafka.replication_factor,
     )
@@ -71,15 +104,13 @@ def consume(
     try:
         with make_registry_client(settings.registry) as client:
             decoders: dict[str, Decoder] = {
-                topics.file_events: EventDeserializer(client, FileEvent),
-                topics.run_events: EventDeserializer(client, RunEvent),
-                topics.verifications: EventDeserializer(client, VerificationEvent),
+                name: EventDeserializer(client, MODELS[field]) for field, name in names.items()
             }
             runtime = ConsumerRuntime(
                 kafka,
                 group_id,
                 decoders,
-                _archive_sink(settings),
+                make_sink(settings, group_id),
                 DeadLetterQueue(kafka, client, group_id),
                 metrics=metrics,
                 until_caught_up=until_caught_up,

@@ -29,6 +29,8 @@ SUBCOMMANDS = {
     "dlq": "consumers.dlq_cli:dlq",
     "archive": "consumers.archive.cli:archive",
     "status": "consumers.status:status",
+    "load": "consumers.load.cli:load",
+    "db": "storage.db.cli:db",
 }
 
 

@@ -142,6 +142,8 @@ class LoadSettings(_Section):
     # tombstone keeps an older event from bringing it back.
     deletes: Literal["mark", "remove"] = "mark"
     batch_size: int = Field(default=5000, ge=1)
+    # PostgreSQL: the schema the tables live in (created if missing).
+    postgres_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 class StackSettings(_Section):

@@ -35,7 +35,7 @@ def _local_only(settings: Settings, what: str) -> None:
         )
 
 
-def _cold(settings: Settings) -> MinioColdStore:
+def cold_store(settings: Settings) -> MinioColdStore:
     """The cold tier: object storage, the archive's own bucket."""
     return MinioColdStore(
         settings.object_store.model_copy(update={"bucket": settings.archive.cold_bucket})
@@ -58,7 +58,7 @@ def verify_(settings: Settings, date: str | None, all_days: bool) -> None:
         raise click.UsageError("give --date or --all, not both")
     backend = _backend(settings)
     root = backend.location
-    problems = verify(backend, date=date, cold=_cold(settings))
+    problems = verify(backend, date=date, cold=cold_store(settings))
     for problem in problems:
         click.echo(f"{problem.kind}: {problem.path}: {problem.message}")
     if problems:
@@ -102,7 +102,7 @@ def read_(
         since=since,
         until=until,
         predicate=wanted,
-        cold=_cold(settings),
+        cold=cold_store(settings),
     )
     for line in lines:
         out.write(
@@ -140,7 +140,7 @@ def retain_(settings: Settings, days: int) -> None:
     """Move old days to the cold tier (object storage), verified before the local
     copies go; nothing is ever deleted. Reading and verifying go on across tiers."""
     _local_only(settings, "retain")
-    moved = retain(settings.archive.root, _cold(settings), older_than_days=days)
+    moved = retain(settings.archive.root, cold_store(settings), older_than_days=days)
     click.echo(_days("moved", moved, " to the cold tier"))
 
 

@@ -1,0 +1,1 @@
+"""The load group: the current state of every ingested file, in SQLite or PostgreSQL."""

@@ -3,7 +3,13 @@
 import subprocess
 import sys
 
-from headrace.settings import PROJECT_ROOT, KafkaSettings, ObjectStoreSettings, RegistrySettings
+from headrace.settings import (
+    PROJECT_ROOT,
+    KafkaSettings,
+    ObjectStoreSettings,
+    PostgresSettings,
+    RegistrySettings,
+)
 
 
 def test_kafka_clients_benchmark_reports_ratios(kafka: KafkaSettings) -> None:
@@ -78,3 +84,28 @@ def test_archive_benchmark_runs_small(kafka: KafkaSettings, registry: RegistrySe
     assert done.returncode == 0, done.stderr
     assert "archive group" in done.stdout and "x baseline" in done.stdout
     assert "% saved" in done.stdout
+
+
+def test_load_benchmark_runs_small(
+    kafka: KafkaSettings, registry: RegistrySettings, postgres: PostgresSettings
+) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "HEADRACE_REGISTRY__URL": registry.url,
+        "HEADRACE_POSTGRES__HOST": postgres.host,
+        "HEADRACE_POSTGRES__PORT": str(postgres.port),
+        "HEADRACE_CONSUMER__METRICS_PORT": "0",
+    }
+    done = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "bench" / "load.py"), "--events", "2000"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "PostgreSQL COPY (plain)" in out and out.count("x baseline") == 4
+    assert out.count("every row unchanged") == 2

@@ -18,16 +18,23 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from schemas.models import Event
 
 TopicPartition = tuple[str, int]
 
 
-@dataclass(frozen=True)
-class Record:
-    """A Kafka record as consumed: its place, its bytes, its headers."""
+class Record(NamedTuple):
+    """A Kafka record as consumed: its place, its bytes, its headers.
+
+    Immutable, like every value the runtime hands a sink. A named tuple, not a
+    frozen dataclass: the runtime builds one per record, and a frozen
+    dataclass's ``__init__`` (``object.__setattr__`` per field) costs about
+    0.8 us where a tuple costs 0.1 us. Copies with changes: ``record._replace``
+    (not ``dataclasses.replace``). The runtime builds it by position, and checks
+    on import that the fields are the ones it knows.
+    """
 
     topic: str
     partition: int
@@ -38,10 +45,10 @@ class Record:
     headers: tuple[tuple[str, bytes | None], ...] = ()
 
 
-@dataclass(frozen=True)
-class Decoded:
+class Decoded(NamedTuple):
     """A record that decoded: as a model, or (for sinks that need none) as the
-    reader schema's plain dict, which is cheaper."""
+    reader schema's plain dict, which is cheaper. Immutable, a named tuple like
+    :class:`Record`."""
 
     record: Record
     event: Event | None

@@ -26,6 +26,7 @@ from fastavro.read import SchemaResolutionError
 from pydantic import ValidationError
 
 from schemas import catalog
+from schemas.avro_reader import Reader, compile_reader
 from schemas.catalog import EventType
 from schemas.errors import DeserializationError, RegistryUnavailable
 from schemas.errors import DeserializationReason as Reason
@@ -121,6 +122,11 @@ class EventDeserializer(Generic[E]):
         self.model = model
         self._client = client
         self._reader = fastavro.parse_schema(reader.json)
+        # Bytes written with the reader's own schema (nearly all of them) are read by a
+        # reader compiled from it, about twice as fast as fastavro and with the same
+        # result (schemas/avro_reader.py); others are resolved by fastavro.
+        self._compiled = compile_reader(self._reader)
+        self._compiled_by_header: dict[bytes, Reader] = {}  # wire-format header -> reader
         self._writers: dict[int, Any] = {}
         self._lock = threading.Lock()
 
@@ -141,12 +147,18 @@ class EventDeserializer(Generic[E]):
         if data is None or len(data) <= HEADER_SIZE:
             size = "no value" if data is None else f"{len(data)} bytes"
             raise DeserializationError(Reason.EMPTY, f"{size}: shorter than the wire-format header")
+        compiled = self._compiled_by_header.get(data[:HEADER_SIZE])
+        if compiled is not None:  # a header seen before, of the reader's own schema
+            return self._read_compiled(compiled, data)
         if data[0] != MAGIC_BYTE:
             raise DeserializationError(
                 Reason.BAD_MAGIC_BYTE, f"first byte is {data[0]}, not 0: not Confluent wire format"
             )
         schema_id = int.from_bytes(data[1:HEADER_SIZE], "big")
         writer = self._writer(schema_id)
+        if writer is self._reader and self._compiled is not None:
+            self._compiled_by_header[data[:HEADER_SIZE]] = self._compiled
+            return self._read_compiled(self._compiled, data)
         body = io.BytesIO(data)
         body.seek(HEADER_SIZE)
         try:
@@ -171,6 +183,21 @@ class EventDeserializer(Generic[E]):
         if not isinstance(record, dict):
             raise DeserializationError(Reason.INVALID_EVENT, "the payload is not a record")
         return record
+
+    def _read_compiled(self, read: Reader, data: bytes) -> dict[str, Any]:
+        try:
+            record, end = read(data, HEADER_SIZE)
+        except Exception as exc:  # noqa: BLE001 - every way bytes can be wrong: corrupt
+            schema_id = int.from_bytes(data[1:HEADER_SIZE], "big")
+            raise DeserializationError(
+                Reason.CORRUPT_PAYLOAD,
+                f"schema id {schema_id}: {type(exc).__name__}: {str(exc)[:200]}",
+            ) from None
+        if end != len(data):
+            raise DeserializationError(
+                Reason.CORRUPT_PAYLOAD, f"{len(data) - end} bytes left after the record"
+            )
+        return record  # type: ignore[no-any-return]
 
     def _writer(self, schema_id: int) -> Any:
         """The parsed writer schema for ``schema_id``, fetched once per id."""

@@ -7,6 +7,7 @@ record twice, whatever closed the segment."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +15,11 @@ from consumers.base import Decoded, Sink, SinkCapabilities, TopicPartition
 from storage.archive import Archive, ArchiveRecord, SegmentInfo
 
 TIME_FIELDS = ("event_time", "verified_at", "failed_at")
+# write() builds ArchiveRecords by position (keywords cost 0.3 us a record, 2% of a drain):
+# in this order, checked here so that a change to ArchiveRecord cannot go unnoticed.
+_ORDER = "topic partition offset timestamp_ms event_time_ms key schema_id event".split()
+if [f.name for f in fields(ArchiveRecord)] != _ORDER:
+    raise ImportError(f"ArchiveRecord's fields are no longer {_ORDER}: update ArchiveSink.write")
 
 
 def event_time_ms(event: dict[str, Any], record_time_ms: int) -> int:
@@ -34,19 +40,20 @@ class ArchiveSink(Sink):
         self._durable: dict[TopicPartition, int] = {}
 
     def write(self, batch: Sequence[Decoded]) -> None:
-        records = []
+        records: list[ArchiveRecord] = []
+        append = records.append
         for d in batch:
-            event = d.as_dict()
-            records.append(
+            record, event = d.record, d.as_dict()
+            append(
                 ArchiveRecord(
-                    topic=d.record.topic,
-                    partition=d.record.partition,
-                    offset=d.record.offset,
-                    timestamp_ms=d.record.timestamp_ms,
-                    event_time_ms=event_time_ms(event, d.record.timestamp_ms),
-                    key=d.record.key,
-                    schema_id=d.schema_id,
-                    event=event,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    record.timestamp_ms,
+                    event_time_ms(event, record.timestamp_ms),
+                    record.key,
+                    d.schema_id,
+                    event,
                 )
             )
         self._published(self.archive.append(records))

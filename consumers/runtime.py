@@ -99,6 +99,7 @@ class ConsumerRuntime:
         self._dead: dict[TopicPartition, int] = {}  # highest offset dead-lettered
         self._targets: dict[TopicPartition, int] = {}
         self._stop = False
+        self._undelivered = False  # dead letters sent and not yet flushed
 
     # --- the loop -------------------------------------------------------------------
 
@@ -134,7 +135,7 @@ class ConsumerRuntime:
         finally:
             try:
                 self.sink.close()
-                self.dlq.flush()
+                self._flush_dead_letters()
                 self._commit()
             finally:
                 consumer.close()
@@ -195,7 +196,7 @@ class ConsumerRuntime:
             for tp, offset in handed.items():
                 self._handed[tp] = max(self._handed.get(tp, -1), offset)
             self._write(batch)
-        self.dlq.flush()
+        self._flush_dead_letters()
 
     def _consume_error(self, msg: Message) -> None:
         error = msg.error()
@@ -206,17 +207,25 @@ class ConsumerRuntime:
         log.warning("consume error: %s", error.str())
 
     def _write(self, batch: list[Decoded]) -> None:
-        """Write with retries for transient failures; isolate and dead-letter terminal ones."""
+        """Write with retries for transient failures; isolate and dead-letter terminal ones.
+
+        A batch the sink refuses is split in halves until the refused records are alone
+        (a few dozen writes for one bad record in thousands, not one write per record);
+        each is dead-lettered with the reason its error names, the rest is written."""
+        if self._undelivered:  # a dead letter must be delivered before what follows it
+            self._flush_dead_letters()  # becomes durable: the sink's position passes it
         try:
             self._with_retries(lambda: self.sink.write(batch))
         except StopConsuming:
             raise  # the sink stayed unavailable: stop, never dead-letter an outage
         except Terminal as exc:
             if len(batch) == 1:
-                self._dead_letter(batch[0].record, DeadLetterReason.STORAGE_CONSTRAINT, str(exc))
+                reason = DeadLetterReason(exc.dead_letter_reason)
+                self._dead_letter(batch[0].record, reason, str(exc))
                 return
-            for one in batch:  # find the records the sink refuses; write the rest
-                self._write([one])
+            half = len(batch) // 2
+            self._write(batch[:half])
+            self._write(batch[half:])
             return
         self.stats.processed += len(batch)
         self.metrics.processed.inc(len(batch))
@@ -254,11 +263,16 @@ class ConsumerRuntime:
             if paused:
                 self._consumer.resume([KafkaPartition(t, p) for t, p in self._assigned])
 
+    def _flush_dead_letters(self) -> None:
+        self.dlq.flush()  # raises if one was not delivered: nothing may pass it then
+        self._undelivered = False
+
     def _dead_letter(self, record: Record, reason: DeadLetterReason, error: str) -> None:
         log.warning(
             "dead-lettering %s/%s/%s: %s", record.topic, record.partition, record.offset, error
         )
         self.dlq.send(record, reason, error)
+        self._undelivered = True
         tp = (record.topic, record.partition)
         self._dead[tp] = max(self._dead.get(tp, -1), record.offset)
         self.stats.dead_lettered += 1
@@ -320,7 +334,7 @@ class ConsumerRuntime:
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         going = {(tp.topic, tp.partition) for tp in partitions}
         self.sink.release(going)
-        self.dlq.flush()
+        self._flush_dead_letters()
         self._commit(going)
         self._assigned -= going
         consumer.unassign()

@@ -25,7 +25,12 @@ class Transient(Exception):  # noqa: N818 - a marker, named for what it means
 
 
 class Terminal(Exception):  # noqa: N818 - a marker, named for what it means
-    """Marker: retrying cannot help; the input must be dead-lettered or fixed."""
+    """Marker: retrying cannot help; the input must be dead-lettered or fixed.
+
+    ``dead_letter_reason`` names the DeadLetterReason symbol a consumer gives a
+    record that a sink refuses with this error (a string: the core knows no schema)."""
+
+    dead_letter_reason: str = "STORAGE_CONSTRAINT"
 
 
 class HeadraceError(Exception):

@@ -62,6 +62,8 @@ class LedgerConflict(ConstraintViolation):
 class UnresolvableEvent(DatabaseError, Terminal):
     """An event that cannot be turned into a row; the message says why."""
 
+    dead_letter_reason = "PAYLOAD_MISSING"  # what a row needs is not in the event
+
     def __init__(self, topic: str, partition: int, offset: int, reason: str) -> None:
         super().__init__(f"cannot load {topic}[{partition}]@{offset}: {reason}")
         self.topic = topic

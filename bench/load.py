@@ -51,15 +51,16 @@ SOURCE = Path(__file__).read_text()
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 
 
-def publish(settings: Settings, n: int, topic: str) -> None:
+def publish(settings: Settings, n: int, topic: str, sizes: tuple[int, int] = (200, 600)) -> None:
     rng = random.Random(5)  # noqa: S311 - test data
+    text = SOURCE * (1 + sizes[1] // len(SOURCE))
     with make_registry_client(settings.registry) as client:
         serialize = EventSerializer(client, EventType.FILE_EVENT)
         ctx = SerializationContext(topic, MessageField.VALUE)
         producer = make_producer(settings.kafka)
         for i in range(n):
-            start = rng.randrange(0, len(SOURCE) - 600)
-            data = SOURCE[start : start + rng.randrange(200, 600)].encode()
+            start = rng.randrange(0, len(text) - sizes[1])
+            data = text[start : start + rng.randrange(*sizes)].encode()
             event = FileEvent(
                 project="bench",
                 path=f"src/m{i:07d}.py",
@@ -155,6 +156,14 @@ def line(label: str, n: int, seconds: float, baseline: float | None = None) -> s
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument(
+        "--bytes",
+        type=int,
+        nargs=2,
+        default=(200, 600),
+        metavar=("MIN", "MAX"),
+        help="Inline content size range (default 200 600, as bench/archive.py).",
+    )
     args = parser.parse_args()
     settings = load_settings()
     tag = uuid.uuid4().hex[:8]
@@ -167,9 +176,10 @@ def main() -> None:
         replication_factor=settings.kafka.replication_factor,
     )
     started = time.perf_counter()
-    publish(settings, args.events, topic)
+    publish(settings, args.events, topic, tuple(args.bytes))
     print(
-        f"published {args.events:,} FileEvents with inline source text in "
+        f"published {args.events:,} FileEvents with {args.bytes[0]}-{args.bytes[1]} B of"
+        f" inline source text in "
         f"{time.perf_counter() - started:.1f}s; batches of {settings.load.batch_size:,}"
     )
     results: dict[str, Any] = {}

@@ -39,12 +39,7 @@ def _load_sink(settings: Settings, group_id: str) -> Sink:
     from consumers.load.sink import LoadSink  # noqa: PLC0415 - the database only when loading
     from storage.db import open_database  # noqa: PLC0415
 
-    db = open_database(settings)
-    try:
-        db.migrate()
-    except BaseException:
-        db.close()
-        raise
+    db = open_database(settings, migrate=True)
     topics = settings.kafka.topics
     return LoadSink(
         db,

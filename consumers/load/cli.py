@@ -136,10 +136,8 @@ def load(
     files: list[FileRow] = []
     runs: list[RunRow] = []
     read_count = written = skipped = 0
-    db = None if dry_run else open_database(settings)
+    db = None if dry_run else open_database(settings, migrate=True)
     try:
-        if db is not None:
-            db.migrate()
         with Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),

@@ -54,8 +54,20 @@ __all__ = [
 ]
 
 
-def open_database(settings: Settings) -> Database:
-    """The database ``settings.load.backend`` names (not migrated: call ``migrate()``)."""
+def open_database(settings: Settings, *, migrate: bool = False) -> Database:
+    """The database ``settings.load.backend`` names; with ``migrate``, its schema brought
+    up to date (closed again if that fails)."""
+    database = _open(settings)
+    if migrate:
+        try:
+            database.migrate()
+        except BaseException:
+            database.close()
+            raise
+    return database
+
+
+def _open(settings: Settings) -> Database:
     load = settings.load
     if load.backend == "postgres":
         from storage.db.postgres import PostgresDatabase  # psycopg only when it is used

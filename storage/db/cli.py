@@ -21,13 +21,7 @@ from storage.db import Database, open_database
 
 
 def _open(settings: Settings) -> Database:
-    database = open_database(settings)
-    try:
-        database.migrate()
-    except BaseException:
-        database.close()
-        raise
-    return database
+    return open_database(settings, migrate=True)
 
 
 @click.group()

@@ -155,10 +155,7 @@ def publish(env: dict[str, str], events: Sequence[FileEvent | RunEvent]) -> None
 
 
 def database() -> Database:
-    settings = load_settings()
-    db = open_database(settings)
-    db.migrate()
-    return db
+    return open_database(load_settings(), migrate=True)
 
 
 def table(project: str = "p") -> list[tuple[Any, ...]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import replace
 from typing import Any, ClassVar, Protocol
 
 import pytest
@@ -85,7 +84,7 @@ def files(db: Database, project: str = "p") -> list[dict[str, Any]]:
 
 
 def as_dict(row: FileRow) -> dict[str, Any]:
-    return {name: getattr(row, name) for name in FileRow.__slots__}
+    return row._asdict()
 
 
 def newest_rows(events: list[FileRow]) -> list[FileRow]:
@@ -278,7 +277,7 @@ class DatabaseConformance:
     ) -> None:
         db = backend.open()
         good = version("good", 10, 1, content=b"secret-content-bytes")
-        bad = replace(version("bad", 10, 2, content=b"secret-content-bytes"), **change)
+        bad = version("bad", 10, 2, content=b"secret-content-bytes")._replace(**change)
         with pytest.raises(ConstraintViolation) as refused:
             db.write([good, bad])
         message = str(refused.value)
@@ -316,7 +315,7 @@ class DatabaseConformance:
         empty = db.stats()
         assert (empty.files, empty.deleted, empty.runs, empty.ledger_rows) == (0, 0, 0, 0)
         assert empty.schema_version == LATEST and empty.last_committed_at is None
-        git = replace(version("g", 1, 3), content_strategy="GIT_REFERENCE")
+        git = version("g", 1, 3)._replace(content_strategy="GIT_REFERENCE")
         db.write(
             [
                 version("a", 1, 1),

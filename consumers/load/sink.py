@@ -10,11 +10,23 @@ or late event change nothing.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 
 from consumers.base import Decoded, Sink, SinkCapabilities, TopicPartition
 from headrace.failpoints import failpoint
-from storage.db import ContentMode, Database, FileRow, LedgerEntry, RunRow, file_row, run_row
+from storage.db import (
+    ContentMode,
+    Database,
+    FileRow,
+    LedgerConflict,
+    LedgerEntry,
+    RunRow,
+    file_row,
+    run_row,
+)
+
+log = logging.getLogger(__name__)
 
 
 class LoadSink(Sink):
@@ -57,12 +69,24 @@ class LoadSink(Sink):
             LedgerEntry(self.group, topic, partition, first, last, count)
             for (topic, partition), (first, last, count) in sorted(ranges.items())
         ]
-        result = self.db.write(files, runs, ledger)
-        self.rows_written += result.files_written + result.runs_written
+        try:
+            result = self.db.write(files, runs, ledger)
+        except LedgerConflict:
+            if not self._loaded_already(ranges):
+                raise
+            log.info("a batch was found in the ledger already (a commit whose answer was lost)")
+        else:
+            self.rows_written += result.files_written + result.runs_written
         failpoint("load.after_write")  # tests: die between the transaction and the commit
         for (topic, partition), (_first, last, _count) in ranges.items():
             key = (topic, partition)
             self._durable[key] = max(self._durable.get(key, 0), last + 1)
+
+    def _loaded_already(self, ranges: dict[TopicPartition, list[int]]) -> bool:
+        """Whether the ledger covers every offset of the batch: a retried write whose first
+        attempt committed though its answer never came."""
+        found = self.db.positions(self.group, list(ranges))
+        return all(found.get(tp, 0) > last for tp, (_first, last, _n) in ranges.items())
 
     def durable(self) -> dict[TopicPartition, int]:
         return dict(self._durable)

@@ -18,7 +18,7 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
@@ -329,7 +329,7 @@ class ConsumerRuntime:
             self._targets.setdefault((tp.topic, tp.partition), high)
         self._assigned |= set(wanted)
         consumer.assign(partitions)
-        log.info("assigned %s", ", ".join(f"{t}[{p}]" for t, p in sorted(wanted)))
+        log.info("assigned %s", describe_partitions(wanted))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         going = {(tp.topic, tp.partition) for tp in partitions}
@@ -393,3 +393,21 @@ def _headers(
 ) -> tuple[tuple[str, bytes | None], ...]:
     pairs = raw.items() if isinstance(raw, dict) else raw
     return tuple((k, v.encode() if isinstance(v, str) else v) for k, v in pairs)
+
+
+def describe_partitions(partitions: Iterable[TopicPartition]) -> str:
+    """``files[0-3,7], runs[0]``: partitions per topic, runs of numbers folded."""
+    by_topic: dict[str, list[int]] = {}
+    for topic, partition in sorted(set(partitions)):
+        by_topic.setdefault(topic, []).append(partition)
+    parts = []
+    for topic, numbers in by_topic.items():
+        spans: list[list[int]] = []
+        for n in numbers:
+            if spans and n == spans[-1][1] + 1:
+                spans[-1][1] = n
+            else:
+                spans.append([n, n])
+        folded = ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+        parts.append(f"{topic}[{folded}]")
+    return ", ".join(parts)

@@ -79,4 +79,3 @@ def test_a_ledger_conflict_for_offsets_not_all_loaded_stays_an_error(sink: LoadS
     with pytest.raises(LedgerConflict):
         sink.write([decoded(0, "a"), decoded(1, "b")])  # starts at a loaded offset
     assert [r["path"] for r in sink.db.query("p")] == ["a"]
-

@@ -23,7 +23,7 @@ from typing import Any
 from headrace import __version__
 from headrace.errors import HeadraceError, is_transient
 from producers.base import Candidate, EventSink, Source, SourceInfo, SourceKind
-from producers.policy import FilePolicy, Skip, detect_encoding
+from producers.policy import FilePolicy, Skip, detect_encoding, is_utf8, shown_path
 from schemas.models import (
     ContentStrategy,
     FileEvent,
@@ -147,7 +147,9 @@ class Ingest:
                     continue
             if isinstance(event, Skip):
                 summary.skipped.append(
-                    SkippedFile(path=candidate.path, reason=event.reason, detail=event.detail)
+                    SkippedFile(
+                        path=shown_path(candidate.path), reason=event.reason, detail=event.detail
+                    )
                 )
                 continue
             self._publish(event)
@@ -157,6 +159,8 @@ class Ingest:
             done_files, done_bytes = done_files + 1, done_bytes + event.size
             self.progress(done_files, done_bytes)
         for path in self.source.deleted():
+            if not is_utf8(path):  # never published (skipped as unreadable): nothing to delete
+                continue
             self._publish(
                 FileEvent(
                     project=project,

@@ -35,6 +35,8 @@ class FilePolicy:
 
     def by_metadata(self, candidate: Candidate) -> Skip | None:
         """What can be decided without reading the file."""
+        if not is_utf8(candidate.path):
+            return Skip(SkipReason.UNREADABLE, "the path is not UTF-8; events carry UTF-8 paths")
         if candidate.skip is not None:
             return Skip(SkipReason(candidate.skip), candidate.detail)
         if self.exclude is not None and self.exclude.match_file(candidate.path):
@@ -49,6 +51,20 @@ class FilePolicy:
         if size <= LFS_POINTER_MAX and head.startswith(LFS_SIGNATURE):
             return Skip(SkipReason.LFS_POINTER, "Git LFS pointer: the content is not in git")
         return None
+
+
+def is_utf8(path: str) -> bool:
+    """Whether a path (as sources decode them: UTF-8 with surrogateescape) is UTF-8."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown_path(path: str) -> str:
+    """A path as an event can carry it: bytes that are not UTF-8 as ``\\xNN`` escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def detect_encoding(data: bytes) -> TextEncoding:

@@ -213,3 +213,20 @@ def test_an_excluded_directory_is_skipped_whole(tree: Path) -> None:
     ).run()
     assert not any(e.path.startswith("src/") for e in sink.files)
     assert ("src/", SkipReason.EXCLUDED) in {(s.path, s.reason) for s in summary.skipped}
+
+
+def test_a_path_that_is_not_utf8_is_skipped_and_shown_escaped(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "ok.txt").write_text("fine\n")
+    # names as Linux gives them to Python: bytes that are not UTF-8 as surrogates
+    (root / "caf\udce9.txt").write_bytes(b"x")  # "café.txt" in latin-1
+    (root / "dir-\udcff").mkdir()
+    (root / "dir-\udcff" / "inner.txt").write_bytes(b"y")
+    sink, summary = ingest(root)
+    assert [e.path for e in sink.files] == ["ok.txt"]
+    why = (SkipReason.UNREADABLE, "the path is not UTF-8; events carry UTF-8 paths")
+    skipped = {s.path: (s.reason, s.detail) for s in summary.skipped}  # type: ignore[attr-defined]
+    assert skipped == {"caf\\xe9.txt": why, "dir-\\xff/inner.txt": why}
+    (completed,) = [r for r in sink.runs if r.skipped]
+    assert sorted(s.path for s in completed.skipped) == ["caf\\xe9.txt", "dir-\\xff/inner.txt"]

@@ -21,10 +21,11 @@ import logging
 import os
 import subprocess
 import tempfile
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -110,33 +111,99 @@ def _checked(name: str) -> str:
     return name
 
 
-class _BlobReader(io.RawIOBase):
-    """The stdout of one ``git cat-file blob``; closing it ends the process."""
+class _Batch:
+    """One ``git cat-file --batch`` process answering blob requests in turn: a process
+    per repository, not one per file (about 2 ms each). Requests are sequential: opening
+    a blob first reads whatever the previous blob's reader left unread."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], what: str) -> None:
-        assert proc.stdout is not None  # noqa: S101 - Popen(stdout=PIPE)
-        self._proc = proc
-        self._out = proc.stdout  # unbuffered: a read returns what the pipe has
-        self._what = what
+    def __init__(self, argv: list[str], env: Mapping[str, str], name: str) -> None:
+        self._proc = subprocess.Popen(  # noqa: S603 - argv built by GitRepo, no shell
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            bufsize=_CHUNK,
+        )
+        self._name = name
+        self._current: _BatchBlob | None = None
+        self._done = weakref.finalize(self, _end, self._proc)
+
+    def open(self, blob_id: str) -> BinaryIO:
+        proc = self._proc
+        assert proc.stdin is not None and proc.stdout is not None  # noqa: S101 - PIPEs
+        if self._current is not None:
+            self._current.close()  # reads what is left: the next answer starts after it
+        try:
+            proc.stdin.write(f"{blob_id}\n".encode("ascii"))
+            proc.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise GitError(f"cannot read blob {blob_id} of {self._name}: {exc}") from None
+        header = proc.stdout.readline().decode("ascii", "replace").split()
+        if len(header) != 3 or header[1] != "blob":
+            what = " ".join(header[1:]) or "git cat-file stopped"
+            raise GitError(f"cannot read blob {blob_id} of {self._name}: {what}")
+        self._current = _BatchBlob(proc.stdout, int(header[2]))
+        return io.BufferedReader(self._current, _CHUNK)
+
+    def close(self) -> None:
+        self._done()
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    if proc.stdin is not None:
+        proc.stdin.close()  # git ends at end of input
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+class _BatchBlob(io.RawIOBase):
+    """One blob of a ``--batch`` answer: ``size`` bytes, then the newline git adds."""
+
+    def __init__(self, out: IO[bytes], size: int) -> None:
+        self._out, self._left, self._ended = out, size, False
+        if size == 0:
+            self._end()
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            if self._out.read(1) != b"\n":
+                raise GitError("git cat-file --batch answered out of step")
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: WriteableBuffer) -> int:
         view = memoryview(buffer).cast("B")
-        data = self._out.read(len(view))
-        if not data and self._proc.wait() != 0:
-            stderr = self._proc.stderr.read() if self._proc.stderr else b""
-            raise GitError(f"cannot read {self._what}: {error_line(stderr)}")
+        if self._left == 0:
+            return 0
+        data = self._out.read(min(len(view), self._left))
+        if not data:
+            raise GitError("git cat-file --batch stopped inside a blob")
         view[: len(data)] = data
+        self._left -= len(data)
+        if self._left == 0:
+            self._end()
         return len(data)
 
     def close(self) -> None:
         if not self.closed:
-            if self._proc.poll() is None:
-                self._proc.kill()
-            self._proc.communicate()  # closes the pipes and reaps the process
-        super().close()
+            try:
+                while self._left:  # the rest: the next answer starts after it
+                    data = self._out.read(min(self._left, _CHUNK))
+                    if not data:
+                        break
+                    self._left -= len(data)
+                    if self._left == 0:
+                        self._end()
+            finally:
+                super().close()
 
 
 class GitRepo:
@@ -150,6 +217,7 @@ class GitRepo:
         self.path = Path(path).resolve()
         self.url = url
         self._env = git_environment(env)
+        self._batch: _Batch | None = None
         if not self.path.is_dir():
             raise GitError(f"{path} is not a directory")
         out = self._git(
@@ -210,16 +278,19 @@ class GitRepo:
             yield TreeEntry(_decode_path(raw_path), mode, blob_id, 0 if size == "-" else int(size))
 
     def open_blob(self, blob_id: str) -> BinaryIO:
-        """A stream of the blob's bytes; close it (or use ``with``) to end git."""
-        proc = subprocess.Popen(  # noqa: S603 - argv built here, no shell
-            self._argv(["cat-file", "--end-of-options", "blob", _checked(blob_id)]),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=self._env,
-            bufsize=0,
-        )
-        return io.BufferedReader(_BlobReader(proc, f"blob {blob_id} of {self.name}"), _CHUNK)
+        """A stream of the blob's bytes, from one ``git cat-file --batch`` kept for the
+        repository. Blobs are read one after another: opening the next one finishes this
+        one (an unread rest is skipped). GitError if there is no such blob."""
+        _checked(blob_id)
+        if self._batch is None:
+            self._batch = _Batch(self._argv(["cat-file", "--batch"]), self._env, self.name)
+        return self._batch.open(blob_id)
+
+    def close(self) -> None:
+        """End the ``cat-file --batch`` process, if one runs (also done when collected)."""
+        if self._batch is not None:
+            self._batch.close()
+            self._batch = None
 
     def read_blob(self, blob_id: str) -> bytes:
         args = ["cat-file", "--end-of-options", "blob", _checked(blob_id)]

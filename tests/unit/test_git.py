@@ -175,9 +175,30 @@ def test_open_blob_streams_and_closes(source: Path) -> None:
     assert len(chunks) > 1 and b"".join(chunks) == big
     stream = repo.open_blob(blob_id)
     assert stream.read(10) == big[:10]
-    stream.close()  # before git wrote everything: the process is killed and reaped
+    stream.close()  # before git wrote everything: the rest is skipped
     with pytest.raises(GitError, match="cannot read blob"), repo.open_blob("0" * 40) as missing:
         missing.read()
+
+
+def test_blobs_read_in_turn_whatever_the_previous_reader_left(source: Path) -> None:
+    """One cat-file --batch serves every blob: a reader left half-read, unclosed, or
+    empty, or a blob that is missing, does not put the next answer out of step."""
+    big = os.urandom(300 * 1024 + 3)
+    (source / "big.bin").write_bytes(big)
+    repo = GitRepo(source)
+    blobs = {e.path: e.blob_id for e in repo.tree(commit_all(source, "big"))}
+    half = repo.open_blob(blobs["big.bin"])
+    assert half.read(1000) == big[:1000]  # left open, most of it unread
+    assert repo.open_blob(blobs["empty.txt"]).read() == b""
+    with pytest.raises(GitError, match="missing"):
+        repo.open_blob("f" * 40)
+    assert repo.open_blob(blobs["data.bin"]).read() == BINARY
+    assert repo.open_blob(blobs["big.bin"]).read() == big
+    with repo.open_blob(blobs["src/pkg/mod.py"]) as stream:
+        assert stream.read() == b"print('hi')\n"
+    repo.close()
+    assert repo.open_blob(blobs["data.bin"]).read() == BINARY  # a new process after close
+    repo.close()
 
 
 def test_ls_files_honours_the_index_and_gitignore(source: Path) -> None:

@@ -253,6 +253,13 @@ class MinioObjectStore(_CountingStore):
 
     # -- internals -------------------------------------------------------------------------
 
+    def stat_sha256(self, key: str) -> tuple[int, str] | None:
+        """(size, the sha256 its metadata records) of an object under any key, or None."""
+        found = self._stat(key)
+        if found is None:
+            return None
+        return int(found.size or 0), str((found.metadata or {}).get(SHA256_METADATA, ""))
+
     def _stat(self, key: str) -> Object | None:
         with self._translating("stat", key):
             try:

@@ -63,6 +63,7 @@ def rows_from_archive(
     other projects and for those that cannot become rows (their reasons go to ``refused``)."""
     topics = settings.kafka.topics
     content = ContentMode(settings.load.content)
+    cold = cold_store(settings)
 
     def wanted(event: dict[str, Any]) -> bool:
         return project is None or event.get("project") == project
@@ -73,7 +74,7 @@ def rows_from_archive(
             topic=topic,
             since=since,
             until=until,
-            cold=cold_store(settings),
+            cold=cold,
         )
         for line in lines:
             if not wanted(line.event):

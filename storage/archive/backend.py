@@ -68,7 +68,6 @@ from storage.archive.manifest import (
     SegmentInfo,
     adopt,
     check_entry,
-    file_sha256,
     manifest_bytes,
     parse_manifest,
     publish,
@@ -367,9 +366,9 @@ class ObjectBackend(Backend):
         key = self._key(info.topic, info.date, info.name)
         try:
             data = temp.read_bytes()
-            sha256 = file_sha256(temp)[0]
         finally:
             temp.unlink(missing_ok=True)
+        sha256 = _sha256(data)
         if sha256 != info.sha256:  # the staging file changed after it was finished
             raise ArchiveCorrupt(f"{temp} changed before its upload (sha256 {sha256})")
         try:
@@ -496,10 +495,7 @@ class MinioBucket(Bucket):
 
     def stat(self, key: str) -> tuple[int, str] | None:
         self._client()
-        found = self._store._stat(key)
-        if found is None:
-            return None
-        return int(found.size or 0), str((found.metadata or {}).get(SHA256_METADATA, ""))
+        return self._store.stat_sha256(key)
 
     def open(self, key: str) -> BinaryIO:
         self._client()

@@ -41,7 +41,7 @@ import socket
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, cast
+from typing import Any, BinaryIO, Protocol
 
 import orjson
 
@@ -69,10 +69,7 @@ from storage.archive.manifest import (
 )
 from storage.errors import ObjectNotFound
 from storage.objects import (
-    CONTENT_TYPE,
-    SHA256_METADATA,
     MinioObjectStore,
-    _VerifyingReader,
 )
 
 log = logging.getLogger(__name__)
@@ -397,17 +394,7 @@ class MinioColdStore:
         store = self._ready()
         sha256, size = file_sha256(path)
         with path.open("rb") as file:
-            reader = _VerifyingReader(file, sha256, size, lambda why: store._mismatch(key, why))
-            with store._translating("upload", key):
-                store.client.put_object(
-                    self.bucket,
-                    key,
-                    cast(BinaryIO, reader),
-                    size,
-                    content_type=CONTENT_TYPE,
-                    metadata={SHA256_METADATA: sha256},
-                    num_parallel_uploads=1,
-                )
+            store._upload(file, key, sha256, size)  # verified as sent, sha256 as metadata
 
     def get(self, key: str) -> BinaryIO:
         return self._store.open(key)
@@ -419,8 +406,4 @@ class MinioColdStore:
         return self._store
 
     def stat(self, key: str) -> tuple[int, str] | None:
-        found = self._ready()._stat(key)
-        if found is None:
-            return None
-        metadata = found.metadata or {}
-        return int(found.size or 0), str(metadata.get(SHA256_METADATA, ""))
+        return self._ready().stat_sha256(key)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -98,6 +98,31 @@ class GitSettings(_Section):
     cache_dir: Path = PROJECT_ROOT / ".headrace" / "cache" / "git"
     # Sent as HTTP basic auth, never stored in a URL, an event or a log line.
     token: SecretStr | None = None
+    # The clone cache's bound: whole repositories are evicted, least recently used first.
+    cache_max_size: ByteSize = Field(default=ByteSize(50 * 1024**3), ge=0)
+    clone_timeout_s: float = Field(default=300.0, gt=0)  # a clone, a fetch of many blobs
+    timeout_s: float = Field(default=120.0, gt=0)  # any other git operation
+    # Schemes a git reference in an event may use; anything else is refused. Local
+    # paths and file:// are for tests and single-host setups only.
+    allowed_schemes: tuple[Literal["https", "ssh", "http", "file"], ...] = ("https", "ssh")
+
+
+class CacheSettings(_Section):
+    """The content cache and the resolver that fills it (``headrace consume cache``)."""
+
+    dir: Path = PROJECT_ROOT / ".headrace" / "cache" / "content"
+    # The cache's bound: least recently used entries are evicted to stay under it.
+    max_size: ByteSize = Field(default=ByteSize(10 * 1024**3), ge=0)
+    # A download larger than this is refused before it completes (and never cached).
+    max_object_size: ByteSize = Field(default=ByteSize(5 * 1024**3), ge=0)
+    # Content up to this size is returned as bytes; larger content as a verified file.
+    stream_threshold: ByteSize = Field(default=ByteSize(16 * 1024**2), ge=0)
+    download_timeout_s: float = Field(default=60.0, gt=0)  # connect and per-read timeout
+    download_attempts: int = Field(default=3, ge=1)  # transient failures, with backoff
+    parallel_downloads: int = Field(default=4, ge=1)  # the cache group's downloads in flight
+    # Object-store endpoints (host:port) a presigned URL may point at, besides
+    # object_store.endpoint; any other host is refused.
+    allowed_endpoints: tuple[str, ...] = ()
 
 
 class ConsumerSettings(_Section):
@@ -136,8 +161,9 @@ class LoadSettings(_Section):
 
     backend: Literal["sqlite", "postgres"] = "sqlite"  # postgres: the [postgres] section
     sqlite_path: Path = PROJECT_ROOT / ".headrace" / "db" / "headrace.sqlite3"
-    # inline_and_refs: inline bytes and the reference of the rest; refs_only: no bytes.
-    content: Literal["inline_and_refs", "refs_only"] = "inline_and_refs"
+    # inline_and_refs: inline bytes and the reference of the rest; refs_only: no bytes;
+    # resolve_all: every file's bytes, resolved (and verified) through the resolver.
+    content: Literal["inline_and_refs", "refs_only", "resolve_all"] = "inline_and_refs"
     # mark: a deleted file stays as a row marked deleted; remove: the row goes, a
     # tombstone keeps an older event from bringing it back.
     deletes: Literal["mark", "remove"] = "mark"
@@ -181,6 +207,7 @@ class Settings(BaseSettings):
     object_store: ObjectStoreSettings = ObjectStoreSettings()
     postgres: PostgresSettings = PostgresSettings()
     git: GitSettings = GitSettings()
+    cache: CacheSettings = CacheSettings()
     consumer: ConsumerSettings = ConsumerSettings()
     archive: ArchiveSettings = ArchiveSettings()
     load: LoadSettings = LoadSettings()

@@ -63,6 +63,7 @@ class DeadLetterReason(StrEnum):
     PAYLOAD_MISSING = "PAYLOAD_MISSING"
     CHECKSUM_MISMATCH = "CHECKSUM_MISMATCH"
     STORAGE_CONSTRAINT = "STORAGE_CONSTRAINT"
+    REFUSED = "REFUSED"  # v2: a hostile or disallowed content reference
 
 
 def _to_millis(value: datetime) -> datetime:

@@ -375,9 +375,7 @@ class ContentCache:
         try:
             (self.root / "tmp").mkdir(parents=True, exist_ok=True)
             (self.root / "objects").mkdir(exist_ok=True)
-            db = sqlite3.connect(
-                self.root / "index.sqlite3", timeout=30.0, isolation_level=None
-            )
+            db = sqlite3.connect(self.root / "index.sqlite3", timeout=30.0, isolation_level=None)
             db.execute("PRAGMA busy_timeout = 30000")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")

@@ -37,7 +37,7 @@ from tenacity import (
 
 from consumers.base import Decoded, Record, Sink, TopicPartition
 from consumers.dlq import REASON_OF, DeadLetterQueue
-from consumers.errors import StopConsuming
+from consumers.errors import RecordsRefused, StopConsuming
 from consumers.metrics import Metrics
 from headrace.errors import HeadraceError, Terminal, is_transient
 from headrace.kafka import make_consumer
@@ -218,6 +218,15 @@ class ConsumerRuntime:
             self._with_retries(lambda: self.sink.write(batch))
         except StopConsuming:
             raise  # the sink stayed unavailable: stop, never dead-letter an outage
+        except RecordsRefused as exc:  # the sink named the records it refuses
+            refused = {i for i, _ in exc.refused}
+            for i, error in exc.refused:
+                reason = DeadLetterReason(error.dead_letter_reason)
+                self._dead_letter(batch[i].record, reason, str(error))
+            rest = [d for i, d in enumerate(batch) if i not in refused]
+            if rest:
+                self._write(rest)
+            return
         except Terminal as exc:
             if len(batch) == 1:
                 reason = DeadLetterReason(exc.dead_letter_reason)

@@ -6,15 +6,29 @@ assignment each partition starts at the ledger's next offset (Kafka's committed
 offset is secondary: a crash after the transaction and before the commit
 replays nothing). The database's order-safe upserts make a replayed, duplicated
 or late event change nothing.
+
+Before anything is written, each event's content is checked: inline bytes must
+hash to the event's checksum, an object reference must name a bucket that
+exists, and with ``load.content = resolve_all`` every file's bytes are resolved
+(and verified) through the content resolver. A v1 event takes its event time
+from the Kafka record and its content from ``local_path`` when that is readable
+here (loaded without content when it is not, except with ``resolve_all``).
+Records that fail are refused by index (:class:`RecordsRefused`), each with its
+own dead-letter reason; the rest of the batch is written.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from consumers.base import Decoded, Sink, SinkCapabilities, TopicPartition
+from consumers.errors import RecordsRefused
+from consumers.load.content import RowContent
+from headrace.errors import Terminal
 from headrace.failpoints import failpoint
+from storage.content.errors import ContentError
+from storage.content.resolver import ContentResolver
 from storage.db import (
     ContentMode,
     Database,
@@ -22,6 +36,7 @@ from storage.db import (
     LedgerConflict,
     LedgerEntry,
     RunRow,
+    UnresolvableEvent,
     file_row,
     run_row,
 )
@@ -40,10 +55,13 @@ class LoadSink(Sink):
         file_topic: str,
         run_topic: str,
         content: ContentMode | str = ContentMode.INLINE_AND_REFS,
+        resolver: ContentResolver | None = None,
+        bucket_exists: Callable[[str], bool] | None = None,
     ) -> None:
         self.db, self.group = db, group
         self.file_topic, self.run_topic = file_topic, run_topic
         self.content = ContentMode(content)
+        self.row_content = RowContent(self.content, resolver, bucket_exists)
         self._durable: dict[TopicPartition, int] = {}
         self.rows_written = 0
 
@@ -51,20 +69,31 @@ class LoadSink(Sink):
         files: list[FileRow] = []
         runs: list[RunRow] = []
         ranges: dict[TopicPartition, list[int]] = {}  # first, last, count
-        for d in batch:
+        refused: list[tuple[int, Terminal]] = []
+        for i, d in enumerate(batch):
             r = d.record
             if r.topic == self.file_topic:
-                files.append(file_row(d.as_dict(), r.topic, r.partition, r.offset, self.content))
+                try:
+                    files.append(self._file(d))
+                except (UnresolvableEvent, ContentError) as exc:
+                    if not isinstance(exc, Terminal):
+                        raise  # the store is down: the batch is retried
+                    refused.append((i, exc))
+                    continue
             elif r.topic == self.run_topic:
                 runs.append(run_row(d.as_dict(), r.topic, r.partition, r.offset))
             else:
                 raise ValueError(f"the load group does not read {r.topic}")
+            if refused:
+                continue  # the batch is refused as a whole below; no need to count
             span = ranges.get((r.topic, r.partition))
             if span is None:
                 ranges[(r.topic, r.partition)] = [r.offset, r.offset, 1]
             else:
                 span[0], span[1] = min(span[0], r.offset), max(span[1], r.offset)
                 span[2] += 1
+        if refused:
+            raise RecordsRefused(refused)
         ledger = [
             LedgerEntry(self.group, topic, partition, first, last, count)
             for (topic, partition), (first, last, count) in sorted(ranges.items())
@@ -82,6 +111,12 @@ class LoadSink(Sink):
             key = (topic, partition)
             self._durable[key] = max(self._durable.get(key, 0), last + 1)
 
+    def _file(self, d: Decoded) -> FileRow:
+        """The record's row, its content checked (and resolved where the mode says)."""
+        r, fields = d.record, d.as_dict()
+        row = file_row(fields, r.topic, r.partition, r.offset, self.content, r.timestamp_ms)
+        return self.row_content.complete(row, fields)
+
     def _loaded_already(self, ranges: dict[TopicPartition, list[int]]) -> bool:
         """Whether the ledger covers every offset of the batch: a retried write whose first
         attempt committed though its answer never came."""
@@ -98,3 +133,9 @@ class LoadSink(Sink):
 
     def close(self) -> None:
         self.db.close()
+        self.row_content.close()
+
+    @property
+    def without_content(self) -> int:
+        """v1 events loaded without content: their local_path is not readable here."""
+        return self.row_content.without_content

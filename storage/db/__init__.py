@@ -10,6 +10,7 @@ decoded events into rows, :mod:`.migrations` holds the schema. Errors::
           ├── ConstraintViolation  a row the schema refuses                         (terminal)
           │    └── LedgerConflict   a ledger entry for offsets loaded already        (terminal)
           └── UnresolvableEvent    an event that cannot become a row                (terminal)
+               └── WrongContent     content that is not the event's                (terminal)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from storage.db.errors import (
     DatabaseUnavailable,
     LedgerConflict,
     UnresolvableEvent,
+    WrongContent,
 )
 from storage.db.rows import ContentMode, FileRow, LedgerEntry, RunRow, file_row, run_row
 
@@ -47,6 +49,7 @@ __all__ = [
     "RunRow",
     "TopicPartition",
     "UnresolvableEvent",
+    "WrongContent",
     "WriteResult",
     "file_row",
     "open_database",

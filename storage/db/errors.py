@@ -8,6 +8,7 @@
           ├── ConstraintViolation  a row the schema refuses                         (terminal)
           │    └── LedgerConflict   a ledger entry for offsets loaded already        (terminal)
           └── UnresolvableEvent    an event that cannot become a row                (terminal)
+               └── WrongContent     content that is not the event's (bytes, size)    (terminal)
 
 Every message is one line. It never holds SQL, row data or a connection
 string: the backends build it from the driver's primary message and the
@@ -70,3 +71,9 @@ class UnresolvableEvent(DatabaseError, Terminal):
         self.partition = partition
         self.offset = offset
         self.reason = reason
+
+
+class WrongContent(UnresolvableEvent):
+    """The event's content does not match its own checksum or size: never loaded."""
+
+    dead_letter_reason = "CHECKSUM_MISMATCH"

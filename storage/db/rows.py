@@ -10,6 +10,7 @@ naming the record and why; the database's own constraints are the second line.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ import orjson
 
 from headrace.redact import strip_credentials
 from schemas.models import ContentStrategy, Op, derive_event_id
-from storage.db.errors import UnresolvableEvent
+from storage.db.errors import UnresolvableEvent, WrongContent
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 _HEX = "0123456789abcdef"
@@ -34,6 +35,7 @@ class ContentMode(StrEnum):
 
     INLINE_AND_REFS = "inline_and_refs"  # inline bytes, and the reference of the rest
     REFS_ONLY = "refs_only"  # references only: no bytes, even for inline content
+    RESOLVE_ALL = "resolve_all"  # every file's bytes, through the content resolver
 
 
 class FileRow(NamedTuple):
@@ -128,8 +130,10 @@ def _content(
             raise ValueError("content_strategy INLINE without inline content")
         data = inline["data"]
         if len(data) != size:
-            raise ValueError(f"inline content is {len(data)} bytes, size says {size}")
-        keep = data if mode is ContentMode.INLINE_AND_REFS else None
+            raise _Wrong(f"inline content is {len(data)} bytes, size says {size}")
+        if hashlib.sha256(data).hexdigest() != fields["checksum"]:
+            raise _Wrong("inline content does not hash to the event's checksum")
+        keep = data if mode is not ContentMode.REFS_ONLY else None
         return keep, None, str(inline["encoding"]), None
     if strategy == ContentStrategy.OBJECT_STORAGE:
         ref = fields.get("object_ref")
@@ -152,28 +156,44 @@ def _content(
     raise ValueError(f"unknown content_strategy {strategy!r}")
 
 
+class _Wrong(ValueError):
+    """Content that is not what the event says it is."""
+
+
 def file_row(
     fields: dict[str, Any],
     topic: str,
     partition: int,
     offset: int,
     content_mode: ContentMode | str = ContentMode.INLINE_AND_REFS,
+    timestamp_ms: int | None = None,
 ) -> FileRow:
-    """The row of a decoded FileEvent (v1 or v2) consumed at ``topic[partition]@offset``."""
+    """The row of a decoded FileEvent (v1 or v2) consumed at ``topic[partition]@offset``;
+    ``timestamp_ms`` (the Kafka record's) is the event time of an event without one (v1).
+    Inline bytes are checked against the event's checksum (:class:`WrongContent`)."""
     mode = content_mode if type(content_mode) is ContentMode else ContentMode(content_mode)
     try:
-        return _file_row(fields, topic, partition, offset, mode)
+        return _file_row(fields, topic, partition, offset, mode, timestamp_ms)
+    except _Wrong as exc:
+        raise WrongContent(topic, partition, offset, str(exc)) from None
     except (ValueError, KeyError, TypeError) as exc:
         reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
         raise UnresolvableEvent(topic, partition, offset, reason) from None
 
 
 def _file_row(
-    fields: dict[str, Any], topic: str, partition: int, offset: int, mode: ContentMode
+    fields: dict[str, Any],
+    topic: str,
+    partition: int,
+    offset: int,
+    mode: ContentMode,
+    timestamp_ms: int | None,
 ) -> FileRow:
     project, path, size = fields["project"], fields["path"], fields["size"]
     checksum, run_id = fields.get("checksum") or "", fields.get("run_id")
     event_time_ms = _millis(fields.get("event_time"))
+    if event_time_ms is None and timestamp_ms is not None and timestamp_ms >= 0:
+        event_time_ms = timestamp_ms  # a v1 event: when Kafka took it
     if event_time_ms is None:
         raise ValueError("no event_time: versions of the file cannot be ordered")
     if not isinstance(size, int) or size < 0:
@@ -192,6 +212,8 @@ def _file_row(
             content, content_ref, encoding, commit = _content(fields, strategy, size, mode)
         elif fields.get("local_path") is None:  # v1 data has only the producer's path
             raise ValueError("an UPSERT without content_strategy")
+        else:
+            content_ref = _json({"local_path": fields["local_path"]})
     event_id = fields.get("event_id") or derive_event_id(run_id or "", project, path, op, checksum)
     if "\x00" in f"{project}{path}{event_id}{run_id or ''}{commit or ''}":
         _no_nul(project, path, event_id, run_id, commit)  # names the text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from datetime import UTC, datetime
 from typing import Any
@@ -27,10 +28,10 @@ from schemas.models import (
     TextEncoding,
     derive_event_id,
 )
-from storage.db import ContentMode, FileRow, UnresolvableEvent, file_row, run_row
+from storage.db import ContentMode, FileRow, UnresolvableEvent, WrongContent, file_row, run_row
 from tests.unit.strategies import file_events
 
-SHA = "ab" * 32
+SHA = hashlib.sha256(b"hello").hexdigest()
 WHEN = datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=UTC)
 WHEN_MS = 1_714_979_289_123
 PRESIGNED = (
@@ -120,11 +121,26 @@ def test_a_delete() -> None:
     assert found.event_id == derive_event_id("", "p", "x", Op.DELETE, "")
 
 
-def test_a_v1_event_loads_without_content() -> None:
+def test_a_v1_event_loads_with_its_path_as_the_reference() -> None:
     legacy = {"project": "p", "path": "x", "size": 3, "checksum": SHA, "local_path": "/home/u/x"}
     found = row({**legacy, "event_id": "", "event_time": WHEN})
-    assert (found.content_strategy, found.content, found.content_ref) == (None, None, None)
+    assert (found.content_strategy, found.content) == (None, None)
+    assert found.content_ref == '{"local_path":"/home/u/x"}'
     assert found.event_id == derive_event_id("", "p", "x", Op.UPSERT, SHA)
+
+
+def test_an_event_without_event_time_takes_the_records_timestamp() -> None:
+    legacy = {"project": "p", "path": "x", "size": 3, "checksum": SHA, "local_path": "/home/u/x"}
+    found = file_row(legacy, "headrace.file-events", 3, 42, timestamp_ms=WHEN_MS)
+    assert found.event_time_ms == WHEN_MS
+    with pytest.raises(UnresolvableEvent, match="no event_time"):
+        file_row(legacy, "headrace.file-events", 3, 42, timestamp_ms=-1)  # no timestamp
+
+
+def test_inline_bytes_must_hash_to_the_checksum() -> None:
+    with pytest.raises(WrongContent, match="does not hash") as caught:
+        row(decoded(event(checksum="cd" * 32)))
+    assert caught.value.dead_letter_reason == "CHECKSUM_MISMATCH"
 
 
 @pytest.mark.parametrize(

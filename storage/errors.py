@@ -4,15 +4,19 @@
 
     HeadraceError
      └── StorageError (headrace.errors)
-          └── ObjectStoreError          the content-addressed object store failed
+          └── ObjectStoreError          object storage (storage.objectstore) failed
                ├── ObjectStoreUnavailable   no answer, timeout, 5xx, SlowDown       (transient)
                ├── ObjectStoreRefused       access denied, bad credentials or bucket (terminal)
                ├── ObjectNotFound           no object under that key                 (terminal)
-               └── ContentMismatch          bytes that do not hash to their key      (terminal)
+               ├── ContentMismatch          bytes that do not hash to their sha256   (terminal)
+               └── PreconditionFailed       a conditional write found the object changed
+                                            (412, ConditionalRequestConflict): read it
+                                            again and retry the compare-and-swap     (terminal)
 
 Every message is one line naming the endpoint and the bucket. Messages are
-built from what the caller passes in: the object store module redacts its
-details first, so that no secret key or presigned-URL signature reaches them.
+built from what the caller passes in: the object-storage adapter
+(:mod:`storage.objectstore.minio`) redacts its details first, so that no secret
+key or presigned-URL signature reaches them.
 """
 
 from __future__ import annotations
@@ -80,8 +84,9 @@ class ObjectNotFound(ObjectStoreError, Terminal):
 
 
 class ContentMismatch(ObjectStoreError, Terminal):
-    """Bytes do not match their content key: the file changed after it was hashed, or
-    the stored object is not what its key says. Nothing is stored under a wrong key."""
+    """Bytes do not match their sha256 (a content key, or the sha256 given with an upload):
+    the file changed after it was hashed, or the stored object is not what its key says.
+    Nothing is stored under a wrong key."""
 
     def __init__(self, endpoint: str, bucket: str, key: str, reason: str) -> None:
         super().__init__(
@@ -91,3 +96,18 @@ class ContentMismatch(ObjectStoreError, Terminal):
             key=key,
         )
         self.reason = reason
+
+
+class PreconditionFailed(ObjectStoreError, Terminal):
+    """A conditional write (``if_absent`` or ``if_match``) found the object in another
+    state: it exists, or its ETag changed. Not retried as such: the caller reads the
+    object again and decides (a compare-and-swap loop)."""
+
+    def __init__(self, endpoint: str, bucket: str, key: str, condition: str) -> None:
+        super().__init__(
+            f"object store at {endpoint} did not write {bucket}/{key}: {condition} does not hold",
+            endpoint=endpoint,
+            bucket=bucket,
+            key=key,
+        )
+        self.condition = condition

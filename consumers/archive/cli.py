@@ -12,8 +12,8 @@ import orjson
 
 from headrace.settings import Settings
 from storage.archive import (
+    ColdStore,
     Compression,
-    MinioColdStore,
     compress_old,
     read,
     request_deletion,
@@ -21,6 +21,7 @@ from storage.archive import (
     verify,
 )
 from storage.archive.backend import Backend, open_backend
+from storage.objectstore import open_storage
 
 
 def _backend(settings: Settings) -> Backend:
@@ -35,11 +36,9 @@ def _local_only(settings: Settings, what: str) -> None:
         )
 
 
-def cold_store(settings: Settings) -> MinioColdStore:
+def cold_store(settings: Settings) -> ColdStore:
     """The cold tier: object storage, the archive's own bucket."""
-    return MinioColdStore(
-        settings.object_store.model_copy(update={"bucket": settings.archive.cold_bucket})
-    )
+    return ColdStore(open_storage(settings.object_store, settings.archive.cold_bucket))
 
 
 @click.group()

@@ -7,7 +7,6 @@ client libraries the pipeline uses, and raises on the first surprise.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import time
 import uuid
@@ -23,9 +22,9 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from headrace.errors import HeadraceError
 from headrace.kafka import ensure_topics, make_admin, make_consumer, make_producer
-from headrace.s3 import make_minio
 from headrace.settings import Settings
 from schemas.registry import SUBJECT_STRATEGY, make_registry_client
+from storage.objectstore import open_storage
 
 Row = tuple[str, str, str]
 RECORDS = 100
@@ -111,16 +110,15 @@ def _kafka_and_registry(settings: Settings, registry: SchemaRegistryClient, run:
 
 
 def _object_store(settings: Settings) -> Row:
-    store = settings.object_store
-    client = make_minio(store)
-    if not client.bucket_exists(store.bucket):
-        client.make_bucket(store.bucket)
+    store = open_storage(settings.object_store)
+    store.ensure_bucket()
     body = os.urandom(256 * 1024)
-    key = f"smoke/{hashlib.sha256(body).hexdigest()}"
-    client.put_object(store.bucket, key, io.BytesIO(body), len(body))
-    url = client.presigned_get_object(store.bucket, key, expires=timedelta(minutes=5))
+    sha256 = hashlib.sha256(body).hexdigest()
+    key = f"smoke/{sha256}"
+    store.put(key, body, sha256=sha256)
+    url, _ = store.presign(key, timedelta(minutes=5))
     fetched = httpx.get(url, timeout=10.0)
-    client.remove_object(store.bucket, key)
+    store.delete(key)
     if fetched.status_code != 200 or fetched.content != body:
         raise SmokeFailed(f"minio: presigned GET answered {fetched.status_code}")
     return ("minio", "256 KiB put, fetched by presigned URL", f"ok, bucket {store.bucket}")

@@ -34,19 +34,14 @@ final compression.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
-
-from minio import Minio
-from minio.error import S3Error
 
 from headrace.settings import ArchiveSettings, ObjectStoreSettings
 from storage.archive.layout import (
@@ -79,7 +74,10 @@ from storage.archive.retention import (
     ColdMarker,
     read_cold_marker,
 )
-from storage.objects import CONTENT_TYPE, SHA256_METADATA, MinioObjectStore
+from storage.errors import ObjectNotFound, PreconditionFailed
+from storage.objectstore import ObjectStorage, open_storage
+from storage.objectstore.memory import MemoryStorage
+from storage.objectstore.minio import MinioStorage
 
 log = logging.getLogger(__name__)
 
@@ -202,115 +200,33 @@ class LocalBackend(Backend):
 # --- object storage ------------------------------------------------------------------
 
 
-class PreconditionFailed(Exception):
-    """A conditional PUT found the object in another state (HTTP 412)."""
-
-
-class Bucket(ABC):
-    """The few object-storage calls the archive needs, conditional writes included."""
-
-    location: str
-
-    @abstractmethod
-    def get(self, key: str) -> tuple[bytes, str] | None:
-        """The object's bytes and ETag, or None if there is none."""
-
-    @abstractmethod
-    def put(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        sha256: str,
-        if_match: str | None = None,
-        if_absent: bool = False,
-    ) -> None:
-        """Write the object (its sha256 as metadata); PreconditionFailed if ``if_match`` is
-        not its ETag, or ``if_absent`` and it exists."""
-
-    @abstractmethod
-    def stat(self, key: str) -> tuple[int, str] | None:
-        """(size, sha256 metadata) of the object, or None if there is none."""
-
-    @abstractmethod
-    def open(self, key: str) -> BinaryIO:
-        """The object's bytes as a stream."""
-
-    @abstractmethod
-    def list(self, prefix: str) -> tuple[list[str], list[str]]:
-        """The sub-prefixes (without the trailing ``/``) and object names directly under
-        ``prefix`` (which ends with ``/``), relative to it."""
-
-
-@dataclass
-class MemoryBucket(Bucket):
-    """A bucket in memory, with the same conditional-write rules (tests, dry runs)."""
-
-    location: str = "memory://archive"
-    objects: dict[str, tuple[bytes, str, str]] = field(default_factory=dict)  # data, etag, sha
-    _version: int = 0
-
-    def get(self, key: str) -> tuple[bytes, str] | None:
-        found = self.objects.get(key)
-        return None if found is None else (found[0], found[1])
-
-    def put(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        sha256: str,
-        if_match: str | None = None,
-        if_absent: bool = False,
-    ) -> None:
-        found = self.objects.get(key)
-        if (if_absent and found is not None) or (
-            if_match is not None and (found is None or found[1] != if_match)
-        ):
-            raise PreconditionFailed(key)
-        self._version += 1
-        self.objects[key] = (bytes(data), f"etag-{self._version}", sha256)
-
-    def stat(self, key: str) -> tuple[int, str] | None:
-        found = self.objects.get(key)
-        return None if found is None else (len(found[0]), found[2])
-
-    def open(self, key: str) -> BinaryIO:
-        found = self.objects.get(key)
-        if found is None:
-            raise FileNotFoundError(key)
-        return io.BytesIO(found[0])
-
-    def list(self, prefix: str) -> tuple[list[str], list[str]]:
-        prefixes: set[str] = set()
-        names: set[str] = set()
-        for key in self.objects:
-            if key.startswith(prefix):
-                rest = key[len(prefix) :]
-                head, sep, _ = rest.partition("/")
-                (prefixes if sep else names).add(head)
-        return sorted(prefixes), sorted(names)
-
-
 class ObjectBackend(Backend):
-    """The archive in a bucket, under ``prefix``; open segments staged under ``staging``."""
+    """The archive in one bucket of object storage, under ``prefix``; open segments
+    staged under ``staging``. The bucket is created at first use if missing."""
 
     CAS_ATTEMPTS = 50  # manifest compare-and-swap: archives of one topic race on a day
 
-    def __init__(self, bucket: Bucket, staging: Path, prefix: str = "") -> None:
-        self.bucket, self._staging = bucket, Path(staging)
+    def __init__(self, storage: ObjectStorage, staging: Path, prefix: str = "") -> None:
+        self.storage, self._staging = storage, Path(staging)
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.location = f"{bucket.location}/{self.prefix}".rstrip("/")
+        self.location = f"{storage.location}/{self.prefix}".rstrip("/")
+        self._bucket_ready = False
+
+    def _ready(self) -> ObjectStorage:
+        if not self._bucket_ready:
+            self.storage.ensure_bucket()
+            self._bucket_ready = True
+        return self.storage
 
     def _key(self, topic: str, day: str, name: str = "") -> str:
         return f"{self.prefix}{topic}/dt={day}/{name}"
 
     def topics(self) -> list[str]:
-        prefixes, _ = self.bucket.list(self.prefix)
+        prefixes, _ = self._ready().list(self.prefix)
         return sorted(p for p in prefixes if p[:1] not in "._")
 
     def days(self, topic: str) -> list[str]:
-        prefixes, _ = self.bucket.list(f"{self.prefix}{topic}/")
+        prefixes, _ = self._ready().list(f"{self.prefix}{topic}/")
         return sorted(d for d in (parse_day_dir(p) for p in prefixes) if d is not None)
 
     def read_manifest(self, topic: str, day: str) -> list[SegmentInfo]:
@@ -318,11 +234,12 @@ class ObjectBackend(Backend):
 
     def _manifest(self, topic: str, day: str) -> tuple[list[SegmentInfo], str | None]:
         key = self._key(topic, day, MANIFEST)
-        with self._errors("read", key):
-            found = self.bucket.get(key)
-        if found is None:
+        try:
+            with self._errors("read", key):
+                data, etag = self._ready().get_with_etag(key)
+        except ObjectNotFound:
             return [], None
-        return parse_manifest(found[0], self.where(topic, day, MANIFEST)), found[1]
+        return parse_manifest(data, self.where(topic, day, MANIFEST)), etag
 
     def segment_files(self, topic: str, day: str) -> list[tuple[str, SegmentName]]:
         found = []
@@ -343,15 +260,15 @@ class ObjectBackend(Backend):
     def _names(self, topic: str, day: str) -> list[str]:
         key = self._key(topic, day)
         with self._errors("list", key):
-            return self.bucket.list(key)[1]
+            return self._ready().list(key)[1]
 
     def open(self, topic: str, day: str, name: str) -> BinaryIO:
         key = self._key(topic, day, name)
         with self._errors("read", key):
-            return self.bucket.open(key)
+            return self._ready().open(key)
 
     def where(self, topic: str, day: str, name: str = "") -> str:
-        return f"{self.bucket.location}/{self._key(topic, day, name)}".rstrip("/")
+        return f"{self.storage.location}/{self._key(topic, day, name)}".rstrip("/")
 
     def staging(self, topic: str, day: str) -> Path:
         return day_dir(self._staging, topic, day)
@@ -373,13 +290,13 @@ class ObjectBackend(Backend):
             raise ArchiveCorrupt(f"{temp} changed before its upload (sha256 {sha256})")
         try:
             with self._errors("upload", key):
-                self.bucket.put(key, data, sha256=sha256, if_absent=True)
+                self._ready().put(key, data, sha256=sha256, if_absent=True)
         except PreconditionFailed:
-            stat = self.bucket.stat(key)
-            if stat is None or stat[1] != info.sha256:
+            stat = self.storage.stat(key)
+            if stat is None or stat.sha256 != info.sha256:
                 raise ArchiveConflict(
                     f"segment {self.where(info.topic, info.date, info.name)} exists with other"
-                    f" bytes (sha256 {stat[1] if stat else '?'}, not {info.sha256});"
+                    f" bytes (sha256 {stat.sha256 if stat else '?'}, not {info.sha256});"
                     " it is never overwritten"
                 ) from None
             log.info("segment %s was already published with the same bytes", key)
@@ -399,7 +316,7 @@ class ObjectBackend(Backend):
             body = manifest_bytes(info.topic, info.date, [*segments, info])
             try:
                 with self._errors("write", key):
-                    self.bucket.put(
+                    self._ready().put(
                         key,
                         body,
                         sha256=_sha256(body),
@@ -416,13 +333,14 @@ class ObjectBackend(Backend):
 
     @contextmanager
     def _errors(self, operation: str, key: str) -> Iterator[None]:
-        """Object-store failures as the archive's errors (transient: retried)."""
+        """Local file-system failures as the archive's errors (transient: retried); the
+        object store's own errors are typed already (storage.errors)."""
         try:
             yield
-        except (PreconditionFailed, FileNotFoundError, ArchiveCorrupt, ArchiveConflict):
+        except (FileNotFoundError, ArchiveCorrupt, ArchiveConflict):
             raise
         except OSError as exc:
-            raise ArchiveWriteError(f"{operation} {key} in {self.bucket.location}: {exc}") from exc
+            raise ArchiveWriteError(f"{operation} {key} in {self.storage.location}: {exc}") from exc
 
 
 def _sha256(data: bytes) -> str:
@@ -434,93 +352,16 @@ def as_backend(root: Path | Backend) -> Backend:
     return root if isinstance(root, Backend) else LocalBackend(Path(root))
 
 
-class MinioBucket(Bucket):
-    """:class:`Bucket` on MinIO or S3 (created at first use if missing). Conditional
-    writes are S3's ``If-Match``/``If-None-Match`` headers on PutObject, which the SDK's
-    public ``put_object`` does not pass: this goes through its ``_put_object`` (one PUT;
-    the SDK version is pinned in constraints.txt)."""
-
-    def __init__(self, settings: ObjectStoreSettings) -> None:
-        self._store = MinioObjectStore(settings)  # its client, bucket check, error types
-        self.name = settings.bucket
-        self.location = f"s3://{settings.bucket}"
-        self._ready = False
-
-    def _client(self) -> Minio:
-        if not self._ready:
-            self._store.ensure_bucket()
-            self._ready = True
-        return self._store.client
-
-    def get(self, key: str) -> tuple[bytes, str] | None:
-        client = self._client()
-        with self._store._translating("read", key):
-            try:
-                response = client.get_object(self.name, key)
-            except S3Error as exc:
-                if exc.code == "NoSuchKey":
-                    return None
-                raise
-            try:
-                return response.read(), response.headers.get("ETag", "").strip('"')
-            finally:
-                response.close()
-                response.release_conn()
-
-    def put(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        sha256: str,
-        if_match: str | None = None,
-        if_absent: bool = False,
-    ) -> None:
-        headers: dict[str, str | list[str] | tuple[str]] = {
-            "Content-Type": CONTENT_TYPE,
-            SHA256_METADATA: sha256,
-        }
-        if if_match is not None:
-            headers["If-Match"] = f'"{if_match}"'
-        if if_absent:
-            headers["If-None-Match"] = "*"
-        client = self._client()
-        with self._store._translating("upload", key):
-            try:
-                client._put_object(self.name, key, data, headers=headers)
-            except S3Error as exc:
-                if exc.code in _PRECONDITION_CODES:
-                    raise PreconditionFailed(key) from None
-                raise
-
-    def stat(self, key: str) -> tuple[int, str] | None:
-        self._client()
-        return self._store.stat_sha256(key)
-
-    def open(self, key: str) -> BinaryIO:
-        self._client()
-        return self._store.open(key)
-
-    def list(self, prefix: str) -> tuple[list[str], list[str]]:
-        client = self._client()
-        prefixes, names = [], []
-        with self._store._translating("list", prefix):
-            for obj in client.list_objects(self.name, prefix=prefix, recursive=False):
-                rest = (obj.object_name or "")[len(prefix) :]
-                if obj.is_dir:
-                    prefixes.append(rest.rstrip("/"))
-                elif rest:
-                    names.append(rest)
-        return sorted(prefixes), sorted(names)
-
-
-# 412 on If-Match/If-None-Match; S3 says 409 ConditionalRequestConflict when two race.
-_PRECONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
-
-
 def open_backend(archive: ArchiveSettings, object_store: ObjectStoreSettings) -> Backend:
     """The archive's backend as the settings choose it."""
     if archive.backend == "local":
         return LocalBackend(archive.root)
-    bucket = MinioBucket(object_store.model_copy(update={"bucket": archive.bucket}))
-    return ObjectBackend(bucket, archive.staging, archive.prefix)
+    storage = open_storage(object_store, archive.bucket)
+    return ObjectBackend(storage, archive.staging, archive.prefix)
+
+
+# The archive's bucket is an ObjectStorage now; these names stay only because
+# storage.archive re-exports them.
+Bucket = ObjectStorage
+MemoryBucket = MemoryStorage
+MinioBucket = MinioStorage

@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import getpass
 import hashlib
-import io
 import logging
 import os
 import socket
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -67,10 +66,8 @@ from storage.archive.manifest import (
     locked,
     read_manifest,
 )
-from storage.errors import ObjectNotFound
-from storage.objects import (
-    MinioObjectStore,
-)
+from storage.objectstore import ObjectStorage, open_storage
+from storage.objectstore.memory import MemoryStorage
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +81,39 @@ def cold_key(topic: str, day: str, name: str) -> str:
     return f"{KEY_PREFIX}/{topic}/dt={day}/{name}"
 
 
-class ColdStore(Protocol):
-    """The cold tier: plain keys, written once, never deleted."""
+class ColdStore:
+    """The cold tier: one bucket of object storage, plain keys, written once, never
+    deleted. The bucket is created at first use if missing; each object carries its
+    sha256 as metadata, hashed from the bytes as they are sent (an upload whose file
+    changed under it fails)."""
 
-    def put(self, key: str, path: Path) -> None: ...
-    def get(self, key: str) -> BinaryIO: ...
-    def stat(self, key: str) -> tuple[int, str] | None:  # (size, sha256)
-        ...
+    def __init__(self, storage: ObjectStorage) -> None:
+        self.storage = storage
+        self.bucket = storage.bucket
+        self.endpoint = storage.endpoint
+        self._bucket_ready = False
+
+    def _ready(self) -> ObjectStorage:
+        if not self._bucket_ready:
+            self.storage.ensure_bucket()
+            self._bucket_ready = True
+        return self.storage
+
+    def put(self, key: str, path: Path) -> None:
+        """Upload the file under ``key``, verified as sent."""
+        storage = self._ready()
+        sha256, size = file_sha256(path)
+        with path.open("rb") as file:
+            storage.put(key, file, size, sha256=sha256)
+
+    def get(self, key: str) -> BinaryIO:
+        """The object's bytes as a stream; ObjectNotFound if there is none."""
+        return self.storage.open(key)
+
+    def stat(self, key: str) -> tuple[int, str] | None:
+        """(size, sha256 metadata, "" if none) of the object, or None if there is none."""
+        found = self._ready().stat(key)
+        return None if found is None else (found.size, found.sha256 or "")
 
 
 # --- the marker ----------------------------------------------------------------------
@@ -356,54 +379,19 @@ def _user() -> str:
 # --- stores --------------------------------------------------------------------------
 
 
-class MemoryColdStore:
-    """:class:`ColdStore` in memory, for tests; ``objects`` may be edited to damage one."""
+class MemoryColdStore(ColdStore):
+    """A :class:`ColdStore` on a bucket in memory, for tests (``storage.objects`` may be
+    edited to damage one)."""
 
-    endpoint = "memory"
+    storage: MemoryStorage
 
     def __init__(self, bucket: str = "headrace-archive") -> None:
-        self.bucket = bucket
-        self.objects: dict[str, bytes] = {}
-
-    def put(self, key: str, path: Path) -> None:
-        self.objects[key] = path.read_bytes()
-
-    def get(self, key: str) -> BinaryIO:
-        try:
-            return io.BytesIO(self.objects[key])
-        except KeyError:
-            raise ObjectNotFound(self.endpoint, self.bucket, key) from None
-
-    def stat(self, key: str) -> tuple[int, str] | None:
-        data = self.objects.get(key)
-        return None if data is None else (len(data), hashlib.sha256(data).hexdigest())
+        super().__init__(MemoryStorage(bucket))
 
 
-class MinioColdStore:
-    """:class:`ColdStore` on MinIO or S3: the bucket of ``settings`` (created at first use
-    if missing); each object carries its sha256 as ``x-amz-meta-sha256``, hashed
-    from the bytes as they are sent (an upload whose file changed under it fails)."""
+class MinioColdStore(ColdStore):
+    """``ColdStore(open_storage(settings))``: the cold tier on the bucket of ``settings``
+    (a name kept because storage.archive exports it)."""
 
     def __init__(self, settings: ObjectStoreSettings) -> None:
-        # The content store's client, bucket creation and error translation, with plain keys.
-        self._store = MinioObjectStore(settings)
-        self.bucket = self._store.bucket
-        self._bucket_ready = False
-
-    def put(self, key: str, path: Path) -> None:
-        store = self._ready()
-        sha256, size = file_sha256(path)
-        with path.open("rb") as file:
-            store._upload(file, key, sha256, size)  # verified as sent, sha256 as metadata
-
-    def get(self, key: str) -> BinaryIO:
-        return self._store.open(key)
-
-    def _ready(self) -> MinioObjectStore:
-        if not self._bucket_ready:
-            self._store.ensure_bucket()
-            self._bucket_ready = True
-        return self._store
-
-    def stat(self, key: str) -> tuple[int, str] | None:
-        return self._ready().stat_sha256(key)
+        super().__init__(open_storage(settings))

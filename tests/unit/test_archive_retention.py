@@ -1,6 +1,7 @@
 """Retention to the cold tier: old days move, new days stay, local files go only after a
 verified upload, a second run does nothing, reading and verifying see the same archive
-before and after; deletion requests delete nothing. Hermetic: MemoryColdStore."""
+before and after; deletion requests delete nothing. Hermetic: MemoryColdStore (a ColdStore
+over MemoryStorage, whose ``objects`` the tests damage)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from storage.archive import (
     ArchiveConflict,
     ArchiveCorrupt,
     ArchiveError,
+    ColdStore,
     MemoryColdStore,
     read,
     read_cold_marker,
@@ -47,7 +49,8 @@ class FailingStore(MemoryColdStore):
         if self.good <= 0:
             if not self.corrupt:
                 raise ObjectStoreUnavailable("memory", self.bucket, "upload", "down", key=key)
-            self.objects[key] = path.read_bytes() + b"x"
+            super().put(key, path)
+            self.storage.overwrite(key, path.read_bytes() + b"x")  # stored other than sent
             return
         self.good -= 1
         super().put(key, path)
@@ -63,14 +66,14 @@ def test_old_days_move_and_newer_days_stay(tmp_path: Path) -> None:
         marker = read_cold_marker(old)
         assert marker is not None and marker.topic == topic and marker.date == DAY
         assert {o.key for o in marker.objects} == {
-            k for k in store.objects if k.startswith(f"archive/{topic}/dt={DAY}/")
+            k for k in store.storage.objects if k.startswith(f"archive/{topic}/dt={DAY}/")
         }
-        assert cold_key(topic, DAY, "_manifest.json") in store.objects
+        assert cold_key(topic, DAY, "_manifest.json") in store.storage.objects
         manifest = json.loads((old / "_manifest.json").read_bytes())
         assert manifest["tier"] == "cold" and len(manifest["segments"]) == len(marker.segments())
-        assert (old / "_manifest.json").read_bytes() == store.objects[
+        assert (old / "_manifest.json").read_bytes() == store.storage.get(
             cold_key(topic, DAY, "_manifest.json")
-        ]
+        )
         for day in (NEXT_DAY, LATER):
             assert segment_files(day_dir(tmp_path, topic, day)) != []
             assert read_cold_marker(day_dir(tmp_path, topic, day)) is None
@@ -86,11 +89,11 @@ def test_a_second_run_is_a_no_op_and_everything_reads_back_identically(tmp_path:
     expected = write_mixed(tmp_path)
     store = MemoryColdStore()
     retain(tmp_path, store, older_than_days=2, today=TODAY)
-    files, objects = snapshot(tmp_path), dict(store.objects)
+    files, objects = snapshot(tmp_path), dict(store.storage.objects)
     assert retain(tmp_path, store, older_than_days=2, today=TODAY) == []
-    assert snapshot(tmp_path) == files and store.objects == objects
+    assert snapshot(tmp_path) == files and store.storage.objects == objects
     assert retain(tmp_path, store, older_than_days=0, today=TODAY) == [NEXT_DAY, LATER]
-    assert all(k in store.objects for k in objects)  # nothing left the cold store
+    assert all(k in store.storage.objects for k in objects)  # nothing left the cold store
     assert not any(segment_files(d) for t in TOPICS for _, d in _days(tmp_path, t))
     lines = list(read(tmp_path, cold=store))
     assert [line.record for line in lines] == expected
@@ -111,9 +114,8 @@ def test_a_failing_upload_removes_nothing_and_a_later_run_finishes(tmp_path: Pat
     with pytest.raises(ObjectStoreUnavailable):
         retain(tmp_path, failing, older_than_days=2, today=TODAY)
     assert snapshot(tmp_path) == before  # no segment removed, no marker, same manifest
-    assert len(failing.objects) == 2
-    store = MemoryColdStore()
-    store.objects = dict(failing.objects)  # the same bucket, now answering
+    assert len(failing.storage.objects) == 2
+    store = ColdStore(failing.storage)  # the same bucket, now answering
     assert retain(tmp_path, store, older_than_days=2, today=TODAY) == [DAY]
     assert [line.record for line in read(tmp_path, cold=store)] == expected
 
@@ -125,12 +127,12 @@ def test_an_upload_that_does_not_verify_removes_nothing(tmp_path: Path) -> None:
     with pytest.raises(ArchiveCorrupt, match="does not verify"):
         retain(tmp_path, corrupting, older_than_days=2, today=TODAY)
     assert snapshot(tmp_path) == before
-    stored = dict(corrupting.objects)
+    stored = dict(corrupting.storage.objects)
     corrupting.corrupt, corrupting.good = False, 100
     with pytest.raises(ArchiveConflict, match="never overwritten"):
         retain(tmp_path, corrupting, older_than_days=2, today=TODAY)
     assert snapshot(tmp_path) == before
-    assert all(corrupting.objects[k] == v for k, v in stored.items())
+    assert all(corrupting.storage.objects[k] == v for k, v in stored.items())
 
 
 def test_a_run_stopped_after_the_marker_is_finished_by_the_next(tmp_path: Path) -> None:
@@ -155,10 +157,10 @@ def test_verify_finds_a_cold_object_whose_bytes_changed_or_went(tmp_path: Path) 
     marker = read_cold_marker(day_dir(tmp_path, "t.c", NEXT_DAY))
     assert marker is not None
     first, second = (o for o, _ in marker.segments()[:2])
-    data = bytearray(store.objects[first.key])
+    data = bytearray(store.storage.get(first.key))
     data[len(data) // 2] ^= 0x55
-    store.objects[first.key] = bytes(data)
-    del store.objects[second.key]
+    store.storage.overwrite(first.key, bytes(data))  # its metadata still says the old sha256
+    del store.storage.objects[second.key]
     problems = verify(tmp_path, cold=store)
     found = {(p.path, p.kind) for p in problems}
     assert (f"cold:{first.key}", "manifest_mismatch") in found
@@ -200,7 +202,7 @@ def test_a_day_that_does_not_verify_locally_does_not_move(tmp_path: Path) -> Non
     before = snapshot(tmp_path)
     store = MemoryColdStore()
     assert retain(tmp_path, store, older_than_days=2, today=TODAY) == [DAY]  # t.a and t.c
-    assert read_cold_marker(old) is None and not any("t.b" in k for k in store.objects)
+    assert read_cold_marker(old) is None and not any("t.b" in k for k in store.storage.objects)
     assert all(before[k] == v for k, v in snapshot(tmp_path).items() if k.startswith("t.b"))
     with pytest.raises(ValueError):
         retain(tmp_path, store, older_than_days=-1)

@@ -13,7 +13,9 @@ from typing import Any, BinaryIO, NoReturn
 import pytest
 import urllib3
 from minio.error import InvalidResponseError, S3Error, ServerError
+from minio.helpers import ObjectWriteResult as Written
 from minio.helpers import read_part_data
+from urllib3 import HTTPHeaderDict
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, ReadTimeoutError
 
 from headrace.errors import StorageError, Terminal, Transient, is_transient
@@ -164,7 +166,7 @@ def test_error_markers() -> None:
 
 def _store(monkeypatch: pytest.MonkeyPatch, method: str, exc: BaseException) -> MinioObjectStore:
     store = MinioObjectStore(_settings())
-    monkeypatch.setattr(store.client, method, _raiser(exc))
+    monkeypatch.setattr(store.storage.client, method, _raiser(exc))
     return store
 
 
@@ -210,8 +212,8 @@ def test_a_missing_key_is_not_found_on_get_and_absent_on_stat(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     store = MinioObjectStore(_settings())
-    monkeypatch.setattr(store.client, "get_object", _raiser(_s3_error("NoSuchKey", 404)))
-    monkeypatch.setattr(store.client, "stat_object", _raiser(_s3_error("NoSuchKey", 404)))
+    monkeypatch.setattr(store.storage.client, "get_object", _raiser(_s3_error("NoSuchKey", 404)))
+    monkeypatch.setattr(store.storage.client, "stat_object", _raiser(_s3_error("NoSuchKey", 404)))
     with pytest.raises(ObjectNotFound, match=content_key(SHA)):
         store.get(content_key(SHA))
     with pytest.raises(ObjectNotFound):
@@ -274,12 +276,14 @@ def test_a_secret_in_a_server_message_is_redacted(monkeypatch: pytest.MonkeyPatc
 
 def test_a_racing_bucket_creation_is_success(monkeypatch: pytest.MonkeyPatch) -> None:
     store = MinioObjectStore(_settings())
-    monkeypatch.setattr(store.client, "bucket_exists", lambda _b: False)
+    monkeypatch.setattr(store.storage.client, "bucket_exists", lambda _b: False)
     monkeypatch.setattr(
-        store.client, "make_bucket", _raiser(_s3_error("BucketAlreadyOwnedByYou", 409))
+        store.storage.client, "make_bucket", _raiser(_s3_error("BucketAlreadyOwnedByYou", 409))
     )
     store.ensure_bucket()
-    monkeypatch.setattr(store.client, "make_bucket", _raiser(_s3_error("AccessDenied", 403)))
+    monkeypatch.setattr(
+        store.storage.client, "make_bucket", _raiser(_s3_error("AccessDenied", 403))
+    )
     with pytest.raises(ObjectStoreRefused):
         store.ensure_bucket()
 
@@ -290,11 +294,12 @@ def test_content_that_does_not_hash_to_its_key_is_never_uploaded(
     store = MinioObjectStore(_settings())
     sent: list[bytes] = []
 
-    def put_object(_bucket: str, _key: str, data: BinaryIO, length: int, **_: Any) -> None:
+    def put_object(bucket: str, key: str, data: BinaryIO, length: int, **_: Any) -> Written:
         sent.append(read_part_data(data, length))  # read as the SDK reads a part, then sent
+        return Written(bucket, key, None, "etag-1", HTTPHeaderDict())
 
-    monkeypatch.setattr(store.client, "stat_object", _raiser(_s3_error("NoSuchKey", 404)))
-    monkeypatch.setattr(store.client, "put_object", put_object)
+    monkeypatch.setattr(store.storage.client, "stat_object", _raiser(_s3_error("NoSuchKey", 404)))
+    monkeypatch.setattr(store.storage.client, "put_object", put_object)
     path = tmp_path / "f.bin"
     path.write_bytes(b"changed after hashing")
     with pytest.raises(ContentMismatch):
@@ -310,12 +315,13 @@ def test_content_that_does_not_hash_to_its_key_is_never_uploaded(
 
 def test_a_local_read_failure_stays_the_files_own(monkeypatch: pytest.MonkeyPatch) -> None:
     store = MinioObjectStore(_settings())
-    monkeypatch.setattr(store.client, "stat_object", _raiser(_s3_error("NoSuchKey", 404)))
+    monkeypatch.setattr(store.storage.client, "stat_object", _raiser(_s3_error("NoSuchKey", 404)))
 
-    def put_object(_bucket: str, _key: str, data: BinaryIO, length: int, **_: Any) -> None:
+    def put_object(bucket: str, key: str, data: BinaryIO, length: int, **_: Any) -> Written:
         read_part_data(data, length)
+        return Written(bucket, key, None, "etag-1", HTTPHeaderDict())
 
-    monkeypatch.setattr(store.client, "put_object", put_object)
+    monkeypatch.setattr(store.storage.client, "put_object", put_object)
     with pytest.raises(FileNotFoundError):
         store.put_file(Path("/nonexistent/file.bin"), SHA, 3)
 

@@ -138,6 +138,23 @@ def test_memory_store_is_the_same_contract_as_the_real_one(tmp_path: Path) -> No
         store.presign(content_key(SHA), timedelta(days=8))
 
 
+def test_a_content_key_read_is_checked_against_its_key_at_the_end() -> None:
+    store = MemoryObjectStore()
+    store.ensure_bucket()
+    key = store.put_bytes(DATA, SHA).key
+    store.storage.overwrite(key, DATA.upper())  # changed behind the store's back
+    with pytest.raises(ContentMismatch, match="hash differently"):
+        store.get(key)
+    with store.open(key) as stream:
+        assert stream.read(5) == DATA.upper()[:5]  # the check is at the end of the stream
+        with pytest.raises(ContentMismatch):
+            stream.read()
+    assert store.stat_sha256(key) == (len(DATA), SHA)  # its metadata still says the old one
+    store.storage.put("plain/key", b"any", sha256=hashlib.sha256(b"any").hexdigest())
+    store.storage.overwrite("plain/key", b"other")
+    assert store.get("plain/key") == b"other"  # not a content key: nothing to check
+
+
 def test_empty_content_has_a_key_and_round_trips() -> None:
     store = MemoryObjectStore()
     store.ensure_bucket()
@@ -306,6 +323,11 @@ def test_content_that_does_not_hash_to_its_key_is_never_uploaded(
         store.put_file(path, SHA, len(b"changed after hashing"))
     with pytest.raises(ContentMismatch, match="ended after"):
         store.put_file(path, SHA, 1000)  # the file shrank
+    assert sent == [] and store.uploads == 0
+
+    path.write_bytes(DATA + b"grown")
+    with pytest.raises(ContentMismatch, match="longer"):
+        store.put_file(path, SHA, len(DATA))  # the file grew after it was hashed
     assert sent == [] and store.uploads == 0
 
     path.write_bytes(DATA)

@@ -243,7 +243,9 @@ class MinioStorage(ObjectStorage):
                     self.bucket, key, data, headers=headers
                 )
             except S3Error as exc:
-                if exc.code in _PRECONDITION_CODES:
+                # If-Match on an object that is gone is 404 NoSuchKey: the condition fails
+                gone = if_match is not None and exc.code == "NoSuchKey"
+                if exc.code in _PRECONDITION_CODES or gone:
                     condition = "If-None-Match: *" if if_absent else f"If-Match: {if_match}"
                     raise PreconditionFailed(self.endpoint, self.bucket, key, condition) from None
                 raise

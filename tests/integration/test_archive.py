@@ -27,7 +27,8 @@ from schemas.catalog import EventType
 from schemas.models import FileEvent
 from schemas.registry import make_registry_client
 from schemas.serde import EventSerializer
-from storage.archive import MinioBucket, ObjectBackend, read, verify
+from storage.archive import ObjectBackend, read, verify
+from storage.objectstore import open_storage
 from tests.unit.test_cli import run
 
 
@@ -366,7 +367,7 @@ def test_the_archive_in_object_storage_holds_each_event_once_and_verifies(
     env.update(values)
     for name, value in values.items():
         monkeypatch.setenv(name, value)
-    bucket = MinioBucket(object_store.model_copy(update={"bucket": "headrace-test-archive"}))
+    bucket = open_storage(object_store, "headrace-test-archive")
     store = ObjectBackend(bucket, tmp_path / "reader", prefix)
     topic = env["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"]
 

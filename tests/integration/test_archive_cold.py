@@ -10,17 +10,18 @@ from uuid import uuid4
 
 import pytest
 
-from headrace.s3 import make_minio
 from headrace.settings import ObjectStoreSettings
-from storage.archive import MinioColdStore, read, read_cold_marker, retain, verify
+from storage.archive import ColdStore, read, read_cold_marker, retain, verify
 from storage.archive.layout import day_dir, segment_files
+from storage.objectstore import open_storage
+from storage.objectstore.minio import make_minio
 from tests.unit.test_archive import DAY, NEXT_DAY
 from tests.unit.test_archive_reader import LATER, write_mixed
 
 
 @pytest.fixture
 def settings(object_store: ObjectStoreSettings) -> Iterator[ObjectStoreSettings]:
-    """The stack's MinIO with a fresh bucket (MinioColdStore creates it), removed afterwards."""
+    """The stack's MinIO with a fresh bucket (the ColdStore creates it), removed afterwards."""
     fresh = object_store.model_copy(update={"bucket": f"test-cold-{uuid4().hex[:10]}"})
     yield fresh
     client = make_minio(fresh)
@@ -34,7 +35,7 @@ def test_retained_days_read_back_identically_from_minio(
     tmp_path: Path, settings: ObjectStoreSettings
 ) -> None:
     expected = write_mixed(tmp_path)
-    store = MinioColdStore(settings)
+    store = ColdStore(open_storage(settings))
     assert retain(tmp_path, store, older_than_days=1, today=date(2025, 3, 7)) == [DAY, NEXT_DAY]
     for topic in ("t.a", "t.b", "t.c"):
         old = day_dir(tmp_path, topic, DAY)

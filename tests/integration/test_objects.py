@@ -1,4 +1,6 @@
-"""The content-addressed object store against a real MinIO: each test gets a bucket of its own."""
+"""Object storage against a real MinIO, each test in a bucket of its own: the
+object-storage contract (tests/unit/test_objectstore.py's suite) on MinioStorage, and the
+content-addressed store over it."""
 
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ import pytest
 from minio.datatypes import Object
 from pydantic import SecretStr
 
-from headrace.s3 import make_minio
 from headrace.settings import ObjectStoreSettings
 from storage.errors import ContentMismatch, ObjectNotFound, ObjectStoreRefused
 from storage.objects import MinioObjectStore, content_key
+from storage.objectstore import open_storage
+from storage.objectstore.minio import make_minio
+from tests.unit.test_objectstore import CONTRACT, Check
 
 MIB = 1024 * 1024
 SMALL_PARTS = {"multipart_threshold": 5 * MIB + 1, "part_size": 5 * MIB}
@@ -55,7 +59,7 @@ def _random_file(path: Path, size: int) -> str:
 
 
 def _stat(store: MinioObjectStore, key: str) -> Object:
-    return store.client.stat_object(store.bucket, key)
+    return store.storage.client.stat_object(store.bucket, key)
 
 
 def _sha256_of_stream(store: MinioObjectStore, key: str) -> str:
@@ -66,13 +70,18 @@ def _sha256_of_stream(store: MinioObjectStore, key: str) -> str:
     return digest.hexdigest()
 
 
+@pytest.mark.parametrize("check", CONTRACT, ids=lambda check: check.__name__)
+def test_minio_storage_keeps_the_contract(settings: ObjectStoreSettings, check: Check) -> None:
+    check(open_storage(settings))
+
+
 def test_ensure_bucket_is_idempotent(settings: ObjectStoreSettings) -> None:
     store = MinioObjectStore(settings)
-    assert not store.client.bucket_exists(settings.bucket)
+    assert not store.storage.client.bucket_exists(settings.bucket)
     store.ensure_bucket()
     store.ensure_bucket()
     MinioObjectStore(settings).ensure_bucket()  # another process, same bucket
-    assert store.client.bucket_exists(settings.bucket)
+    assert store.storage.client.bucket_exists(settings.bucket)
 
 
 def test_writing_before_the_bucket_exists_is_refused(settings: ObjectStoreSettings) -> None:
@@ -140,7 +149,7 @@ def test_content_that_does_not_match_its_key_is_not_stored(
     small = b"small and changed"
     with pytest.raises(ContentMismatch):
         store.put_bytes(small, hashlib.sha256(b"small").hexdigest())
-    assert list(store.client.list_objects(store.bucket, recursive=True)) == []
+    assert list(store.storage.client.list_objects(store.bucket, recursive=True)) == []
     assert store.uploads == 0
 
 

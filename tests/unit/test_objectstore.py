@@ -321,7 +321,12 @@ def test_a_conditional_write_is_one_put_with_its_headers(monkeypatch: pytest.Mon
 
 
 @pytest.mark.parametrize(
-    ("code", "status"), [("PreconditionFailed", 412), ("ConditionalRequestConflict", 409)]
+    ("code", "status"),
+    [
+        ("PreconditionFailed", 412),
+        ("ConditionalRequestConflict", 409),
+        ("NoSuchKey", 404),  # If-Match on an object that is gone
+    ],
 )
 def test_a_failed_condition_is_precondition_failed(
     monkeypatch: pytest.MonkeyPatch, code: str, status: int

@@ -52,6 +52,10 @@ class ObjectStorage(ABC):
     location: str  # s3://<bucket> (memory://<bucket>), for messages
 
     @abstractmethod
+    def bucket_exists(self) -> bool:
+        """Whether the bucket exists (one request)."""
+
+    @abstractmethod
     def ensure_bucket(self) -> None:
         """Create the bucket unless it exists (another process creating it too is fine)."""
 

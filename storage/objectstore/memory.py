@@ -43,12 +43,15 @@ class MemoryStorage(ObjectStorage):
     def __init__(self, bucket: str = "headrace-test") -> None:
         self.bucket = bucket
         self.location = f"memory://{bucket}"
-        self.bucket_exists = False
+        self.bucket_created = False
         self.objects: dict[str, MemoryObject] = {}
         self._lock = threading.Lock()
 
+    def bucket_exists(self) -> bool:
+        return self.bucket_created
+
     def ensure_bucket(self) -> None:
-        self.bucket_exists = True
+        self.bucket_created = True
 
     def stat(self, key: str) -> ObjectInfo | None:
         found = self.objects.get(key)
@@ -77,7 +80,7 @@ class MemoryStorage(ObjectStorage):
         if_absent: bool,
         if_match: str | None,
     ) -> ObjectInfo:
-        if not self.bucket_exists:
+        if not self.bucket_created:
             reason = "NoSuchBucket: no such bucket (the bucket must exist first: ensure_bucket)"
             raise ObjectStoreRefused(self.endpoint, self.bucket, "upload", reason, key=key)
         data = reader.read_all()  # verified: ContentMismatch before anything is stored

@@ -144,6 +144,10 @@ class MinioStorage(ObjectStorage):
                     raise self._refused_configuration(exc) from None
             return self._client
 
+    def bucket_exists(self) -> bool:
+        with self._translating("check bucket"):
+            return self.client.bucket_exists(self.bucket)
+
     def ensure_bucket(self) -> None:
         with self._translating("create bucket"):
             if self.client.bucket_exists(self.bucket):

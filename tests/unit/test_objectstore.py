@@ -54,11 +54,13 @@ def sha(data: bytes) -> str:
 def writes_need_the_bucket_and_ensuring_it_is_idempotent(storage: ObjectStorage) -> None:
     assert storage.location.endswith(f"://{storage.bucket}")
     data = b"no bucket yet"
+    assert not storage.bucket_exists()
     with pytest.raises(ObjectStoreRefused, match="ensure_bucket") as caught:
         storage.put("k", data, sha256=sha(data))
     assert storage.bucket in str(caught.value) and storage.endpoint in str(caught.value)
     storage.ensure_bucket()
     storage.ensure_bucket()
+    assert storage.bucket_exists()
     assert storage.put("k", data, sha256=sha(data)).size == len(data)
 
 

@@ -79,8 +79,7 @@ def open_source(
 ) -> Source:
     if _URL.match(location) and not location.startswith("file://"):
         clean = strip_credentials(location)
-        token = settings.git.token.get_secret_value() if settings.git.token else None
-        cached, _commit = GitCache(settings.git.cache_dir).repo(location, ref, token=token)
+        cached, _commit = GitCache.from_settings(settings.git).repo(location, ref)
         name = clean.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git") or "repository"
         return GitSource(cached, SourceKind.GIT_URL, clean, project or name, ref=ref, since=since)
     path = Path(location.removeprefix("file://")).expanduser()

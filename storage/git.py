@@ -1,17 +1,38 @@
-"""A git repository read through the git CLI: refs, trees, blobs and changes.
+"""A git repository: refs, trees, blobs and changes, read through GitPython and git.
 
-Only plumbing commands whose output is stable (``rev-parse``, ``ls-tree``,
-``cat-file``, ``diff-tree``, ``ls-files``) are used, always with ``-z`` where
-paths are printed and ``--end-of-options`` before caller-given names, and in
-an environment stripped of the variables that point git at another
-repository (``GIT_DIR`` and friends, as set inside git hooks) and with
-terminal prompts off.
+The one module that imports GitPython (``git``) and its object database
+(``gitdb``). What each part of git access runs on, and why (figures in
+docs/performance.md, "Git access: GitPython vs the git command line"):
+
+- blobs, commits and trees one at a time: GitPython's persistent
+  ``git cat-file --batch`` (``Repo(odbt=GitCmdObjectDB).odb.stream``), one
+  process per repository, as fast as the hand-written one it replaced;
+- whether an object is on disk: GitPython's object database (``GitDB``) reads
+  the pack indexes itself, without starting git and without the lazy fetch a
+  partial clone's ``git cat-file`` would make for a missing object;
+- clones and fetches: ``git`` through GitPython's ``Git.execute``, which kills
+  the command and its children after a timeout (``Repo.clone_from`` does not
+  honour ``kill_after_timeout`` and is not used);
+- listings (``ls-tree -r``, ``diff-tree``, ``ls-files``, ``rev-list
+  --missing=print``) and ``rev-parse``: the git command line, streamed with
+  ``-z``; GitPython's tree walk is slower and it has no ``--missing``.
+
+Caller-given names follow ``--end-of-options``; every command runs without
+the variables that point git at another repository (``GIT_DIR`` and friends,
+as set inside git hooks) and with terminal prompts off. GitPython can add to
+its commands' environment but not remove from it, so for its processes those
+variables are pinned to this repository instead (:func:`pinned_environment`).
 
 Paths are bytes to git. They are decoded as UTF-8 with ``surrogateescape``:
 a path that is not valid UTF-8 is kept, not skipped, and
-``path.encode("utf-8", "surrogateescape")`` gives its bytes back; a caller
-that needs valid text (an Avro string) must check that ``path.encode()``
-succeeds.
+``path.encode("utf-8", "surrogateescape")`` gives its bytes back.
+
+Errors (``StorageError`` from headrace.errors)::
+
+    StorageError
+     ├── GitError           a repository, ref or object that cannot be read (terminal)
+     │    └── GitRefused    a hostile or disallowed reference, refused before any I/O
+     └── GitUnavailable     a remote that did not answer, a lock held too long (transient)
 """
 
 from __future__ import annotations
@@ -19,25 +40,34 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import subprocess
 import tempfile
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import urlsplit
+
+import git as gitpython
+from git.objects.fun import tree_entries_from_data
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
 from headrace.errors import StorageError, Terminal, Transient
+from headrace.redact import credentials_in, strip_credentials
 
 log = logging.getLogger(__name__)
 
 SUBMODULE = "160000"
 SYMLINK = "120000"
+TREE = "40000"
 _NOT_FILES = ("000000", SUBMODULE)  # diff-tree's mode of a missing side, and a gitlink
 _CHUNK = 64 * 1024
+_TREE_MEMO = 512  # parsed trees kept per repository for path lookups
 # What `git rev-parse --local-env-vars` prints: variables that redirect git elsewhere.
 _LOCAL_REPO_ENV = frozenset(
     {
@@ -59,10 +89,24 @@ _LOCAL_REPO_ENV = frozenset(
         "GIT_COMMON_DIR",
     }
 )
+OFFLINE = {"GIT_ALLOW_PROTOCOL": ""}  # no transport at all: a partial clone never fetches
+FULL_ID = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")  # SHA-1 or SHA-256
+_HELPER = re.compile(r"[A-Za-z0-9][A-Za-z0-9+.-]*::")  # <transport>::<address>
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_SCHEME_ALIASES = {"git+ssh": "ssh", "ssh+git": "ssh"}
+_NEVER = frozenset({"ext", "fd"})  # transports that run a command or use a descriptor
+_MAX_PATH = 4096
 
 
 class GitError(StorageError, Terminal):
     """A repository, ref or object that does not exist or cannot be read."""
+
+
+class GitRefused(GitError):
+    """A reference refused before any I/O: a scheme not allowed, a transport helper,
+    a name that looks like an option, a path that escapes the tree, a malformed id."""
+
+    dead_letter_reason = "REFUSED"
 
 
 class GitUnavailable(StorageError, Transient):
@@ -83,6 +127,15 @@ class Change:
     path: str
 
 
+@dataclass(frozen=True)
+class Ran:
+    """How a git command run by :func:`run_git` ended."""
+
+    status: int
+    stderr: str
+    timed_out: bool
+
+
 def git_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment git runs in: this process's, minus repository pointers."""
     env = {k: v for k, v in os.environ.items() if k not in _LOCAL_REPO_ENV}
@@ -91,9 +144,62 @@ def git_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def error_line(stderr: bytes, default: str = "git failed") -> str:
+def pinned_environment(
+    git_dir: Path, common_dir: Path | None = None, work_tree: Path | None = None
+) -> dict[str, str]:
+    """The repository pointers set to what git derives itself for ``git_dir``, so that
+    ones inherited from this process (a git hook's ``GIT_DIR``) cannot redirect git.
+    (``GIT_NO_REPLACE_OBJECTS`` and ``GIT_INTERNAL_SUPER_PREFIX`` have no neutral value.)"""
+    common = common_dir or git_dir
+    env = {
+        "GIT_DIR": str(git_dir),
+        "GIT_COMMON_DIR": str(common),
+        "GIT_OBJECT_DIRECTORY": str(common / "objects"),
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES": "",
+        "GIT_INDEX_FILE": str(git_dir / "index"),
+        "GIT_CONFIG": str(common / "config"),
+        "GIT_CONFIG_PARAMETERS": "",
+        "GIT_CONFIG_COUNT": "0",
+        "GIT_GRAFT_FILE": str(common / "info" / "grafts"),
+        "GIT_SHALLOW_FILE": str(common / "shallow"),
+        "GIT_REPLACE_REF_BASE": "refs/replace/",
+        "GIT_IMPLICIT_WORK_TREE": "1",
+        "GIT_PREFIX": "",
+        "GIT_TERMINAL_PROMPT": "0",
+    }
+    if work_tree is not None:
+        env["GIT_WORK_TREE"] = str(work_tree)
+    return env
+
+
+def run_git(
+    args: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeout: float, stdin: bytes = b""
+) -> Ran:
+    """``git <args>`` through GitPython's ``Git.execute``, with this process's environment
+    plus ``env``, killed with every process it started after ``timeout`` seconds."""
+    with tempfile.TemporaryFile() as istream:
+        istream.write(stdin)
+        istream.seek(0)
+        try:
+            status, _, stderr = gitpython.Git(cwd).execute(
+                ["git", *args],
+                istream=istream,
+                env=dict(env),
+                kill_after_timeout=timeout,
+                with_extended_output=True,
+                with_exceptions=False,
+                stdout_as_string=False,
+            )
+        except gitpython.GitCommandNotFound as exc:
+            raise GitError("git is not installed (no `git` on PATH)") from exc
+    timed_out = status != 0 and stderr.startswith("Timeout: the command")
+    return Ran(status, stderr, timed_out)
+
+
+def error_line(stderr: bytes | str, default: str = "git failed") -> str:
     """The line of git's stderr that says what went wrong (its last ``fatal:``)."""
-    lines = [line.strip() for line in stderr.decode(errors="replace").splitlines()]
+    text = stderr if isinstance(stderr, str) else stderr.decode(errors="replace")
+    lines = [line.strip() for line in text.splitlines()]
     for prefix in ("fatal: ", "error: "):
         found = [line.removeprefix(prefix) for line in lines if line.startswith(prefix)]
         if found:
@@ -101,80 +207,139 @@ def error_line(stderr: bytes, default: str = "git failed") -> str:
     return next((line for line in reversed(lines) if line), default)
 
 
+# -- references from untrusted input --------------------------------------------------
+
+
+def _refuse(what: str, value: str, why: str) -> GitRefused:
+    shown = repr(value if len(value) <= 80 else value[:77] + "...")
+    return GitRefused(f"refused git {what} {shown}: {why}")
+
+
+def url_scheme(url: str) -> str:
+    """The transport git would use for ``url`` ("https", "http", "ssh", "file" for a
+    local path, or another scheme's name); GitRefused for what is never allowed."""
+    shown = strip_credentials(url)
+    if not url or url.startswith("-"):
+        raise _refuse("URL", shown, "empty or looks like an option")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in url):
+        raise _refuse("URL", shown, "control characters")
+    if _HELPER.match(url):
+        raise _refuse("URL", shown, "a transport helper (<transport>::) is never allowed")
+    match = _SCHEME.match(url)
+    if match:
+        scheme = match.group(1).lower()
+        scheme = _SCHEME_ALIASES.get(scheme, scheme)
+        if scheme in _NEVER:
+            raise _refuse("URL", shown, f"the {scheme} transport is never allowed")
+        if scheme in ("http", "https", "ssh"):
+            try:
+                split = urlsplit(url)
+                split.port  # noqa: B018 - raises ValueError for a bad port
+            except ValueError as exc:
+                raise _refuse("URL", shown, f"malformed ({exc})") from None
+            host, user = split.hostname or "", split.username or ""
+            if not host or host.startswith("-") or user.startswith("-"):
+                raise _refuse("URL", shown, "no host, or a host or user like an option")
+        return scheme
+    colon, slash = url.find(":"), url.find("/")
+    if colon > 0 and (slash < 0 or colon < slash):  # scp-like [user@]host:path
+        user, _, host = url[:colon].rpartition("@")
+        if not host or host.startswith("-") or user.startswith("-"):
+            raise _refuse("URL", shown, "a host or user like an option")
+        if url[colon + 1 :].startswith("-"):
+            raise _refuse("URL", shown, "a path like an option")
+        return "ssh"
+    return "file"
+
+
+def check_url(url: str, allowed_schemes: Collection[str], *, credentials: bool = False) -> str:
+    """``url``'s scheme, if it is in ``allowed_schemes`` (a local path is "file"), and
+    unless ``credentials``, only if the URL carries none; else GitRefused."""
+    scheme = url_scheme(url)
+    if scheme not in allowed_schemes:
+        allowed = ", ".join(sorted(allowed_schemes)) or "none"
+        why = f"scheme {scheme} is not allowed (git.allowed_schemes: {allowed})"
+        raise _refuse("URL", strip_credentials(url), why)
+    if not credentials and credentials_in(url):
+        why = "it carries credentials (they come from settings, never from a reference)"
+        raise _refuse("URL", strip_credentials(url), why)
+    return scheme
+
+
+def check_object_id(oid: str, what: str = "object id") -> str:
+    """``oid`` in lower case, if it is a full SHA-1 or SHA-256 id; else GitRefused."""
+    if oid.startswith("-"):
+        raise _refuse(what, oid, "looks like an option")
+    if not FULL_ID.fullmatch(oid):
+        raise _refuse(what, oid, "not a full hex object id (40 or 64 digits)")
+    return oid.lower()
+
+
+def check_path(path: str) -> str:
+    """``path`` if it names a file inside a tree: relative, '/'-separated, without
+    empty, '.', '..' or '.git' components, backslashes or NUL; else GitRefused."""
+    if not path:
+        raise _refuse("path", path, "empty")
+    for bad, why in (("\0", "a NUL byte"), ("\\", "a backslash")):
+        if bad in path:
+            raise _refuse("path", path, why)
+    if path.startswith("/"):
+        raise _refuse("path", path, "absolute")
+    if path.startswith("-"):
+        raise _refuse("path", path, "looks like an option")
+    if len(path.encode("utf-8", "surrogateescape")) > _MAX_PATH:
+        raise _refuse("path", path, f"longer than {_MAX_PATH} bytes")
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            raise _refuse("path", path, f"a {part or 'empty'!r} component escapes the tree")
+        if part.lower() == ".git":
+            raise _refuse("path", path, "a .git component")
+    return path
+
+
+def check_reference(
+    url: str,
+    commit: str,
+    path: str | None = None,
+    blob_id: str | None = None,
+    allowed_schemes: Collection[str] = ("https", "ssh"),
+) -> None:
+    """Refuse (GitRefused, terminal) a git reference that must not reach git: call it
+    before any I/O. ``path`` ("" or None: read by ``blob_id``) and ``blob_id`` are
+    optional but not both; the URL must carry no credentials."""
+    check_url(url, allowed_schemes)
+    commit = check_object_id(commit, "commit")
+    if path:
+        check_path(path)
+    if blob_id is not None:
+        if len(check_object_id(blob_id, "blob id")) != len(commit):
+            raise _refuse("blob id", blob_id, "not of the commit's object format")
+    elif not path:
+        raise GitRefused("refused git reference: neither a path nor a blob id")
+
+
 def _decode_path(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
 def _checked(name: str) -> str:
-    if not name or name.startswith("-"):
+    if not name or name.startswith("-") or "\n" in name or "\0" in name:
         raise GitError(f"bad git object name {name!r}")
     return name
 
 
-class _Batch:
-    """One ``git cat-file --batch`` process answering blob requests in turn: a process
-    per repository, not one per file (about 2 ms each). Requests are sequential: opening
-    a blob first reads whatever the previous blob's reader left unread."""
-
-    def __init__(self, argv: list[str], env: Mapping[str, str], name: str) -> None:
-        self._proc = subprocess.Popen(  # noqa: S603 - argv built by GitRepo, no shell
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            bufsize=_CHUNK,
-        )
-        self._name = name
-        self._current: _BatchBlob | None = None
-        self._done = weakref.finalize(self, _end, self._proc)
-
-    def open(self, blob_id: str) -> BinaryIO:
-        proc = self._proc
-        assert proc.stdin is not None and proc.stdout is not None  # noqa: S101 - PIPEs
-        if self._current is not None:
-            self._current.close()  # reads what is left: the next answer starts after it
-        try:
-            proc.stdin.write(f"{blob_id}\n".encode("ascii"))
-            proc.stdin.flush()
-        except (BrokenPipeError, OSError) as exc:
-            raise GitError(f"cannot read blob {blob_id} of {self._name}: {exc}") from None
-        header = proc.stdout.readline().decode("ascii", "replace").split()
-        if len(header) != 3 or header[1] != "blob":
-            what = " ".join(header[1:]) or "git cat-file stopped"
-            raise GitError(f"cannot read blob {blob_id} of {self._name}: {what}")
-        self._current = _BatchBlob(proc.stdout, int(header[2]))
-        return io.BufferedReader(self._current, _CHUNK)
-
-    def close(self) -> None:
-        self._done()
+def _oid(name: str) -> bytes:
+    if not FULL_ID.fullmatch(name):
+        raise GitError(f"bad git object id {name!r}")
+    return bytes.fromhex(name)
 
 
-def _end(proc: subprocess.Popen[bytes]) -> None:
-    if proc.stdin is not None:
-        proc.stdin.close()  # git ends at end of input
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
+class _BlobStream(io.RawIOBase):
+    """One object of the persistent ``cat-file --batch``: its ``size`` bytes. Closing it
+    reads what is left, so that the next answer starts in step."""
 
-
-class _BatchBlob(io.RawIOBase):
-    """One blob of a ``--batch`` answer: ``size`` bytes, then the newline git adds."""
-
-    def __init__(self, out: IO[bytes], size: int) -> None:
-        self._out, self._left, self._ended = out, size, False
-        if size == 0:
-            self._end()
-
-    def _end(self) -> None:
-        if not self._ended:
-            self._ended = True
-            if self._out.read(1) != b"\n":
-                raise GitError("git cat-file --batch answered out of step")
+    def __init__(self, stream: Any, size: int) -> None:
+        self._stream, self._left = stream, size  # GitPython's CatFileContentStream
 
     def readable(self) -> bool:
         return True
@@ -183,49 +348,56 @@ class _BatchBlob(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         if self._left == 0:
             return 0
-        data = self._out.read(min(len(view), self._left))
+        data: bytes = self._stream.read(min(len(view), self._left))
         if not data:
             raise GitError("git cat-file --batch stopped inside a blob")
         view[: len(data)] = data
         self._left -= len(data)
-        if self._left == 0:
-            self._end()
         return len(data)
 
     def close(self) -> None:
         if not self.closed:
             try:
-                while self._left:  # the rest: the next answer starts after it
-                    data = self._out.read(min(self._left, _CHUNK))
-                    if not data:
-                        break
+                while self._left and (data := self._stream.read(min(self._left, _CHUNK))):
                     self._left -= len(data)
-                    if self._left == 0:
-                        self._end()
             finally:
                 super().close()
 
 
 class GitRepo:
-    """A git work tree or bare repository at ``path`` (its top level, exactly)."""
+    """A git work tree or bare repository at ``path`` (its top level, exactly).
+
+    Not thread-safe: its objects come from one ``cat-file --batch`` process, in turn."""
 
     def __init__(
-        self, path: Path, *, url: str | None = None, env: Mapping[str, str] | None = None
+        self,
+        path: Path,
+        *,
+        url: str | None = None,
+        env: Mapping[str, str] | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         """``url``: the credential-free remote it mirrors; ``env``: extra git environment
-        (the clone cache passes its authentication for a partial clone's lazy fetches)."""
+        (the clone cache passes its authentication for a partial clone's lazy fetches, or
+        :data:`OFFLINE`); ``on_close``: called once, by :meth:`close` or when collected."""
         self.path = Path(path).resolve()
         self.url = url
+        self._extra = dict(env or {})
         self._env = git_environment(env)
-        self._batch: _Batch | None = None
+        self._repo: gitpython.Repo | None = None
+        self._db: Any = None  # gitdb's GitDB, untyped
+        self._current: _BlobStream | None = None
+        self._trees: OrderedDict[str, dict[str, tuple[str, str]]] = OrderedDict()
+        self._done = weakref.finalize(self, _release, on_close)
         if not self.path.is_dir():
             raise GitError(f"{path} is not a directory")
+        args = ["--is-bare-repository", "--is-inside-git-dir", "--absolute-git-dir"]
         out = self._git(
-            ["rev-parse", "--is-bare-repository", "--is-inside-git-dir", "--absolute-git-dir"],
-            f"{path} is not a git repository",
+            ["rev-parse", *args, "--git-common-dir"], f"{path} is not a git repository"
         ).split("\n")
         bare, inside_git_dir, git_dir = out[0] == "true", out[1] == "true", Path(out[2])
         self.git_dir = git_dir.resolve()
+        self.common_dir = (self.path / out[3]).resolve()
         self._worktree: Path | None = None
         if bare or inside_git_dir:  # a bare repository, or a .git directory itself
             if self.git_dir != self.path:
@@ -265,9 +437,133 @@ class GitRepo:
             raise GitError(f"unknown ref {ref!r} in {self.name}")
         return proc.stdout.decode().strip()
 
+    # -- objects, through GitPython ------------------------------------------------
+
+    def has_object(self, oid: str) -> bool:
+        """Whether object ``oid`` is on disk (never fetched: a partial clone's missing
+        blob is False)."""
+        binsha = _oid(oid)
+        if self._db is None:
+            self._db = gitpython.GitDB(str(self.common_dir / "objects"))
+        if self._db.has_object(binsha):
+            return True
+        self._db.update_cache(force=True)  # packs a fetch added since
+        return bool(self._db.has_object(binsha))
+
     def has_commit(self, commit: str) -> bool:
-        proc = self._run(["cat-file", "-e", "--end-of-options", f"{_checked(commit)}^{{commit}}"])
-        return proc.returncode == 0
+        return (
+            bool(FULL_ID.fullmatch(commit))
+            and self.has_object(commit.lower())
+            and (self._db.info(bytes.fromhex(commit)).type == b"commit")
+        )
+
+    def open_blob(self, blob_id: str) -> BinaryIO:
+        """A stream of the blob's bytes, from the repository's ``cat-file --batch``.
+        Blobs are read one after another: opening the next one finishes this one (an
+        unread rest is skipped). GitError if there is no such blob."""
+        kind, stream = self._open(blob_id)
+        if kind != "blob":
+            stream.close()
+            raise GitError(f"cannot read blob {blob_id} of {self.name}: it is a {kind}")
+        return io.BufferedReader(stream, _CHUNK)
+
+    def read_blob(self, blob_id: str) -> bytes:
+        with self.open_blob(blob_id) as stream:
+            return stream.read()
+
+    def entry(self, commit: str, path: str) -> tuple[str, str] | None:
+        """``(mode, object id)`` of ``path`` in ``commit``, read from its trees (which
+        must be on disk; no blob is read); None if the tree has no such path."""
+        tree = self._object(commit, "commit").split(b"\n", 1)[0].removeprefix(b"tree ")
+        found: tuple[str, str] | None = (TREE, tree.decode("ascii"))
+        for part in path.split("/"):
+            if found is None or found[0] != TREE:
+                return None
+            found = self._tree(found[1]).get(part)
+        return found
+
+    def close(self) -> None:
+        """End the ``cat-file --batch`` process, if one runs (also done when collected)."""
+        self._finish()
+        if self._repo is not None:
+            self._repo.close()
+            self._repo = None
+        self._done()
+
+    def _gitpython(self) -> gitpython.Repo:
+        if self._repo is None:
+            try:
+                repo = gitpython.Repo(self.path, odbt=gitpython.GitCmdObjectDB)
+            except gitpython.GitError as exc:  # InvalidGitRepositoryError, NoSuchPathError
+                raise GitError(f"{self.name} is not a git repository: {exc}") from None
+            worktree = self._worktree
+            repo.git.update_environment(
+                **pinned_environment(self.git_dir, self.common_dir, worktree), **self._extra
+            )
+            self._repo = repo
+        return self._repo
+
+    def _finish(self) -> None:
+        if self._current is not None:
+            self._current.close()  # reads what is left: the next answer starts after it
+            self._current = None
+
+    def _open(self, oid: str, what: str = "blob") -> tuple[str, _BlobStream]:
+        binsha = _oid(oid)
+        self._finish()
+        try:
+            info = self._gitpython().odb.stream(binsha)
+        except ValueError as exc:  # GitPython's reading of a "missing" answer
+            if "could not be resolved" in str(exc):
+                raise GitError(f"cannot read {what} {oid} of {self.name}: missing") from None
+            self._stop()
+            raise GitError(
+                f"cannot read {what} {oid} of {self.name}: git cat-file stopped"
+            ) from None
+        except OSError as exc:
+            self._stop()
+            raise GitError(f"cannot read {what} {oid} of {self.name}: {exc}") from None
+        self._current = _BlobStream(info.stream, info.size)
+        kind = info.type  # bytes, as GitPython read the header
+        return kind.decode() if isinstance(kind, bytes) else str(kind), self._current
+
+    def _stop(self) -> None:
+        """Forget a ``cat-file`` process that died: the next request starts another."""
+        self._current = None
+        if self._repo is not None:
+            self._repo.git.clear_cache()
+
+    def _object(self, oid: str, kind: str) -> bytes:
+        found, stream = self._open(oid, kind)
+        with stream:
+            data = stream.read() if found == kind else None
+        if data is None:
+            raise GitError(f"{oid} in {self.name} is a {found}, not a {kind}")
+        return data
+
+    def _tree(self, oid: str) -> dict[str, tuple[str, str]]:
+        if oid in self._trees:
+            self._trees.move_to_end(oid)
+            return self._trees[oid]
+        data = self._object(oid, "tree")
+        try:
+            parsed = {n: (f"{m:o}", b.hex()) for b, m, n in tree_entries_from_data(data)}
+        except ValueError:  # GitPython refuses names like .git; git's own listing does not
+            parsed = self._ls_tree(oid)
+        self._trees[oid] = parsed
+        while len(self._trees) > _TREE_MEMO:
+            self._trees.popitem(last=False)
+        return parsed
+
+    def _ls_tree(self, tree: str) -> dict[str, tuple[str, str]]:
+        out: dict[str, tuple[str, str]] = {}
+        for record in self._records(["ls-tree", "-z", "--end-of-options", tree], "a tree"):
+            meta, _, raw_name = record.partition(b"\t")
+            mode, _kind, oid = meta.decode("ascii").split()
+            out[_decode_path(raw_name)] = (mode.lstrip("0"), oid)
+        return out
+
+    # -- listings, through the git command line ------------------------------------
 
     def tree(self, commit: str) -> Iterator[TreeEntry]:
         """Every file of ``commit``, streamed in git's (byte-sorted) order."""
@@ -276,28 +572,6 @@ class GitRepo:
             meta, _, raw_path = record.partition(b"\t")
             mode, _kind, blob_id, size = meta.decode("ascii").split()
             yield TreeEntry(_decode_path(raw_path), mode, blob_id, 0 if size == "-" else int(size))
-
-    def open_blob(self, blob_id: str) -> BinaryIO:
-        """A stream of the blob's bytes, from one ``git cat-file --batch`` kept for the
-        repository. Blobs are read one after another: opening the next one finishes this
-        one (an unread rest is skipped). GitError if there is no such blob."""
-        _checked(blob_id)
-        if self._batch is None:
-            self._batch = _Batch(self._argv(["cat-file", "--batch"]), self._env, self.name)
-        return self._batch.open(blob_id)
-
-    def close(self) -> None:
-        """End the ``cat-file --batch`` process, if one runs (also done when collected)."""
-        if self._batch is not None:
-            self._batch.close()
-            self._batch = None
-
-    def read_blob(self, blob_id: str) -> bytes:
-        args = ["cat-file", "--end-of-options", "blob", _checked(blob_id)]
-        proc = self._run(args)
-        if proc.returncode != 0:
-            raise GitError(f"cannot read blob {blob_id} of {self.name}: {error_line(proc.stderr)}")
-        return proc.stdout
 
     def changes(self, since: str, commit: str) -> list[Change]:
         """Files added, modified or deleted from ``since`` to ``commit`` (no rename
@@ -316,11 +590,12 @@ class GitRepo:
             # else: a submodule that came, went or changed; callers skip submodules
         return out
 
-    def missing_objects(self, commit: str) -> list[str]:
-        """Objects of ``commit``'s tree not on disk (a partial clone's blobs), without
-        fetching them."""
+    def missing_objects(self, commit: str, paths: Sequence[str] = ()) -> list[str]:
+        """Objects of ``commit``'s tree (or of just ``paths`` in it) not on disk (a
+        partial clone's blobs), without fetching them."""
         args = ["rev-list", "--objects", "--no-walk", "--missing=print", "--end-of-options"]
-        out = self._git([*args, _checked(commit)], f"cannot list the objects of {commit}")
+        args += [_checked(commit), "--", *paths] if paths else [_checked(commit)]
+        out = self._git(args, f"cannot list the objects of {commit}", literal=True)
         return [line[1:] for line in out.splitlines() if line.startswith("?")]
 
     def ls_files(self) -> list[str]:
@@ -335,25 +610,22 @@ class GitRepo:
                 paths[_decode_path(raw_path)] = None
         return list(paths)
 
-    # -- running git ---------------------------------------------------------------
-
     def _argv(self, args: Sequence[str]) -> list[str]:
         return ["git", "-C", str(self.path), *args]
 
-    def _run(self, args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
+    def _run(
+        self, args: Sequence[str], *, literal: bool = False
+    ) -> subprocess.CompletedProcess[bytes]:
+        env = {**self._env, "GIT_LITERAL_PATHSPECS": "1"} if literal else self._env
         try:
             return subprocess.run(  # noqa: S603 - argv built here, no shell
-                self._argv(args),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                env=self._env,
-                check=False,
+                self._argv(args), stdin=subprocess.DEVNULL, capture_output=True, env=env
             )
         except FileNotFoundError as exc:
             raise GitError("git is not installed (no `git` on PATH)") from exc
 
-    def _git(self, args: Sequence[str], what: str) -> str:
-        proc = self._run(args)
+    def _git(self, args: Sequence[str], what: str, *, literal: bool = False) -> str:
+        proc = self._run(args, literal=literal)
         if proc.returncode != 0:
             raise GitError(f"{what}: {error_line(proc.stderr)}")
         return proc.stdout.decode("utf-8", "surrogateescape").rstrip("\n")
@@ -385,3 +657,8 @@ class GitRepo:
             if proc.wait() != 0:
                 stderr.seek(0)
                 raise GitError(f"cannot list {what} in {self.name}: {error_line(stderr.read())}")
+
+
+def _release(on_close: Callable[[], None] | None) -> None:
+    if on_close is not None:
+        on_close()

@@ -1,28 +1,35 @@
 """A clone cache for git URLs: one bare, blob-less clone per credential-free URL.
 
-``GitCache(root).repo(url, ref)`` returns a :class:`~storage.git.GitRepo` at
-``root/<sha256(url)[:16]>.git`` and the commit ``ref`` names there:
+Clones live at ``root/<sha256(url)[:16]>.git``, cloned with ``git clone --bare
+--filter=blob:none`` (all commits and trees, no blobs; a server without
+filters sends a full clone) into a temporary directory renamed into place.
 
-- the first call clones with ``git clone --bare --filter=blob:none`` (all
-  commits and trees, no blobs; a server that does not support filters sends a
-  full clone instead, which git handles by itself), into a temporary
-  directory renamed into place, so an interrupted clone leaves nothing;
-- later calls fetch every branch and tag (cheap without blobs) instead of
-  cloning again; a full commit id that is already cached needs no fetch at
-  all, and one that no branch reaches is fetched by id;
-- then the blobs of that commit's tree that are missing are fetched in one
-  batch, so reading the tree needs no network and no credentials.
+- Producers: ``repo(url, ref)`` brings the clone up to date (branches and tags;
+  a cached commit id needs no fetch, one no branch reaches is fetched by id)
+  and fetches the blobs of that commit's tree in one batch.
+- Consumers: ``read_blob``, ``open_blob`` and ``read_blobs`` read blobs of a
+  commit by path or blob id. A warm read starts no process: the clone's objects
+  are looked up on disk and read from one ``cat-file --batch`` kept per clone,
+  which never touches the network. What is missing is fetched under the lock:
+  the commit by id, then every missing blob of the batch in one fetch. References
+  are checked first (:func:`~storage.git.check_reference`): hostile ones are
+  refused with ``GitRefused`` before any I/O.
+
+Locks, per clone: ``<name>.lock`` (exclusive: clone, fetch, evict; waits are
+bounded by ``lock_timeout``, then ``GitUnavailable``) and ``<name>.use`` (shared
+by every reader while it reads; its mtime is the clone's last use). The cache
+is bounded by ``max_size``: after a clone or fetch, whole clones are evicted,
+least recently used first, each only if both its locks can be taken at once,
+by renaming it away and then deleting it, so that no reader sees half a clone.
+The bound can be passed by the one clone in use.
 
 Credentials never reach the command line, the stored ``remote.origin.url``
-or any file in the cache: for http(s) the token (from the URL's userinfo or
-``token=``) travels as an ``Authorization`` header set through
-``GIT_CONFIG_COUNT`` environment variables, scoped to the remote's origin,
-with credential helpers and prompts off. Every message is redacted.
-
-One ``fcntl.flock`` lock file per cached URL serializes clones and fetches
-between processes; waiting for it is bounded (``GitUnavailable`` after
-``lock_timeout``). Network commands run in their own session and are killed
-with their children after ``timeout``.
+or any file in the cache: for http(s) the token (from settings, ``token=``, or
+for producers the URL's userinfo) travels as an ``Authorization`` header set
+through ``GIT_CONFIG_COUNT`` environment variables, scoped to the remote's
+origin, with credential helpers and prompts off. Every message is redacted.
+Network commands are killed with their children after ``clone_timeout``
+(clones and blob fetches) or ``timeout`` (everything else).
 """
 
 from __future__ import annotations
@@ -30,24 +37,56 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
+import io
 import logging
 import os
-import re
 import shutil
-import signal
-import subprocess
+import threading
 import time
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, BinaryIO, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from headrace.redact import REDACTOR, Redactor, credentials_in, strip_credentials
-from storage.git import GitError, GitRepo, GitUnavailable, error_line, git_environment
+from storage.git import (
+    FULL_ID,
+    OFFLINE,
+    SUBMODULE,
+    TREE,
+    GitError,
+    GitRefused,
+    GitRepo,
+    GitUnavailable,
+    check_reference,
+    check_url,
+    error_line,
+    pinned_environment,
+    run_git,
+)
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+    from headrace.settings import GitSettings
+
+__all__ = [  # what consumers and producers use; check_reference is storage.git's
+    "GitCache",
+    "GitError",
+    "GitRefused",
+    "GitUnavailable",
+    "Item",
+    "auth_environment",
+    "check_reference",
+]
 
 log = logging.getLogger(__name__)
 
-_FULL_ID = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
+Item = TypeVar("Item", bound=tuple[str | None, str | None])  # (path, blob id)
+_Items = Sequence[tuple[str | None, str | None]]
+PRODUCER_SCHEMES = ("https", "http", "ssh", "git", "file")  # what repo() takes from a CLI user
 _CLONE_CONFIG = (  # a bare clone fetches no refs by default; no gc under readers' feet
     ("--replace-all", "remote.origin.fetch", "+refs/heads/*:refs/heads/*"),
     ("--add", "remote.origin.fetch", "+refs/tags/*:refs/tags/*"),
@@ -113,54 +152,263 @@ def auth_environment(url: str, token: str | None = None) -> tuple[dict[str, str]
 
 
 class GitCache:
-    """Bare partial clones of remote repositories under ``root``."""
+    """Bare partial clones of remote repositories under ``root``; no I/O until used."""
 
-    def __init__(self, root: Path, *, timeout: float = 600.0, lock_timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        timeout: float = 120.0,
+        clone_timeout: float | None = None,
+        lock_timeout: float = 600.0,
+        max_size: int | None = None,
+        allowed_schemes: Collection[str] = ("https", "ssh"),
+        token: str | None = None,
+    ) -> None:
+        """``clone_timeout`` defaults to ``timeout``; ``max_size`` None: unbounded;
+        ``allowed_schemes`` and ``token`` are for the reading API (references from
+        events); ``token`` is also the default of :meth:`repo`'s."""
         self.root = Path(root).absolute()
         self.timeout = timeout
+        self.clone_timeout = timeout if clone_timeout is None else clone_timeout
         self.lock_timeout = lock_timeout
+        self.max_size = max_size
+        self.allowed_schemes = tuple(allowed_schemes)
+        self._token = token
+        self._readers: dict[Path, _Reader] = {}
+        self._guard = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: GitSettings) -> GitCache:
+        token = settings.token.get_secret_value() if settings.token else None
+        return cls(
+            settings.cache_dir,
+            timeout=settings.timeout_s,
+            clone_timeout=settings.clone_timeout_s,
+            max_size=int(settings.cache_max_size),
+            allowed_schemes=settings.allowed_schemes,
+            token=token,
+        )
+
+    def __repr__(self) -> str:
+        return f"GitCache({str(self.root)!r}, max_size={self.max_size})"  # never the token
 
     def location(self, url: str) -> Path:
         """Where the clone of ``url`` is (or would be) kept."""
         digest = hashlib.sha256(strip_credentials(url).encode()).hexdigest()[:16]
         return self.root / f"{digest}.git"
 
+    # -- producers -----------------------------------------------------------------
+
     def repo(
         self, url: str, ref: str | None = None, *, token: str | None = None
     ) -> tuple[GitRepo, str]:
         """The cached repository of ``url``, brought up to date, and the commit ``ref``
-        (default: the remote's HEAD) names in it."""
-        clean = strip_credentials(url)
-        if clean.startswith("-"):
-            raise GitError(f"bad repository URL {clean!r}")
-        env, secrets = auth_environment(url, token)
-        for secret in secrets:
-            REDACTOR.add(secret)  # any later log line that quotes it is scrubbed
-        call = _Call(clean, env, Redactor(secrets), self.timeout)
-        dest = self.location(url)
-        self.root.mkdir(parents=True, exist_ok=True)
-        with self._locked(dest, clean):
-            cloned = False
-            if GitRepo.discover(dest) is None:
-                self._clone(call, dest)
-                cloned = True
-            repo = GitRepo(dest, url=clean, env=env)
-            commit = self._resolve(call, repo, ref, fetch=not cloned)
-            self._prefetch(call, repo, commit)
+        (default: the remote's HEAD) names in it. The clone is not evicted while the
+        returned repository is open (until its ``close()``)."""
+        check_url(url, PRODUCER_SCHEMES, credentials=True)
+        call = self._call(url, token)
+        dest = self._prepared_root(url)
+        lease = _Lease.take(dest.with_suffix(".use"), fcntl.LOCK_SH, self.lock_timeout, call.url)
+        try:
+            with self._locked(dest, call.url):
+                cloned = self._ensure_clone(call, dest)
+                repo = GitRepo(dest, url=call.url, env=call.auth, on_close=lease.release)
+                commit = self._resolve(call, repo, ref, fetch=not cloned)
+                self._prefetch(call, repo, commit)
+        except BaseException:
+            lease.release()
+            raise
+        self.evict(keep=dest)
         return repo, commit
+
+    # -- consumers -----------------------------------------------------------------
+
+    def read_blob(
+        self,
+        url: str,
+        commit: str,
+        *,
+        path: str | None = None,
+        blob_id: str | None = None,
+        token: str | None = None,
+    ) -> bytes:
+        """The bytes of ``path`` (or of blob ``blob_id``; both: they must agree) in
+        ``commit`` of ``url``. GitRefused, GitError (terminal), GitUnavailable."""
+        for _, data in self.read_blobs(url, commit, [(path, blob_id)], token=token):
+            return data
+        raise GitError(f"no blob read from {url}")  # pragma: no cover - one item, one blob
+
+    def open_blob(
+        self,
+        url: str,
+        commit: str,
+        *,
+        path: str | None = None,
+        blob_id: str | None = None,
+        token: str | None = None,
+    ) -> BinaryIO:
+        """Like :meth:`read_blob`, as a stream (a process of its own, for large blobs).
+        The clone is not evicted until the stream is closed."""
+        check_reference(url, commit, path, blob_id, self.allowed_schemes)
+        lease, dest, (oid,) = self._prepare(url, commit.lower(), [(path, blob_id)], token)
+        try:
+            repo = GitRepo(dest, url=url, env=OFFLINE, on_close=lease.release)
+            return io.BufferedReader(_Owned(repo.open_blob(oid), repo))
+        except BaseException:
+            lease.release()
+            raise
+
+    def read_blobs(
+        self, url: str, commit: str, items: Sequence[Item], *, token: str | None = None
+    ) -> Iterator[tuple[Item, bytes]]:
+        """``(item, bytes)`` for every ``(path, blob id)`` item of ``commit`` of ``url``,
+        in order, with at most one fetch of the commit and one of the missing blobs for
+        them all. Every item is checked before this returns (GitRefused)."""
+        for path, blob_id in items:
+            check_reference(url, commit, path, blob_id, self.allowed_schemes)
+        return self._read_blobs(url, commit.lower(), list(items), token)
+
+    def _read_blobs(
+        self, url: str, commit: str, items: list[Item], token: str | None
+    ) -> Iterator[tuple[Item, bytes]]:
+        lease, dest, oids = self._prepare(url, commit, items, token)
+        try:
+            reader = self._reader(dest, url)
+            assert reader is not None  # noqa: S101 - _prepare left a clone there
+            for item, oid in zip(items, oids, strict=True):
+                with reader.lock:
+                    data = reader.repo.read_blob(oid)
+                yield item, data
+        finally:
+            lease.release()
+
+    def _prepare(
+        self,
+        url: str,
+        commit: str,
+        items: _Items,
+        token: str | None,
+    ) -> tuple[_Lease, Path, list[str]]:
+        """The blob ids of ``items``, every one on disk; the clone held until released."""
+        dest = self._prepared_root(url)
+        lease = _Lease.take(dest.with_suffix(".use"), fcntl.LOCK_SH, self.lock_timeout, url)
+        try:
+            reader = self._reader(dest, url)
+            oids = _on_disk(reader, url, commit, items) if reader is not None else None
+            if oids is None:
+                call = self._call(url, token)
+                with self._locked(dest, url):
+                    self._drop_reader(dest)
+                    oids = self._fill(call, dest, commit, items)
+                self.evict(keep=dest)
+        except BaseException:
+            lease.release()
+            raise
+        return lease, dest, oids
+
+    def _fill(self, call: _Call, dest: Path, commit: str, items: _Items) -> list[str]:
+        """Under the lock: clone, fetch the commit if missing, then the missing blobs."""
+        self._ensure_clone(call, dest)
+        repo = GitRepo(dest, url=call.url, env=OFFLINE)
+        try:
+            if not repo.has_commit(commit):
+                log.info("fetching commit %s of %s", commit, call.url)
+                try:
+                    call.fetch(repo.path, ["--no-tags", "origin", commit])
+                except GitError as exc:
+                    raise GitError(f"no commit {commit} in {call.url} ({exc})") from None
+            if not repo.has_commit(commit):
+                raise GitError(f"no commit {commit} in {call.url}")
+            oids = [_blob_id(repo, call.url, commit, path, blob) for path, blob in items]
+            missing = sorted({oid for oid in oids if not repo.has_object(oid)})
+            if missing:
+                self._fetch_objects(call, repo, missing)
+            gone = [oid for oid in missing if not repo.has_object(oid)]
+            if gone:
+                raise GitError(f"no blob {gone[0]} in {call.url} (commit {commit})")
+            return oids
+        finally:
+            repo.close()
+
+    # -- the bound -------------------------------------------------------------------
 
     def size(self) -> int:
         """Bytes the cache takes on disk."""
-        total = 0
-        for folder, _, files in os.walk(self.root):
-            for name in files:
-                try:
-                    total += os.lstat(os.path.join(folder, name)).st_size
-                except FileNotFoundError:  # removed by a fetch running meanwhile
-                    pass
-        return total
+        return _du(self.root)
 
-    def _clone(self, call: _Call, dest: Path) -> None:
+    def evict(self, *, keep: Path | None = None) -> list[Path]:
+        """Remove whole clones, least recently used first, until the cache fits
+        ``max_size``; never ``keep`` or a clone that is locked or in use. Returns the
+        locations removed."""
+        if self.max_size is None or not self.root.is_dir():
+            return []
+        for trash in self.root.glob("*.evicted-*"):  # left by an eviction that was killed
+            shutil.rmtree(trash, ignore_errors=True)
+        clones = []
+        for clone in self.root.glob("*.git"):
+            try:
+                used = clone.with_suffix(".use").stat().st_mtime_ns
+            except FileNotFoundError:
+                used = 0
+            clones.append((used, clone.name, clone, _du(clone)))
+        total = sum(size for *_, size in clones)
+        evicted = []
+        for _, _, clone, size in sorted(clones):
+            if total <= self.max_size:
+                break
+            if clone != keep and self._remove(clone):
+                total -= size
+                evicted.append(clone)
+        if total > self.max_size:
+            log.warning(
+                "the git clone cache %s holds %s bytes, above its bound of %s: the rest is in use",
+                self.root,
+                total,
+                self.max_size,
+            )
+        return evicted
+
+    def close(self) -> None:
+        """End the ``cat-file`` processes kept for warm reads."""
+        with self._guard:
+            readers, self._readers = list(self._readers.values()), {}
+        for reader in readers:
+            reader.repo.close()
+
+    def _remove(self, clone: Path) -> bool:
+        lock = _flock(clone.with_suffix(".lock"), fcntl.LOCK_EX, 0)
+        if lock is None:
+            return False
+        with lock:
+            use = _flock(clone.with_suffix(".use"), fcntl.LOCK_EX, 0)
+            if use is None:
+                return False
+            with use:
+                if not clone.is_dir():
+                    return False
+                self._drop_reader(clone)
+                trash = clone.with_name(f"{clone.stem}.evicted-{uuid.uuid4().hex[:8]}")
+                clone.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        log.info("evicted the least recently used clone %s", clone.name)
+        return True
+
+    # -- clones, fetches ---------------------------------------------------------------
+
+    def _call(self, url: str, token: str | None) -> _Call:
+        env, secrets = auth_environment(url, self._token if token is None else token)
+        for secret in secrets:
+            REDACTOR.add(secret)  # any later log line that quotes it is scrubbed
+        return _Call(strip_credentials(url), env, Redactor(secrets), self)
+
+    def _prepared_root(self, url: str) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self.location(url)
+
+    def _ensure_clone(self, call: _Call, dest: Path) -> bool:
+        if GitRepo.discover(dest) is not None:
+            return False
         if dest.exists():
             log.warning("the cached clone %s is not a repository: cloning again", dest)
             shutil.rmtree(dest)
@@ -169,103 +417,228 @@ class GitCache:
         log.info("cloning %s into %s", call.url, dest)
         clone = ["clone", "--bare", "--quiet"]
         try:
-            call.git([*clone, "--filter=blob:none", "--", call.url, str(tmp)], "clone")
+            call.git(tmp, [*clone, "--filter=blob:none", "--", call.url, str(tmp)], "clone")
         except GitError as exc:  # a server that refuses filters outright: a full clone
             if "filter" not in str(exc):
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
-            call.git([*clone, "--", call.url, str(tmp)], "clone")
+            call.git(tmp, [*clone, "--", call.url, str(tmp)], "clone")
         for setting in _CLONE_CONFIG:
-            call.git(["-C", str(tmp), "config", *setting], "configure")
+            call.git(tmp, ["-C", str(tmp), "config", *setting], "configure", local=True)
         tmp.rename(dest)
+        return True
 
     def _prefetch(self, call: _Call, repo: GitRepo, commit: str) -> None:
         """Fetch the blobs of ``commit`` that a partial clone lacks, in one batch."""
         missing = repo.missing_objects(commit)
-        if not missing:
-            return
-        log.info("fetching %s missing objects of %s at %s", len(missing), call.url, commit)
+        if missing:
+            self._fetch_objects(call, repo, missing)
+
+    def _fetch_objects(self, call: _Call, repo: GitRepo, oids: Sequence[str]) -> None:
+        log.info("fetching %s missing objects of %s", len(oids), call.url)
         args = ["-C", str(repo.path), "-c", "fetch.negotiationAlgorithm=noop", "fetch", "--quiet"]
-        args += ["--no-tags", "--no-write-fetch-head", "--recurse-submodules=no"]
-        args += ["--filter=blob:none", "--stdin", "origin"]
-        call.git(args, "fetch", stdin="".join(f"{oid}\n" for oid in missing))
+        args += ["--no-tags"]
+        args += ["--no-write-fetch-head", "--recurse-submodules=no", "--filter=blob:none"]
+        stdin = "".join(f"{oid}\n" for oid in oids).encode()
+        call.git(repo.path, [*args, "--stdin", "origin"], "fetch", stdin=stdin, big=True)
 
     def _resolve(self, call: _Call, repo: GitRepo, ref: str | None, *, fetch: bool) -> str:
-        if ref is not None and _FULL_ID.fullmatch(ref) and repo.has_commit(ref):
+        if ref is not None and FULL_ID.fullmatch(ref) and repo.has_commit(ref):
             return ref.lower()  # a commit never changes: no need to ask the remote
         if fetch:
             log.info("fetching %s", call.url)
-            call.git(["-C", str(repo.path), "fetch", "--quiet", "--prune", "origin"], "fetch")
+            call.fetch(repo.path, ["--prune", "origin"])
         try:
             return repo.resolve(ref)
         except GitError:
-            if ref is None or not _FULL_ID.fullmatch(ref):
+            if ref is None or not FULL_ID.fullmatch(ref):
                 raise
         try:  # a commit no branch or tag reaches, asked for by id
-            call.git(
-                ["-C", str(repo.path), "fetch", "--quiet", "--no-tags", "origin", ref], "fetch"
-            )
+            call.fetch(repo.path, ["--no-tags", "origin", ref])
         except GitError as exc:
             raise GitError(f"unknown ref {ref!r} in {call.url}") from exc
         return repo.resolve(ref)
 
     @contextmanager
     def _locked(self, dest: Path, url: str) -> Iterator[None]:
-        with dest.with_suffix(".lock").open("a+b") as handle:
-            deadline = time.monotonic() + self.lock_timeout
-            while True:
-                try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise GitUnavailable(
-                            f"the clone of {url} stayed locked by another process "
-                            f"for {self.lock_timeout:g}s ({dest.with_suffix('.lock')})"
-                        ) from None
-                    time.sleep(0.05)
+        lock = _Lease.take(dest.with_suffix(".lock"), fcntl.LOCK_EX, self.lock_timeout, url)
+        try:
+            yield
+        finally:
+            lock.release()
+
+    # -- warm readers ------------------------------------------------------------------
+
+    def _reader(self, dest: Path, url: str) -> _Reader | None:
+        """The kept offline reader of the clone at ``dest`` (None if there is none); one
+        whose clone was evicted and cloned again since is replaced."""
+        try:
+            inode = dest.stat().st_ino
+        except FileNotFoundError:
+            return None
+        with self._guard:
+            reader = self._readers.get(dest)
+            if reader is not None and reader.inode == inode:
+                return reader
+        self._drop_reader(dest)
+        repo = GitRepo.discover(dest)
+        if repo is None:
+            return None
+        reader = _Reader(GitRepo(dest, url=url, env=OFFLINE), inode)
+        with self._guard:
+            self._readers[dest] = reader
+        return reader
+
+    def _drop_reader(self, dest: Path) -> None:
+        with self._guard:
+            reader = self._readers.pop(dest, None)
+        if reader is not None:
+            with reader.lock:
+                reader.repo.close()
+
+
+class _Reader:
+    def __init__(self, repo: GitRepo, inode: int) -> None:
+        self.repo = repo
+        self.inode = inode
+        self.lock = threading.Lock()  # one request at a time to its cat-file process
+
+
+def _on_disk(reader: _Reader, url: str, commit: str, items: _Items) -> list[str] | None:
+    """The blob ids of ``items`` if the commit and every blob are on disk, else None."""
+    with reader.lock:
+        if not reader.repo.has_commit(commit):
+            return None
+        oids = [_blob_id(reader.repo, url, commit, path, blob) for path, blob in items]
+        return oids if all(reader.repo.has_object(oid) for oid in oids) else None
+
+
+def _blob_id(repo: GitRepo, url: str, commit: str, path: str | None, blob_id: str | None) -> str:
+    if not path:
+        assert blob_id is not None  # noqa: S101 - check_reference wants one of them
+        return blob_id.lower()
+    found = repo.entry(commit, path)
+    if found is None:
+        raise GitError(f"no file {path!r} at {commit} in {url}")
+    mode, oid = found
+    if mode in (TREE, SUBMODULE):
+        kind = "a directory" if mode == TREE else "a submodule"
+        raise GitError(f"{path!r} at {commit} in {url} is {kind}, not a file")
+    if blob_id is not None and oid != blob_id.lower():
+        raise GitError(f"{path!r} at {commit} in {url} is blob {oid}, not {blob_id.lower()}")
+    return oid
+
+
+class _Lease:
+    """A flock on one of a clone's lock files, held until :meth:`release`."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle: IO[bytes] | None = handle
+        self._mutex = threading.Lock()
+
+    @classmethod
+    def take(cls, path: Path, mode: int, timeout: float, url: str) -> _Lease:
+        handle = _flock(path, mode, timeout)
+        if handle is None:
+            raise GitUnavailable(
+                f"the clone of {url} stayed locked by another process for {timeout:g}s ({path})"
+            )
+        if mode == fcntl.LOCK_SH:
+            now = time.time_ns()
+            os.utime(handle.fileno(), ns=(now, now))  # the clone's last use, for eviction
+        return cls(handle)
+
+    def release(self) -> None:
+        with self._mutex:
+            handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.close()  # closing the file releases its lock
+
+
+def _flock(path: Path, mode: int, timeout: float) -> IO[bytes] | None:
+    """``path`` opened and locked (``mode``: LOCK_SH or LOCK_EX) within ``timeout``
+    seconds (0: one try), else None. Lock files are never deleted: a deleted one
+    would let two holders lock two different files."""
+    handle = path.open("a+b")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(handle.fileno(), mode | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.close()
+                return None
+            time.sleep(0.02)
+
+
+def _du(root: Path) -> int:
+    total = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
             try:
-                yield
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:  # removed by a fetch running meanwhile
+                pass
+    return total
+
+
+class _Owned(io.RawIOBase):
+    """A blob stream that closes the repository it comes from when it is closed."""
+
+    def __init__(self, stream: BinaryIO, owner: GitRepo) -> None:
+        self._stream, self._owner = stream, owner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        data = self._stream.read(len(memoryview(buffer)))
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._stream.close()
+                self._owner.close()
             finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                super().close()
 
 
 class _Call:
     """Runs network git commands for one URL: bounded, authenticated, redacted."""
 
-    def __init__(self, url: str, env: dict[str, str], redactor: Redactor, timeout: float) -> None:
+    def __init__(self, url: str, auth: dict[str, str], redactor: Redactor, cache: GitCache) -> None:
         self.url = url
-        self.env = git_environment(env)
+        self.auth = auth
         self.redactor = redactor
-        self.timeout = timeout
+        self.timeout, self.clone_timeout = cache.timeout, cache.clone_timeout
 
-    def git(self, args: Sequence[str], what: str, *, stdin: str | None = None) -> None:
-        try:
-            argv = ["git", *args]
-            proc = subprocess.Popen(  # noqa: S603 - argv built here, no shell
-                argv,
-                stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=self.env,
-                start_new_session=True,  # no terminal to prompt on; killed as a group
-            )
-        except FileNotFoundError as exc:
-            raise GitError("git is not installed (no `git` on PATH)") from exc
-        with proc:
-            try:
-                data = None if stdin is None else stdin.encode()
-                _, stderr = proc.communicate(data, self.timeout)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                raise GitUnavailable(
-                    f"git {what} {self.url}: no answer within {self.timeout:g}s"
-                ) from None
-        if proc.returncode != 0:
-            raise self.error(what, stderr)
+    def fetch(self, git_dir: Path, args: Sequence[str]) -> None:
+        self.git(git_dir, ["-C", str(git_dir), "fetch", "--quiet", *args], "fetch")
 
-    def error(self, what: str, stderr: bytes) -> GitError | GitUnavailable:
-        text = self.redactor.redact(REDACTOR.redact(stderr.decode(errors="replace"))).lower()
+    def git(
+        self,
+        git_dir: Path,
+        args: Sequence[str],
+        what: str,
+        *,
+        stdin: bytes = b"",
+        big: bool = False,
+        local: bool = False,
+    ) -> None:
+        """``git <args>`` for the repository at ``git_dir`` (which a clone creates)."""
+        timeout = self.clone_timeout if big or what == "clone" else self.timeout
+        env = {**pinned_environment(git_dir), **({} if local else self.auth)}
+        ran = run_git(args, cwd=git_dir.parent, env=env, timeout=timeout, stdin=stdin)
+        if ran.timed_out:
+            raise GitUnavailable(f"git {what} {self.url}: no answer within {timeout:g}s")
+        if ran.status != 0:
+            raise self.error(what, ran.stderr)
+
+    def error(self, what: str, stderr: str) -> GitError | GitUnavailable:
+        text = self.redactor.redact(REDACTOR.redact(stderr)).lower()
         prefix = f"git {what} {self.url}"
         if any(sign in text for sign in _AUTH_FAILED):
             return GitError(f"{prefix}: authentication failed (credentials missing or refused)")
@@ -273,12 +646,3 @@ class _Call:
         if any(sign in text for sign in _UNAVAILABLE):
             return GitUnavailable(f"{prefix}: {reason}")
         return GitError(f"{prefix}: {reason}")
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill a process started in its own session, and everything it started."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.communicate()

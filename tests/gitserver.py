@@ -1,4 +1,5 @@
-"""A smart-HTTP git server on 127.0.0.1 that demands a token, for tests.
+"""A smart-HTTP git server on 127.0.0.1 that demands a token, for tests, and the
+helpers that make the repositories it serves.
 
 ``git http-backend`` (CGI) behind Python's http.server; every request and its
 Authorization header are recorded, so tests can check what a client sent.
@@ -15,6 +16,30 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote
+
+import pytest
+
+
+def hermetic_git(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No user or system git configuration; fixed authors and dates."""
+    config.write_text("")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for role in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{role}_NAME", "Test Author")
+        monkeypatch.setenv(f"GIT_{role}_EMAIL", "author@example.invalid")
+        monkeypatch.setenv(f"GIT_{role}_DATE", "2024-01-01T00:00:00+0000")
+
+
+def git(cwd: Path, *args: str, stdin: bytes | None = None) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, input=stdin, capture_output=True, check=True)
+    return proc.stdout.decode("utf-8", "surrogateescape").strip()
+
+
+def commit_all(repo: Path, message: str) -> str:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
 
 
 class _Backend(BaseHTTPRequestHandler):

@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import socket
-import subprocess
 import threading
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 from headrace.errors import StorageError, Terminal, Transient, is_transient
 from storage.git import Change, GitError, GitRepo, GitUnavailable, TreeEntry
 from storage.git_cache import GitCache
-from tests.gitserver import GitServer, serving
+from tests.gitserver import GitServer, commit_all, git, hermetic_git, serving
 
 TOKEN = "s3cr3t-token"
 NON_UTF8 = os.fsdecode(b"caf\xe9.txt")
@@ -31,26 +30,8 @@ BINARY = bytes(range(256)) * 3
 
 
 @pytest.fixture(autouse=True)
-def hermetic_git(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = tmp_path_factory.mktemp("gitconfig") / "config"
-    config.write_text("")
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for role in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{role}_NAME", "Test Author")
-        monkeypatch.setenv(f"GIT_{role}_EMAIL", "author@example.invalid")
-        monkeypatch.setenv(f"GIT_{role}_DATE", "2024-01-01T00:00:00+0000")
-
-
-def git(cwd: Path, *args: str, stdin: bytes | None = None) -> str:
-    proc = subprocess.run(["git", *args], cwd=cwd, input=stdin, capture_output=True, check=True)
-    return proc.stdout.decode("utf-8", "surrogateescape").strip()
-
-
-def commit_all(repo: Path, message: str) -> str:
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", message)
-    return git(repo, "rev-parse", "HEAD")
+def hermetic(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    hermetic_git(tmp_path_factory.mktemp("gitconfig") / "config", monkeypatch)
 
 
 @pytest.fixture
@@ -231,10 +212,18 @@ def test_repository_pointers_in_the_environment_are_ignored(
     source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     git(tmp_path, "init", "-q", "other")
+    blob = git(source, "rev-parse", "HEAD:data.bin")
     monkeypatch.setenv("GIT_DIR", str(tmp_path / "other" / ".git"))  # as inside a git hook
     monkeypatch.setenv("GIT_INDEX_FILE", str(tmp_path / "other" / ".git" / "index"))
+    monkeypatch.setenv("GIT_OBJECT_DIRECTORY", str(tmp_path / "other" / ".git" / "objects"))
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")  # an inherited config entry, not ours
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "core.bigFileThreshold")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "not-a-size")
     repo = GitRepo(source)
     assert repo.resolve("v1") and "src/pkg/mod.py" in repo.ls_files()
+    assert repo.read_blob(blob) == BINARY  # GitPython's cat-file, pinned to this repository
+    assert repo.has_object(blob) and repo.entry(repo.resolve(), "data.bin") == ("100644", blob)
+    repo.close()
 
 
 # -- GitCache over file:// ---------------------------------------------------------------

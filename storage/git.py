@@ -497,9 +497,8 @@ class GitRepo:
             except gitpython.GitError as exc:  # InvalidGitRepositoryError, NoSuchPathError
                 raise GitError(f"{self.name} is not a git repository: {exc}") from None
             worktree = self._worktree
-            repo.git.update_environment(
-                **pinned_environment(self.git_dir, self.common_dir, worktree), **self._extra
-            )
+            env = pinned_environment(self.git_dir, self.common_dir, worktree)
+            repo.git.update_environment(**{**env, **self._extra})
             self._repo = repo
         return self._repo
 

@@ -389,6 +389,8 @@ def test_cache_authenticates_without_storing_the_token(
     assert repo.url == f"http://{host}/repo.git"
     assert git(repo.path, "config", "remote.origin.url") == f"http://{host}/repo.git"
     assert git(repo.path, "config", "remote.origin.promisor") == "true"
+    later = next(e.blob_id for e in repo.tree(newer) if e.path == "later.txt")
+    assert repo.read_blob(later) == b"later\n"  # through GitPython, with the auth env
     offline = GitRepo(repo.path)  # the blobs were fetched: reading needs no token
     assert {offline.read_blob(e.blob_id) for e in offline.tree(newer) if e.path == "later.txt"} == {
         b"later\n"

@@ -23,7 +23,7 @@ from storage.archive.backend import open_backend
 log = logging.getLogger(__name__)
 
 
-def _archive_sink(settings: Settings, _group_id: str) -> Sink:
+def _archive_sink(settings: Settings, _group_id: str, _metrics: Metrics) -> Sink:
     config = settings.archive
     policy = ArchivePolicy(
         compression=Compression(config.compression),
@@ -35,10 +35,12 @@ def _archive_sink(settings: Settings, _group_id: str) -> Sink:
     return ArchiveSink(Archive(open_backend(config, settings.object_store), policy))
 
 
-def _load_sink(settings: Settings, group_id: str) -> Sink:
-    from consumers.load.sink import LoadSink  # noqa: PLC0415 - the database only when loading
+def _load_sink(settings: Settings, group_id: str, _metrics: Metrics) -> Sink:
+    from consumers.load.cli import load_row_content  # noqa: PLC0415 - the database only
+    from consumers.load.sink import LoadSink  # noqa: PLC0415 - when loading
     from storage.db import open_database  # noqa: PLC0415
 
+    row_content = load_row_content(settings)
     db = open_database(settings, migrate=True)
     topics = settings.kafka.topics
     return LoadSink(
@@ -47,13 +49,33 @@ def _load_sink(settings: Settings, group_id: str) -> Sink:
         file_topic=topics.file_events,
         run_topic=topics.run_events,
         content=settings.load.content,
+        resolver=row_content.resolver,
+        bucket_exists=row_content.bucket_exists,
     )
 
 
-# The groups built so far, and the topics each reads; verify and cache join as they land.
-GROUPS: dict[str, tuple[Callable[[Settings, str], Sink], tuple[str, ...]]] = {
+def _cache_sink(settings: Settings, group_id: str, metrics: Metrics) -> Sink:
+    from consumers.cache.metrics import CacheMetrics  # noqa: PLC0415 - the resolver only
+    from consumers.cache.sink import CacheSink  # noqa: PLC0415 - when caching
+    from storage.content.factory import open_resolver  # noqa: PLC0415
+
+    cache_metrics = CacheMetrics(metrics.registry, group_id)
+    resolver = open_resolver(settings)
+    resolver.on_fetch = cache_metrics.observe_fetch
+    return CacheSink(
+        resolver,
+        file_topic=settings.kafka.topics.file_events,
+        parallel=settings.cache.parallel_downloads,
+        metrics=cache_metrics,
+    )
+
+
+SinkFactory = Callable[[Settings, str, Metrics], Sink]
+# The groups built so far, and the topics each reads; verify joins when it lands.
+GROUPS: dict[str, tuple[SinkFactory, tuple[str, ...]]] = {
     "archive": (_archive_sink, ("file_events", "run_events", "verifications")),
     "load": (_load_sink, ("file_events", "run_events")),
+    "cache": (_cache_sink, ("file_events",)),
 }
 MODELS: dict[str, type[Event]] = {
     "file_events": FileEvent,
@@ -105,7 +127,7 @@ def consume(
                 kafka,
                 group_id,
                 decoders,
-                make_sink(settings, group_id),
+                make_sink(settings, group_id, metrics),
                 DeadLetterQueue(kafka, client, group_id),
                 metrics=metrics,
                 until_caught_up=until_caught_up,

@@ -31,6 +31,7 @@ SUBCOMMANDS = {
     "status": "consumers.status:status",
     "load": "consumers.load.cli:load",
     "db": "storage.db.cli:db",
+    "cache": "consumers.cache.cli:cache",
 }
 
 

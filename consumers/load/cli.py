@@ -18,8 +18,11 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from consumers.archive.cli import cold_store
+from consumers.load.content import RowContent
+from headrace.errors import Terminal
 from headrace.settings import Settings
 from storage.archive import Backend, open_backend, read
+from storage.content.errors import ContentError
 from storage.db import (
     ContentMode,
     FileRow,
@@ -31,6 +34,16 @@ from storage.db import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def load_row_content(settings: Settings) -> RowContent:
+    """The content checks of ``settings.load.content``: a resolver (the content cache with
+    ``resolve_all``) and a bucket check against the configured object store."""
+    from storage.content.factory import bucket_checker, open_resolver  # noqa: PLC0415
+
+    mode = ContentMode(settings.load.content)
+    resolver = open_resolver(settings, cache=mode is ContentMode.RESOLVE_ALL)
+    return RowContent(mode, resolver, bucket_checker(settings))
 
 
 def _in_range(day: str, since: str | None, until: str | None) -> bool:
@@ -58,9 +71,11 @@ def rows_from_archive(
     until: str | None,
     project: str | None,
     refused: list[str],
+    row_content: RowContent | None = None,
 ) -> Iterator[tuple[FileRow | RunRow | None, int]]:
     """(row, 1) for each archived file or run event in range; (None, 1) for events of
-    other projects and for those that cannot become rows (their reasons go to ``refused``)."""
+    other projects and for those that cannot become rows (their reasons go to ``refused``).
+    ``row_content`` checks each file row's content and adds what the content mode asks."""
     topics = settings.kafka.topics
     content = ContentMode(settings.load.content)
     cold = cold_store(settings)
@@ -82,10 +97,22 @@ def rows_from_archive(
                 continue
             try:
                 if topic == topics.file_events:
-                    yield file_row(line.event, line.topic, line.partition, line.offset, content), 1
+                    row = file_row(
+                        line.event,
+                        line.topic,
+                        line.partition,
+                        line.offset,
+                        content,
+                        line.timestamp_ms,
+                    )
+                    if row_content is not None:
+                        row = row_content.complete(row, line.event)
+                    yield row, 1
                 else:
                     yield run_row(line.event, line.topic, line.partition, line.offset), 1
-            except UnresolvableEvent as exc:
+            except (UnresolvableEvent, ContentError) as exc:
+                if not isinstance(exc, Terminal):
+                    raise
                 refused.append(str(exc))
                 yield None, 1
 
@@ -131,8 +158,15 @@ def load(
     topics = [settings.kafka.topics.file_events, settings.kafka.topics.run_events]
     total = archived_count(backend, topics, since, until)
     refused: list[str] = []
+    row_content = load_row_content(settings)
     rows = rows_from_archive(
-        settings, backend, since=since, until=until, project=project, refused=refused
+        settings,
+        backend,
+        since=since,
+        until=until,
+        project=project,
+        refused=refused,
+        row_content=row_content,
     )
     files: list[FileRow] = []
     runs: list[RunRow] = []
@@ -172,6 +206,7 @@ def load(
     finally:
         if db is not None:
             db.close()
+        row_content.close()
     what = "would load" if dry_run else "loaded"
     click.echo(
         f"{what} from {backend.location}: {read_count} events read, {written} rows written,"

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from headrace.errors import HeadraceError, is_transient
 from storage.content.errors import PayloadMissing
 from storage.content.resolver import ContentResolver
 from storage.db import ContentMode, FileRow, UnresolvableEvent
@@ -66,7 +67,15 @@ class RowContent:
         bucket = str(fields["object_ref"]["bucket"])
         if self.bucket_exists is None or bucket in self._buckets:
             return
-        if not self.bucket_exists(bucket):
+        try:
+            exists = self.bucket_exists(bucket)
+        except HeadraceError as exc:
+            if is_transient(exc):
+                raise  # the store is down: the batch is retried
+            raise UnresolvableEvent(
+                row.source_topic, row.source_partition, row.source_offset, str(exc)
+            ) from None
+        if not exists:
             raise UnresolvableEvent(
                 row.source_topic,
                 row.source_partition,

@@ -47,6 +47,7 @@ from storage.content.errors import (
     PayloadMissing,
 )
 from storage.content.guard import check_object_url, check_size
+from storage.git import GitRefused
 
 log = logging.getLogger(__name__)
 
@@ -394,8 +395,7 @@ def _terminal(exc: BaseException) -> bool:
 
 def _git_error(ref: ContentRef, exc: HeadraceError) -> ContentError:
     """A clone-cache error as a content error: refused, unavailable or missing."""
-    name = type(exc).__name__
-    if "Refused" in name:
+    if isinstance(exc, GitRefused):
         return ContentRefused(ref.path, str(exc))
     if is_transient(exc):
         return ContentUnavailable(ref.path, str(exc))

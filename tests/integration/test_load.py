@@ -25,7 +25,13 @@ from confluent_kafka import TopicPartition as KafkaPartition
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from headrace.kafka import ensure_topics, make_admin, make_consumer, make_producer
-from headrace.settings import KafkaSettings, PostgresSettings, RegistrySettings, load_settings
+from headrace.settings import (
+    KafkaSettings,
+    ObjectStoreSettings,
+    PostgresSettings,
+    RegistrySettings,
+    load_settings,
+)
 from schemas.catalog import EventType
 from schemas.models import (
     ContentStrategy,
@@ -71,6 +77,7 @@ def env(
     kafka: KafkaSettings,
     registry: RegistrySettings,
     postgres: PostgresSettings,
+    object_store: ObjectStoreSettings,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[dict[str, str]]:
     tag = uuid.uuid4().hex[:10]
@@ -90,6 +97,7 @@ def env(
         "HEADRACE_LOAD__POSTGRES_SCHEMA": f"test_{tag}",
         "HEADRACE_POSTGRES__HOST": postgres.host,
         "HEADRACE_POSTGRES__PORT": str(postgres.port),
+        "HEADRACE_OBJECT_STORE__ENDPOINT": object_store.endpoint,
     }
     for key, value in values.items():
         monkeypatch.setenv(key, value)
@@ -367,3 +375,77 @@ def test_load_from_the_archive_rebuilds_the_same_tables(
             with psycopg.connect(settings.postgres.conninfo(), autocommit=True) as conn:
                 schema = os.environ["HEADRACE_LOAD__POSTGRES_SCHEMA"]
                 conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def publish_v1(env: dict[str, str], events: Sequence[FileEvent]) -> None:
+    """Publish FileEvents as the legacy v1 schema writes them (no event time, no content)."""
+    settings = load_settings()
+    topic = env["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"]
+    with make_registry_client(settings.registry) as client:
+        serialize = EventSerializer(client, EventType.FILE_EVENT, writer_version=1)
+        producer = make_producer(settings.kafka)
+        for event in events:
+            value = serialize(event, SerializationContext(topic, MessageField.VALUE))
+            producer.produce(topic, key=f"{event.project}/{event.path}".encode(), value=value)
+        assert producer.flush(30) == 0
+
+
+def test_v1_events_load_with_content_where_their_local_path_is_readable(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    here = tmp_path / "legacy.txt"
+    here.write_bytes(b"legacy content\n")
+
+    def legacy(path: str, data: bytes, local: Path) -> FileEvent:
+        digest = hashlib.sha256(data).hexdigest()
+        return FileEvent(project="p", path=path, size=len(data), checksum=digest,
+                         local_path=str(local))  # fmt: skip
+
+    before = int(datetime.now(UTC).timestamp() * 1000)
+    elsewhere = tmp_path / "not-here.txt"
+    publish_v1(env, [legacy("legacy.txt", b"legacy content\n", here),
+                     legacy("elsewhere.txt", b"on another host", elsewhere)])  # fmt: skip
+    assert "2 records written, 0 dead-lettered" in consume(capsys)
+    with database() as db:
+        rows = {row["path"]: row for row in db.query("p")}
+    assert rows["legacy.txt"]["content"] == b"legacy content\n"
+    assert rows["elsewhere.txt"]["content"] is None
+    assert all(row["content_strategy"] is None for row in rows.values())
+    after = int(datetime.now(UTC).timestamp() * 1000)
+    assert all(before - 1000 <= row["event_time_ms"] <= after for row in rows.values())
+
+
+def test_wrong_inline_bytes_and_a_missing_bucket_are_dead_lettered_and_loading_goes_on(
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    good = [file_event(f"ok{i}.txt", 1, "fine") for i in range(20)]
+    lying = file_event("lying.txt", 1, "the truth").model_copy(
+        update={"checksum": hashlib.sha256(b"something else").hexdigest()}
+    )
+    no_bucket = file_event(
+        "nowhere.bin",
+        1,
+        "x",
+        content_strategy=ContentStrategy.OBJECT_STORAGE,
+        inline=None,
+        object_ref={"bucket": f"no-such-bucket-{uuid.uuid4().hex[:8]}", "key": "k"},
+    )
+    publish(env, [*good[:10], lying, *good[10:15], no_bucket, *good[15:]])
+    assert "20 records written, 2 dead-lettered" in consume(capsys)
+    assert sorted(state(table())) == sorted(e.path for e in good)
+    with make_registry_client(registry) as client:
+        decode = EventDeserializer(client, DeadLetter)
+        letters = read_topic(
+            kafka.model_copy(
+                update={"topics": kafka.topics.model_copy(update={"dead_letter": "x"})}
+            ),
+            env["HEADRACE_KAFKA__TOPICS__DEAD_LETTER"],
+            lambda m: decode(m.value()),
+        )
+    by_reason = {letter.reason: letter for letter in letters}
+    assert set(by_reason) == {DeadLetterReason.CHECKSUM_MISMATCH, DeadLetterReason.PAYLOAD_MISSING}
+    assert "does not hash" in by_reason[DeadLetterReason.CHECKSUM_MISMATCH].error
+    assert "does not exist" in by_reason[DeadLetterReason.PAYLOAD_MISSING].error

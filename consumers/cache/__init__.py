@@ -1,0 +1,1 @@
+"""The cache group: keeps the content cache warm ahead of readers."""

@@ -1,0 +1,66 @@
+"""The cache group's Prometheus metrics, on the runtime's registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from storage.content.cache import CacheStats
+
+_FETCH_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300)
+
+
+class CacheMetrics:
+    def __init__(self, registry: CollectorRegistry, group: str) -> None:
+        self.group = group
+        labels = ["group", "strategy"]
+        self.hits = Counter(
+            "headrace_cache_hits", "Content found in the cache", labels, registry=registry
+        )
+        self.misses = Counter(
+            "headrace_cache_misses", "Content fetched into the cache", labels, registry=registry
+        )
+        self.failures = Counter(
+            "headrace_cache_failures",
+            "Content that could not be resolved (dead-lettered)",
+            [*labels, "reason"],
+            registry=registry,
+        )
+        self.fetched_bytes = Counter(
+            "headrace_cache_fetched_bytes", "Bytes fetched", labels, registry=registry
+        )
+        self.fetch_seconds = Histogram(
+            "headrace_cache_fetch_seconds",
+            "Time to fetch one file's content (git: a batch's time shared by its files)",
+            labels,
+            buckets=_FETCH_BUCKETS,
+            registry=registry,
+        )
+        self.hit_rate = Gauge(
+            "headrace_cache_hit_rate",
+            "Hits over lookups since the cache was made (all processes)",
+            ["group"],
+            registry=registry,
+        )
+        self.size = Gauge(
+            "headrace_cache_size_bytes", "Bytes in the content cache", ["group"], registry=registry
+        )
+        self.entries = Gauge(
+            "headrace_cache_entries", "Entries in the content cache", ["group"], registry=registry
+        )
+        self.evictions = Gauge(
+            "headrace_cache_evictions",
+            "Entries evicted since the cache was made (all processes)",
+            ["group"],
+            registry=registry,
+        )
+
+    def observe_fetch(self, strategy: str, seconds: float, nbytes: int) -> None:
+        self.fetch_seconds.labels(self.group, strategy).observe(seconds)
+        self.fetched_bytes.labels(self.group, strategy).inc(nbytes)
+
+    def observe_cache(self, stats: CacheStats) -> None:
+        self.size.labels(self.group).set(stats.total.bytes)
+        self.entries.labels(self.group).set(stats.total.entries)
+        self.evictions.labels(self.group).set(stats.total.evictions)
+        rate = stats.total.hit_rate
+        self.hit_rate.labels(self.group).set(rate if rate is not None else 0.0)

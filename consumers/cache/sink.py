@@ -1,0 +1,95 @@
+"""The cache group's sink: fetch the content of object-storage and git-reference events
+into the content cache before readers ask for it.
+
+Each batch goes through :meth:`ContentResolver.resolve_many`: git references of one
+repository and commit are fetched with one clone-cache call, downloads run several
+at a time. A write that returns has everything of the batch in the cache (or
+refused), so it is durable at once; positions come from Kafka's committed offsets
+(fetching again is harmless: a hit). Content that cannot be had for a terminal
+reason (gone, wrong bytes, a hostile reference) is refused by index and
+dead-lettered with that reason; an unreachable store is transient and retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from consumers.base import Decoded, Sink, SinkCapabilities, TopicPartition
+from consumers.cache.metrics import CacheMetrics
+from consumers.errors import RecordsRefused
+from headrace.errors import Terminal
+from storage.content.base import Resolved
+from storage.content.errors import ContentError
+from storage.content.resolver import ContentResolver
+
+log = logging.getLogger(__name__)
+
+FETCHED = frozenset({"OBJECT_STORAGE", "GIT_REFERENCE"})
+
+
+class CacheSink(Sink):
+    capabilities = SinkCapabilities(durable_on_write=True, max_batch=5000, needs_models=False)
+
+    def __init__(
+        self,
+        resolver: ContentResolver,
+        *,
+        file_topic: str,
+        parallel: int = 4,
+        metrics: CacheMetrics | None = None,
+    ) -> None:
+        if resolver.cache is None:
+            raise ValueError("the cache group needs a resolver with a content cache")
+        self.resolver, self.file_topic, self.parallel = resolver, file_topic, parallel
+        self.metrics = metrics
+        self._durable: dict[TopicPartition, int] = {}
+        self.hits = self.fetched = 0
+
+    def write(self, batch: Sequence[Decoded]) -> None:
+        wanted: list[int] = []
+        for i, d in enumerate(batch):
+            if d.record.topic != self.file_topic:
+                continue
+            fields = d.as_dict()
+            if str(fields.get("op") or "UPSERT") != "UPSERT":
+                continue
+            if str(fields.get("content_strategy")) in FETCHED:
+                wanted.append(i)
+        results = self.resolver.resolve_many(
+            [batch[i].as_dict() for i in wanted], parallel=self.parallel
+        )
+        refused: list[tuple[int, Terminal]] = []
+        for i, outcome in zip(wanted, results, strict=True):
+            strategy = str(batch[i].as_dict().get("content_strategy"))
+            if isinstance(outcome, ContentError):
+                assert isinstance(outcome, Terminal)  # noqa: S101 - transient ones raise
+                refused.append((i, outcome))
+                if self.metrics is not None:
+                    reason = outcome.dead_letter_reason
+                    self.metrics.failures.labels(self.metrics.group, strategy, reason).inc()
+                continue
+            self._count(outcome, strategy)
+        if self.metrics is not None and self.resolver.cache is not None:
+            self.metrics.observe_cache(self.resolver.cache.stats())
+        if refused:
+            raise RecordsRefused(refused)
+        for d in batch:
+            tp = (d.record.topic, d.record.partition)
+            self._durable[tp] = max(self._durable.get(tp, 0), d.record.offset + 1)
+
+    def _count(self, resolved: Resolved, strategy: str) -> None:
+        hit = resolved.source == "cache"
+        if hit:
+            self.hits += 1
+        else:
+            self.fetched += 1
+        if self.metrics is not None:
+            counter = self.metrics.hits if hit else self.metrics.misses
+            counter.labels(self.metrics.group, strategy).inc()
+
+    def durable(self) -> dict[TopicPartition, int]:
+        return dict(self._durable)
+
+    def close(self) -> None:
+        self.resolver.close()

@@ -45,7 +45,7 @@ import subprocess
 import tempfile
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -70,24 +70,10 @@ _CHUNK = 64 * 1024
 _TREE_MEMO = 512  # parsed trees kept per repository for path lookups
 # What `git rev-parse --local-env-vars` prints: variables that redirect git elsewhere.
 _LOCAL_REPO_ENV = frozenset(
-    {
-        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-        "GIT_CONFIG",
-        "GIT_CONFIG_PARAMETERS",
-        "GIT_CONFIG_COUNT",
-        "GIT_OBJECT_DIRECTORY",
-        "GIT_DIR",
-        "GIT_WORK_TREE",
-        "GIT_IMPLICIT_WORK_TREE",
-        "GIT_GRAFT_FILE",
-        "GIT_INDEX_FILE",
-        "GIT_NO_REPLACE_OBJECTS",
-        "GIT_REPLACE_REF_BASE",
-        "GIT_PREFIX",
-        "GIT_INTERNAL_SUPER_PREFIX",
-        "GIT_SHALLOW_FILE",
-        "GIT_COMMON_DIR",
-    }
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES GIT_CONFIG GIT_CONFIG_PARAMETERS GIT_CONFIG_COUNT "
+    "GIT_OBJECT_DIRECTORY GIT_DIR GIT_WORK_TREE GIT_IMPLICIT_WORK_TREE GIT_GRAFT_FILE "
+    "GIT_INDEX_FILE GIT_NO_REPLACE_OBJECTS GIT_REPLACE_REF_BASE GIT_PREFIX "
+    "GIT_INTERNAL_SUPER_PREFIX GIT_SHALLOW_FILE GIT_COMMON_DIR".split()
 )
 OFFLINE = {"GIT_ALLOW_PROTOCOL": ""}  # no transport at all: a partial clone never fetches
 FULL_ID = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")  # SHA-1 or SHA-256
@@ -344,6 +330,13 @@ class _BlobStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def readall(self) -> bytes:
+        data: bytes = self._stream.read(self._left) if self._left else b""
+        self._left -= len(data)
+        if self._left:
+            raise GitError("git cat-file --batch stopped inside a blob")
+        return data
+
     def readinto(self, buffer: WriteableBuffer) -> int:
         view = memoryview(buffer).cast("B")
         if self._left == 0:
@@ -439,16 +432,19 @@ class GitRepo:
 
     # -- objects, through GitPython ------------------------------------------------
 
-    def has_object(self, oid: str) -> bool:
-        """Whether object ``oid`` is on disk (never fetched: a partial clone's missing
-        blob is False)."""
-        binsha = _oid(oid)
+    def missing(self, oids: Iterable[str]) -> list[str]:
+        """Those of ``oids`` not on disk (never fetched: a partial clone's missing blobs),
+        in order, looked up in the pack indexes by GitPython's ``GitDB``."""
         if self._db is None:
             self._db = gitpython.GitDB(str(self.common_dir / "objects"))
-        if self._db.has_object(binsha):
-            return True
-        self._db.update_cache(force=True)  # packs a fetch added since
-        return bool(self._db.has_object(binsha))
+        out = [oid for oid in oids if not self._db.has_object(_oid(oid))]
+        if out:
+            self._db.update_cache(force=True)  # packs a fetch added since
+            out = [oid for oid in out if not self._db.has_object(_oid(oid))]
+        return out
+
+    def has_object(self, oid: str) -> bool:
+        return not self.missing([oid])
 
     def has_commit(self, commit: str) -> bool:
         return (
@@ -468,8 +464,11 @@ class GitRepo:
         return io.BufferedReader(stream, _CHUNK)
 
     def read_blob(self, blob_id: str) -> bytes:
-        with self.open_blob(blob_id) as stream:
-            return stream.read()
+        kind, stream = self._open(blob_id)
+        with stream:
+            if kind != "blob":
+                raise GitError(f"cannot read blob {blob_id} of {self.name}: it is a {kind}")
+            return stream.readall()
 
     def entry(self, commit: str, path: str) -> tuple[str, str] | None:
         """``(mode, object id)`` of ``path`` in ``commit``, read from its trees (which
@@ -535,7 +534,7 @@ class GitRepo:
     def _object(self, oid: str, kind: str) -> bytes:
         found, stream = self._open(oid, kind)
         with stream:
-            data = stream.read() if found == kind else None
+            data = stream.readall() if found == kind else None
         if data is None:
             raise GitError(f"{oid} in {self.name} is a {found}, not a {kind}")
         return data
@@ -589,12 +588,11 @@ class GitRepo:
             # else: a submodule that came, went or changed; callers skip submodules
         return out
 
-    def missing_objects(self, commit: str, paths: Sequence[str] = ()) -> list[str]:
-        """Objects of ``commit``'s tree (or of just ``paths`` in it) not on disk (a
-        partial clone's blobs), without fetching them."""
+    def missing_objects(self, commit: str) -> list[str]:
+        """Objects of ``commit``'s tree not on disk (a partial clone's blobs), without
+        fetching them."""
         args = ["rev-list", "--objects", "--no-walk", "--missing=print", "--end-of-options"]
-        args += [_checked(commit), "--", *paths] if paths else [_checked(commit)]
-        out = self._git(args, f"cannot list the objects of {commit}", literal=True)
+        out = self._git([*args, _checked(commit)], f"cannot list the objects of {commit}")
         return [line[1:] for line in out.splitlines() if line.startswith("?")]
 
     def ls_files(self) -> list[str]:
@@ -612,19 +610,16 @@ class GitRepo:
     def _argv(self, args: Sequence[str]) -> list[str]:
         return ["git", "-C", str(self.path), *args]
 
-    def _run(
-        self, args: Sequence[str], *, literal: bool = False
-    ) -> subprocess.CompletedProcess[bytes]:
-        env = {**self._env, "GIT_LITERAL_PATHSPECS": "1"} if literal else self._env
+    def _run(self, args: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
         try:
             return subprocess.run(  # noqa: S603 - argv built here, no shell
-                self._argv(args), stdin=subprocess.DEVNULL, capture_output=True, env=env
+                self._argv(args), stdin=subprocess.DEVNULL, capture_output=True, env=self._env
             )
         except FileNotFoundError as exc:
             raise GitError("git is not installed (no `git` on PATH)") from exc
 
-    def _git(self, args: Sequence[str], what: str, *, literal: bool = False) -> str:
-        proc = self._run(args, literal=literal)
+    def _git(self, args: Sequence[str], what: str) -> str:
+        proc = self._run(args)
         if proc.returncode != 0:
             raise GitError(f"{what}: {error_line(proc.stderr)}")
         return proc.stdout.decode("utf-8", "surrogateescape").rstrip("\n")

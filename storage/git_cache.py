@@ -93,31 +93,17 @@ _CLONE_CONFIG = (  # a bare clone fetches no refs by default; no gc under reader
     ("gc.auto", "0"),
     ("maintenance.auto", "false"),
 )
-_AUTH_FAILED = (
-    "authentication failed",
-    "terminal prompts disabled",
-    "could not read username",
-    "could not read password",
-    "permission denied (publickey",
-    "returned error: 401",
+_AUTH_FAILED = (  # what git's stderr says when credentials are missing or refused
+    "authentication failed", "terminal prompts disabled", "could not read username",
+    "could not read password", "permission denied (publickey", "returned error: 401",
     "returned error: 403",
-)
-_UNAVAILABLE = (
-    "could not resolve host",
-    "failed to connect",
-    "couldn't connect",
-    "connection refused",
-    "connection reset",
-    "timed out",
-    "early eof",
-    "rpc failed",
-    "hung up unexpectedly",
-    "returned error: 5",
-    "no route to host",
-    "network is unreachable",
-    "temporary failure",
+)  # fmt: skip
+_UNAVAILABLE = (  # ... and when the remote is down or slow: worth retrying
+    "could not resolve host", "failed to connect", "couldn't connect", "connection refused",
+    "connection reset", "timed out", "early eof", "rpc failed", "hung up unexpectedly",
+    "returned error: 5", "no route to host", "network is unreachable", "temporary failure",
     "operation too slow",
-)
+)  # fmt: skip
 
 
 def auth_environment(url: str, token: str | None = None) -> tuple[dict[str, str], list[str]]:
@@ -321,10 +307,10 @@ class GitCache:
             if not repo.has_commit(commit):
                 raise GitError(f"no commit {commit} in {call.url}")
             oids = [_blob_id(repo, call.url, commit, path, blob) for path, blob in items]
-            missing = sorted({oid for oid in oids if not repo.has_object(oid)})
+            missing = sorted(set(repo.missing(oids)))
             if missing:
                 self._fetch_objects(call, repo, missing)
-            gone = [oid for oid in missing if not repo.has_object(oid)]
+            gone = repo.missing(missing)
             if gone:
                 raise GitError(f"no blob {gone[0]} in {call.url} (commit {commit})")
             return oids
@@ -481,10 +467,10 @@ class GitCache:
             if reader is not None and reader.inode == inode:
                 return reader
         self._drop_reader(dest)
-        repo = GitRepo.discover(dest)
-        if repo is None:
+        try:
+            reader = _Reader(GitRepo(dest, url=url, env=OFFLINE), inode)
+        except GitError:  # not (yet) a repository
             return None
-        reader = _Reader(GitRepo(dest, url=url, env=OFFLINE), inode)
         with self._guard:
             self._readers[dest] = reader
         return reader
@@ -510,7 +496,7 @@ def _on_disk(reader: _Reader, url: str, commit: str, items: _Items) -> list[str]
         if not reader.repo.has_commit(commit):
             return None
         oids = [_blob_id(reader.repo, url, commit, path, blob) for path, blob in items]
-        return oids if all(reader.repo.has_object(oid) for oid in oids) else None
+        return None if reader.repo.missing(oids) else oids
 
 
 def _blob_id(repo: GitRepo, url: str, commit: str, path: str | None, blob_id: str | None) -> str:

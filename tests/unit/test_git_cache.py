@@ -11,6 +11,8 @@ import fcntl
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from pydantic import SecretStr
 
 import storage.git_cache
 from headrace.errors import is_transient
-from headrace.settings import GitSettings
+from headrace.settings import PROJECT_ROOT, GitSettings
 from storage.git import GitError, GitRefused, GitUnavailable, Ran, check_reference
 from storage.git_cache import GitCache
 from tests.gitserver import commit_all, git, hermetic_git, serving
@@ -460,3 +462,11 @@ def test_a_silent_remote_times_out(tmp_path: Path) -> None:
     assert time.monotonic() - started < 10 and is_transient(caught.value)
     assert TOKEN not in str(caught.value)
     assert list(cache.root.glob("*.git")) == []
+
+
+def test_the_benchmark_runs_small() -> None:
+    bench = PROJECT_ROOT / "bench" / "git.py"
+    argv = [sys.executable, str(bench), "--small", "--baseline", "HEAD"]  # HEAD: any clone has it
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=True).stdout
+    for figure in ("new/old:", "GitPython:", "read_blobs (clone", "read_blob(path=): p50"):
+        assert figure in out, out

@@ -381,6 +381,7 @@ class GitRepo:
         self._db: Any = None  # gitdb's GitDB, untyped
         self._current: _BlobStream | None = None
         self._trees: OrderedDict[str, dict[str, tuple[str, str]]] = OrderedDict()
+        self._roots: dict[str, str] = {}  # commit -> its tree, for path lookups
         self._done = weakref.finalize(self, _release, on_close)
         if not self.path.is_dir():
             raise GitError(f"{path} is not a directory")
@@ -432,14 +433,18 @@ class GitRepo:
 
     # -- objects, through GitPython ------------------------------------------------
 
-    def missing(self, oids: Iterable[str]) -> list[str]:
+    def missing(self, oids: Iterable[str], *, refresh: bool = False) -> list[str]:
         """Those of ``oids`` not on disk (never fetched: a partial clone's missing blobs),
-        in order, looked up in the pack indexes by GitPython's ``GitDB``."""
+        in order, looked up in the pack indexes by GitPython's ``GitDB``. The packs are
+        listed again first if ``refresh`` (a fetch just ran), or when one is missing."""
+        fresh = self._db is None
         if self._db is None:
             self._db = gitpython.GitDB(str(self.common_dir / "objects"))
+        if refresh and not fresh:
+            self._db.update_cache(force=True)
         out = [oid for oid in oids if not self._db.has_object(_oid(oid))]
-        if out:
-            self._db.update_cache(force=True)  # packs a fetch added since
+        if out and not (fresh or refresh):
+            self._db.update_cache(force=True)  # packs another process's fetch added
             out = [oid for oid in out if not self._db.has_object(_oid(oid))]
         return out
 
@@ -473,8 +478,14 @@ class GitRepo:
     def entry(self, commit: str, path: str) -> tuple[str, str] | None:
         """``(mode, object id)`` of ``path`` in ``commit``, read from its trees (which
         must be on disk; no blob is read); None if the tree has no such path."""
-        tree = self._object(commit, "commit").split(b"\n", 1)[0].removeprefix(b"tree ")
-        found: tuple[str, str] | None = (TREE, tree.decode("ascii"))
+        tree = self._roots.get(commit)
+        if tree is None:
+            head = self._object(commit, "commit").split(b"\n", 1)[0]
+            tree = head.removeprefix(b"tree ").decode("ascii")
+            if len(self._roots) >= _TREE_MEMO:
+                self._roots.clear()
+            self._roots[commit] = tree
+        found: tuple[str, str] | None = (TREE, tree)
         for part in path.split("/"):
             if found is None or found[0] != TREE:
                 return None

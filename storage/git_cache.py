@@ -310,7 +310,7 @@ class GitCache:
             missing = sorted(set(repo.missing(oids)))
             if missing:
                 self._fetch_objects(call, repo, missing)
-            gone = repo.missing(missing)
+            gone = repo.missing(missing, refresh=True) if missing else []
             if gone:
                 raise GitError(f"no blob {gone[0]} in {call.url} (commit {commit})")
             return oids

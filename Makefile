@@ -36,13 +36,15 @@ stack-down: install ## Stop the local stack (its data stays in .headrace/)
 stack-status: install ## Show the local stack's services and their health
 	$(HEADRACE) stack status
 
-demo: stack-up ## Run the end-to-end demo: this repository ingested, archived and loaded
+demo: stack-up ## Run the end-to-end demo: this repository ingested, archived, loaded and cached
 	$(HEADRACE) stack smoke
 	$(HEADRACE) ingest . --project headrace
 	$(HEADRACE) consume archive --until-caught-up
 	$(HEADRACE) archive verify
 	$(HEADRACE) consume load --until-caught-up
 	$(HEADRACE) db stats
+	$(HEADRACE) consume cache --until-caught-up
+	$(HEADRACE) cache stats
 
 test: stack-up ## Run the whole test suite (unit and integration) against the local stack
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -26,10 +26,7 @@ request to delete a day. Names, paths, the line format and the errors are in
 
 from storage.archive.backend import (
     Backend,
-    Bucket,
     LocalBackend,
-    MemoryBucket,
-    MinioBucket,
     ObjectBackend,
     open_backend,
 )
@@ -50,7 +47,6 @@ from storage.archive.retention import (
     ColdObject,
     ColdStore,
     MemoryColdStore,
-    MinioColdStore,
     read_cold_marker,
     request_deletion,
     retain,
@@ -70,10 +66,7 @@ __all__ = [
     "ArchiveWriteError",
     "ArchivedLine",
     "Backend",
-    "Bucket",
     "LocalBackend",
-    "MemoryBucket",
-    "MinioBucket",
     "ObjectBackend",
     "open_backend",
     "ColdMarker",
@@ -81,7 +74,6 @@ __all__ = [
     "ColdStore",
     "Compression",
     "MemoryColdStore",
-    "MinioColdStore",
     "Problem",
     "ProblemKind",
     "SegmentInfo",

@@ -76,8 +76,6 @@ from storage.archive.retention import (
 )
 from storage.errors import ObjectNotFound, PreconditionFailed
 from storage.objectstore import ObjectStorage, open_storage
-from storage.objectstore.memory import MemoryStorage
-from storage.objectstore.minio import MinioStorage
 
 log = logging.getLogger(__name__)
 
@@ -358,10 +356,3 @@ def open_backend(archive: ArchiveSettings, object_store: ObjectStoreSettings) ->
         return LocalBackend(archive.root)
     storage = open_storage(object_store, archive.bucket)
     return ObjectBackend(storage, archive.staging, archive.prefix)
-
-
-# The archive's bucket is an ObjectStorage now; these names stay only because
-# storage.archive re-exports them.
-Bucket = ObjectStorage
-MemoryBucket = MemoryStorage
-MinioBucket = MinioStorage

@@ -44,7 +44,6 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from headrace.settings import ObjectStoreSettings
 from storage.archive.layout import (
     MANIFEST,
     ArchiveConflict,
@@ -66,7 +65,7 @@ from storage.archive.manifest import (
     locked,
     read_manifest,
 )
-from storage.objectstore import ObjectStorage, open_storage
+from storage.objectstore import ObjectStorage
 from storage.objectstore.memory import MemoryStorage
 
 log = logging.getLogger(__name__)
@@ -387,11 +386,3 @@ class MemoryColdStore(ColdStore):
 
     def __init__(self, bucket: str = "headrace-archive") -> None:
         super().__init__(MemoryStorage(bucket))
-
-
-class MinioColdStore(ColdStore):
-    """``ColdStore(open_storage(settings))``: the cold tier on the bucket of ``settings``
-    (a name kept because storage.archive exports it)."""
-
-    def __init__(self, settings: ObjectStoreSettings) -> None:
-        super().__init__(open_storage(settings))

@@ -17,13 +17,13 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from headrace.kafka import ensure_topics, make_admin, make_consumer, make_producer
-from headrace.s3 import make_minio
 from headrace.settings import (
     KafkaSettings,
     ObjectStoreSettings,
     PostgresSettings,
     RegistrySettings,
 )
+from storage.objectstore.minio import make_minio
 
 SCHEMA = """{"type": "record", "name": "Probe", "namespace": "dev.headrace.test",
   "fields": [{"name": "n", "type": "int"}, {"name": "body", "type": "bytes"}]}"""

@@ -466,14 +466,18 @@ class GitCache:
             reader = self._readers.get(dest)
             if reader is not None and reader.inode == inode:
                 return reader
-        self._drop_reader(dest)
-        try:
-            reader = _Reader(GitRepo(dest, url=url, env=OFFLINE), inode)
-        except GitError:  # not (yet) a repository
-            return None
-        with self._guard:
-            self._readers[dest] = reader
-        return reader
+            try:
+                fresh: _Reader | None = _Reader(GitRepo(dest, url=url, env=OFFLINE), inode)
+            except GitError:  # not (yet) a repository
+                fresh = None
+            if fresh is None:
+                self._readers.pop(dest, None)
+            else:
+                self._readers[dest] = fresh
+        if reader is not None:  # of the clone that was there before
+            with reader.lock:
+                reader.repo.close()
+        return fresh
 
     def _drop_reader(self, dest: Path) -> None:
         with self._guard:

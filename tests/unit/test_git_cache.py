@@ -294,6 +294,17 @@ def test_a_clone_in_use_or_locked_is_not_evicted(remotes: list[Path], tmp_path: 
     assert list(cache.root.glob("*.git")) == []
 
 
+def test_a_clone_evicted_by_another_process_is_cloned_again(remote: Path, tmp_path: Path) -> None:
+    cache = GitCache(tmp_path / "cache", allowed_schemes=FILE)
+    url, commit = remote.as_uri(), git(remote, "rev-parse", "HEAD")
+    assert cache.read_blob(url, commit, path="src/pkg/mod.py") == b"print('hi')\n"
+    other = GitCache(cache.root, allowed_schemes=FILE, max_size=0)  # its kept reader is idle
+    assert other.evict() == [cache.location(url)]
+    assert cache.read_blob(url, commit, path="docs/read me.md") == b"# spaces\n"
+    assert cache.location(url).is_dir()
+    cache.close()
+
+
 def test_abandoned_batch_releases_its_clone(remote: Path, tmp_path: Path) -> None:
     cache = GitCache(tmp_path / "cache", allowed_schemes=FILE, max_size=0)
     url, commit = remote.as_uri(), git(remote, "rev-parse", "HEAD")

@@ -152,7 +152,10 @@ class ContentResolver:
             return hit
         if ref.strategy == "OBJECT_STORAGE":
             return self._object(ref)
-        return self._git_batch(ref.git_url or "", ref.commit or "", [ref])[0]
+        (outcome,) = self._git_batch(ref.git_url or "", ref.commit or "", [ref])
+        if isinstance(outcome, ContentError):
+            raise outcome
+        return outcome
 
     def _local(self, ref: ContentRef) -> Resolved:
         assert ref.local_path is not None  # noqa: S101 - a LOCAL ref has one
@@ -267,8 +270,12 @@ class ContentResolver:
 
     # --- git -------------------------------------------------------------------------
 
-    def _git_batch(self, url: str, commit: str, refs: Sequence[ContentRef]) -> list[Resolved]:
-        """The refs of one repository and commit, with one clone-cache call for them all."""
+    def _git_batch(
+        self, url: str, commit: str, refs: Sequence[ContentRef]
+    ) -> list[Resolved | ContentError]:
+        """The refs of one repository and commit, with one clone-cache call for them all:
+        for each, its content or the terminal error of that one blob. An error of the
+        whole call (the remote, the commit) is raised."""
         if self.git is None:
             raise PayloadMissing(refs[0].path, "git references need a clone cache")
         started = time.perf_counter()
@@ -282,19 +289,22 @@ class ContentResolver:
         except HeadraceError as exc:  # the clone cache's own errors
             raise _git_error(refs[0], exc) from None
         seconds = time.perf_counter() - started
-        results = []
+        results: list[Resolved | ContentError] = []
         for ref, item in zip(refs, items, strict=True):
-            blob = found.get(item)
-            if blob is None:
-                raise PayloadMissing(ref.path, f"no blob {item[0]!r} at {commit} in {url}")
-            _verify(ref, blob)
-            data = blob
+            try:
+                blob = found.get(item)
+                if blob is None:
+                    raise PayloadMissing(ref.path, f"no blob {item[0]!r} at {commit} in {url}")
+                _verify(ref, blob)
+            except ContentError as exc:
+                results.append(exc)
+                continue
             self._fetched(ref, seconds / len(refs))
             if ref.size <= self.policy.stream_threshold:
-                results.append(self._keep(ref, data, None))
+                results.append(self._keep(ref, blob, None))
             else:
                 spool = self._spool_target(ref)()
-                spool.write_bytes(data)
+                spool.write_bytes(blob)
                 results.append(self._keep(ref, None, spool))
         return results
 
@@ -347,20 +357,16 @@ class ContentResolver:
         results: list[Resolved | ContentError | None],
     ) -> None:
         try:
-            resolved = self._git_batch(url, commit, [ref for _, ref in group])
+            outcomes = self._git_batch(url, commit, [ref for _, ref in group])
         except ContentError as exc:
             if not _terminal(exc):
                 raise
-            if len(group) == 1:
-                results[group[0][0]] = exc
-                self.counts[type(exc).__name__] += 1
-                return
-            for i, ref in group:  # one bad reference: each alone, the others resolve
-                results[i] = self._try(ref)
-            return
-        for (i, _), outcome in zip(group, resolved, strict=True):
+            # the repository or the commit: every ref fails, each named in its own error
+            outcomes = [type(exc)(ref.path, exc.reason) for _, ref in group]
+        for (i, _), outcome in zip(group, outcomes, strict=True):
             results[i] = outcome
-            self.counts["fetched"] += 1
+            self.counts[type(outcome).__name__ if isinstance(outcome, ContentError) else
+                        "fetched"] += 1  # fmt: skip
 
     def _try(self, event: Mapping[str, Any] | Any) -> Resolved | ContentError:
         try:

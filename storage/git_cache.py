@@ -221,9 +221,15 @@ class GitCache:
     ) -> bytes:
         """The bytes of ``path`` (or of blob ``blob_id``; both: they must agree) in
         ``commit`` of ``url``. GitRefused, GitError (terminal), GitUnavailable."""
-        for _, data in self.read_blobs(url, commit, [(path, blob_id)], token=token):
-            return data
-        raise GitError(f"no blob read from {url}")  # pragma: no cover - one item, one blob
+        check_reference(url, commit, path, blob_id, self.allowed_schemes)
+        lease, dest, (oid,) = self._prepare(url, commit.lower(), [(path, blob_id)], token)
+        try:
+            reader = self._reader(dest, url)
+            assert reader is not None  # noqa: S101 - _prepare left a clone there
+            with reader.lock:
+                return reader.repo.read_blob(_found(oid))
+        finally:
+            lease.release()
 
     def open_blob(
         self,
@@ -239,8 +245,9 @@ class GitCache:
         check_reference(url, commit, path, blob_id, self.allowed_schemes)
         lease, dest, (oid,) = self._prepare(url, commit.lower(), [(path, blob_id)], token)
         try:
+            found = _found(oid)
             repo = GitRepo(dest, url=url, env=OFFLINE, on_close=lease.release)
-            return io.BufferedReader(_Owned(repo.open_blob(oid), repo))
+            return io.BufferedReader(_Owned(repo.open_blob(found), repo))
         except BaseException:
             lease.release()
             raise
@@ -248,9 +255,12 @@ class GitCache:
     def read_blobs(
         self, url: str, commit: str, items: Sequence[Item], *, token: str | None = None
     ) -> Iterator[tuple[Item, bytes]]:
-        """``(item, bytes)`` for every ``(path, blob id)`` item of ``commit`` of ``url``,
-        in order, with at most one fetch of the commit and one of the missing blobs for
-        them all. Every item is checked before this returns (GitRefused)."""
+        """``(item, bytes)`` for the ``(path, blob id)`` items of ``commit`` of ``url``, in
+        order, with at most one fetch of the commit and one of the missing blobs for them
+        all. Every item is checked before this returns (GitRefused). An item that names
+        no blob there (no such file, a directory, a blob id its path does not have, a blob
+        the remote lacks) is left out and logged; what fails the whole call (the remote,
+        its credentials, the commit) is raised."""
         for path, blob_id in items:
             check_reference(url, commit, path, blob_id, self.allowed_schemes)
         return self._read_blobs(url, commit.lower(), list(items), token)
@@ -263,6 +273,9 @@ class GitCache:
             reader = self._reader(dest, url)
             assert reader is not None  # noqa: S101 - _prepare left a clone there
             for item, oid in zip(items, oids, strict=True):
+                if isinstance(oid, GitError):
+                    log.warning("left out of a batch: %s", oid)
+                    continue
                 with reader.lock:
                     data = reader.repo.read_blob(oid)
                 yield item, data
@@ -275,8 +288,9 @@ class GitCache:
         commit: str,
         items: _Items,
         token: str | None,
-    ) -> tuple[_Lease, Path, list[str]]:
-        """The blob ids of ``items``, every one on disk; the clone held until released."""
+    ) -> tuple[_Lease, Path, list[str | GitError]]:
+        """The blob id of each item, on disk, or why it has none; the clone held until
+        the lease is released."""
         dest = self._prepared_root(url)
         lease = _Lease.take(dest.with_suffix(".use"), fcntl.LOCK_SH, self.lock_timeout, url)
         try:
@@ -293,7 +307,7 @@ class GitCache:
             raise
         return lease, dest, oids
 
-    def _fill(self, call: _Call, dest: Path, commit: str, items: _Items) -> list[str]:
+    def _fill(self, call: _Call, dest: Path, commit: str, items: _Items) -> list[str | GitError]:
         """Under the lock: clone, fetch the commit if missing, then the missing blobs."""
         self._ensure_clone(call, dest)
         repo = GitRepo(dest, url=call.url, env=OFFLINE)
@@ -307,13 +321,19 @@ class GitCache:
             if not repo.has_commit(commit):
                 raise GitError(f"no commit {commit} in {call.url}")
             oids = [_blob_id(repo, call.url, commit, path, blob) for path, blob in items]
-            missing = sorted(set(repo.missing(oids)))
-            if missing:
-                self._fetch_objects(call, repo, missing)
-            gone = repo.missing(missing, refresh=True) if missing else []
-            if gone:
-                raise GitError(f"no blob {gone[0]} in {call.url} (commit {commit})")
-            return oids
+            missing = sorted(set(repo.missing([o for o in oids if isinstance(o, str)])))
+            while missing:  # one fetch, again without any blob the remote says it lacks
+                try:
+                    self._fetch_objects(call, repo, missing)
+                    break
+                except GitError as exc:
+                    lacking = [oid for oid in missing if oid in str(exc)]
+                    if not lacking:
+                        raise
+                    missing = [oid for oid in missing if oid not in lacking]
+            gone = set(repo.missing([o for o in oids if isinstance(o, str)], refresh=True))
+            why = f"in {call.url} (commit {commit})"
+            return [GitError(f"no blob {o} {why}") if o in gone else o for o in oids]
         finally:
             repo.close()
 
@@ -494,28 +514,40 @@ class _Reader:
         self.lock = threading.Lock()  # one request at a time to its cat-file process
 
 
-def _on_disk(reader: _Reader, url: str, commit: str, items: _Items) -> list[str] | None:
-    """The blob ids of ``items`` if the commit and every blob are on disk, else None."""
+def _on_disk(reader: _Reader, url: str, commit: str, items: _Items) -> list[str | GitError] | None:
+    """The blob ids of ``items`` (or why one has none) if the commit and every blob are
+    on disk, else None."""
     with reader.lock:
         if not reader.repo.has_commit(commit):
             return None
         oids = [_blob_id(reader.repo, url, commit, path, blob) for path, blob in items]
-        return None if reader.repo.missing(oids) else oids
+        ids = [oid for oid in oids if isinstance(oid, str)]
+        return None if reader.repo.missing(ids) else oids
 
 
-def _blob_id(repo: GitRepo, url: str, commit: str, path: str | None, blob_id: str | None) -> str:
+def _found(oid: str | GitError) -> str:
+    if isinstance(oid, GitError):
+        raise oid
+    return oid
+
+
+def _blob_id(
+    repo: GitRepo, url: str, commit: str, path: str | None, blob_id: str | None
+) -> str | GitError:
+    """The blob ``path`` (or ``blob_id``) names in ``commit``, or why there is none: the
+    commit's trees are on disk, so that answer is final."""
     if not path:
         assert blob_id is not None  # noqa: S101 - check_reference wants one of them
         return blob_id.lower()
     found = repo.entry(commit, path)
     if found is None:
-        raise GitError(f"no file {path!r} at {commit} in {url}")
+        return GitError(f"no file {path!r} at {commit} in {url}")
     mode, oid = found
     if mode in (TREE, SUBMODULE):
         kind = "a directory" if mode == TREE else "a submodule"
-        raise GitError(f"{path!r} at {commit} in {url} is {kind}, not a file")
+        return GitError(f"{path!r} at {commit} in {url} is {kind}, not a file")
     if blob_id is not None and oid != blob_id.lower():
-        raise GitError(f"{path!r} at {commit} in {url} is blob {oid}, not {blob_id.lower()}")
+        return GitError(f"{path!r} at {commit} in {url} is blob {oid}, not {blob_id.lower()}")
     return oid
 
 

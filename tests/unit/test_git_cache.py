@@ -173,6 +173,29 @@ def test_read_blobs_makes_one_fetch_for_a_batch(remote: Path, tmp_path: Path, sp
     cache.close()
 
 
+def test_a_bad_item_is_left_out_of_its_batch(
+    remote: Path, tmp_path: Path, spy: Spy, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = GitCache(tmp_path / "cache", allowed_schemes=FILE)
+    url, commit = remote.as_uri(), git(remote, "rev-parse", "HEAD")
+    other = git(remote, "rev-parse", "HEAD:docs/read me.md")
+    items = [
+        ("src/pkg/mod.py", None),
+        ("no/such/file", None),  # not in the tree
+        ("src/pkg", None),  # a directory
+        ("big.bin", other),  # a blob id the path does not have
+        ("", "0" * 40),  # a blob the remote does not have
+        ("docs/read me.md", other),
+    ]
+    with caplog.at_level(logging.WARNING):
+        got = list(cache.read_blobs(url, commit, items))
+    assert got == [(items[0], b"print('hi')\n"), (items[5], b"# spaces\n")]
+    assert "no file 'no/such/file'" in caplog.text and "no blob " + "0" * 40 in caplog.text
+    assert len([f for f in spy.fetches() if "--stdin" in f]) == 2  # again without 000...
+    assert [d for _, d in cache.read_blobs(url, commit, items)] == [b"print('hi')\n", b"# spaces\n"]
+    cache.close()
+
+
 def test_a_commit_not_in_the_clone_is_fetched_by_id(remote: Path, tmp_path: Path, spy: Spy) -> None:
     cache = GitCache(tmp_path / "cache", allowed_schemes=FILE)
     url, first = remote.as_uri(), git(remote, "rev-parse", "HEAD")

@@ -1,5 +1,6 @@
 """Benchmarks run small here, to prove they still work; their figures go to docs."""
 
+import json
 import subprocess
 import sys
 
@@ -109,3 +110,29 @@ def test_load_benchmark_runs_small(
     out = done.stdout
     assert "PostgreSQL COPY (plain)" in out and out.count("x baseline") == 4
     assert out.count("every row unchanged") == 2
+
+
+def test_cache_benchmark_runs_small(object_store: ObjectStoreSettings) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HEADRACE_OBJECT_STORE__ENDPOINT": object_store.endpoint,
+        "HEADRACE_CONSUMER__METRICS_PORT": "0",
+    }
+    done = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "bench" / "cache.py"), "--small", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    text, figures = done.stderr, json.loads(done.stdout)
+    for heading in ("1. warm hits", "2. cold fetch", "3. git", "4. hit rate", "5. memory"):
+        assert heading in text
+    assert text.count("baseline") >= 12 and "peak RSS" in text
+    assert figures["warm_hits"]["resolver.resolve (hit)"]["p99_ms"] > 0
+    assert figures["cold_fetch"][0]["objects"] == 20 and figures["cold_fetch"][0]["ratio"] > 0
+    assert figures["git"]["files"] == 100 and figures["git"]["cold"]["first_read_blob_s"] > 0
+    assert 0 < figures["hit_rate"]["hit_rate"] <= figures["hit_rate"]["unbounded_hit_rate"]
+    assert figures["memory"]["streamed"] and figures["memory"]["resolve_rss_mib"] > 0

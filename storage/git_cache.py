@@ -65,6 +65,7 @@ from storage.git import (
     error_line,
     pinned_environment,
     run_git,
+    url_scheme,
 )
 
 if TYPE_CHECKING:
@@ -422,13 +423,19 @@ class GitCache:
         shutil.rmtree(tmp, ignore_errors=True)
         log.info("cloning %s into %s", call.url, dest)
         clone = ["clone", "--bare", "--quiet"]
+        # A local path as a file:// URL: cloned through upload-pack (a partial clone, in an
+        # environment of its own) rather than copied by git itself, which would look for
+        # the source where the pinned variables point.
+        source = call.url
+        if url_scheme(source) == "file" and not source.lower().startswith("file:"):
+            source = Path(source).expanduser().absolute().as_uri()
         try:
-            call.git(tmp, [*clone, "--filter=blob:none", "--", call.url, str(tmp)], "clone")
+            call.git(tmp, [*clone, "--filter=blob:none", "--", source, str(tmp)], "clone")
         except GitError as exc:  # a server that refuses filters outright: a full clone
             if "filter" not in str(exc):
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
-            call.git(tmp, [*clone, "--", call.url, str(tmp)], "clone")
+            call.git(tmp, [*clone, "--", source, str(tmp)], "clone")
         for setting in _CLONE_CONFIG:
             call.git(tmp, ["-C", str(tmp), "config", *setting], "configure", local=True)
         tmp.rename(dest)

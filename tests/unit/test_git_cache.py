@@ -424,9 +424,18 @@ def test_good_references_pass(url: str) -> None:
     check_reference(url, C, "odd\nname.txt", None, ("https", "ssh"))
 
 
-def test_local_paths_count_as_file(tmp_path: Path) -> None:
+def test_local_paths_count_as_file(
+    remote: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for url in (str(tmp_path), "relative/repo", tmp_path.as_uri()):
         check_reference(url, C, "f", None, ("file",))
+    cache = GitCache(tmp_path / "cache", allowed_schemes=FILE)
+    commit = git(remote, "rev-parse", "HEAD")
+    assert cache.read_blob(str(remote), commit, path="src/pkg/mod.py") == b"print('hi')\n"
+    monkeypatch.chdir(remote.parent)
+    assert cache.read_blob(remote.name, commit, path="docs/read me.md") == b"# spaces\n"
+    assert git(cache.location(remote.name), "config", "remote.origin.promisor") == "true"
+    cache.close()
 
 
 def test_producer_repo_refuses_transport_helpers(tmp_path: Path) -> None:

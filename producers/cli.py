@@ -203,6 +203,7 @@ def ingest(
             registry = resources.enter_context(make_registry_client(settings.registry))
             publisher = Publisher(settings.kafka, registry, max_batch_bytes=max_batch_bytes)
             store = MinioObjectStore(settings.object_store)
+            resources.callback(store.close)  # its connections
         job = Ingest(src, options, run_id, project, publisher, store)
         summary = _run_with_progress(job, quiet=as_json)
     if as_json:

@@ -116,6 +116,10 @@ class ContentAddressedStore:
     def ensure_bucket(self) -> None:
         self.storage.ensure_bucket()
 
+    def close(self) -> None:
+        """Close the storage's connections."""
+        self.storage.close()
+
     def exists(self, sha256: str) -> bool:
         return self.storage.stat(content_key(sha256)) is not None
 

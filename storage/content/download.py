@@ -12,6 +12,7 @@ query string (which holds the signature).
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,16 +66,20 @@ class Downloader:
         self.backoff_s = backoff_s
         self._transport = transport
         self._client: httpx.Client | None = None
+        self._lock = threading.Lock()  # threads of resolve_many make the client once
 
     def _http(self) -> httpx.Client:
-        if self._client is None:
-            self._client = httpx.Client(
-                timeout=httpx.Timeout(self.timeout_s),
-                follow_redirects=False,  # a redirect could lead anywhere
-                limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
-                transport=self._transport,
-            )
-        return self._client
+        if self._client is not None:
+            return self._client
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(
+                    timeout=httpx.Timeout(self.timeout_s),
+                    follow_redirects=False,  # a redirect could lead anywhere
+                    limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+                    transport=self._transport,
+                )
+            return self._client
 
     def fetch(
         self,
@@ -182,6 +187,7 @@ class Downloader:
         return Fetched(b"".join(chunks) if out is None else None, target)
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None

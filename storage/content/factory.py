@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
 from datetime import timedelta
 
 from headrace.settings import Settings
@@ -11,8 +11,10 @@ from storage.content.cache import ContentCache
 from storage.content.download import Downloader
 from storage.content.errors import ContentRefused
 from storage.content.guard import allowed_endpoint
-from storage.content.resolver import ContentResolver, ResolverPolicy, Signer
+from storage.content.resolver import ContentResolver, ResolverPolicy
 from storage.git_cache import GitCache, GitRefused, check_reference
+from storage.objects import ContentAddressedStore
+from storage.objectstore import open_storage
 
 RESIGNED_FOR = timedelta(hours=1)
 
@@ -33,31 +35,52 @@ def endpoints(settings: Settings) -> tuple[tuple[str, str], ...]:
     return tuple(dict.fromkeys(found))
 
 
-def signer(settings: Settings) -> Signer | None:
+class KeySigner:
+    """Signs a GET URL again by bucket and key, with the configured credentials."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings.object_store
+        self._stores: dict[str, ContentAddressedStore] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, bucket: str, key: str) -> str:
+        with self._lock:
+            store = self._stores.get(bucket)
+            if store is None:
+                store = ContentAddressedStore(open_storage(self._settings, bucket))
+                self._stores[bucket] = store
+        return store.presign(key, RESIGNED_FOR)[0]
+
+    def close(self) -> None:
+        for store in self._stores.values():
+            store.close()
+        self._stores.clear()
+
+
+def signer(settings: Settings) -> KeySigner | None:
     """Signs URLs again by key, or None when no object-store credentials are configured."""
     store = settings.object_store
     if not store.access_key or not store.secret_key.get_secret_value():
         return None
-    from storage.objects import MinioObjectStore  # noqa: PLC0415 - the SDK only when signing
-
-    stores: dict[str, MinioObjectStore] = {}
-
-    def sign(bucket: str, key: str) -> str:
-        if bucket not in stores:
-            stores[bucket] = MinioObjectStore(store.model_copy(update={"bucket": bucket}))
-        return stores[bucket].presign(key, RESIGNED_FOR)[0]
-
-    return sign
+    return KeySigner(settings)
 
 
-def bucket_checker(settings: Settings) -> Callable[[str], bool]:
+class BucketChecker:
     """Whether a bucket exists at the configured object store (one request per call)."""
-    from storage.objectstore import open_storage  # noqa: PLC0415 - the SDK only when asked
 
-    def exists(bucket: str) -> bool:
-        return open_storage(settings.object_store, bucket).bucket_exists()
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings.object_store
 
-    return exists
+    def __call__(self, bucket: str) -> bool:
+        storage = open_storage(self._settings, bucket)
+        try:
+            return storage.bucket_exists()
+        finally:
+            storage.close()
+
+
+def bucket_checker(settings: Settings) -> BucketChecker:
+    return BucketChecker(settings)
 
 
 def open_resolver(settings: Settings, *, cache: bool = True) -> ContentResolver:

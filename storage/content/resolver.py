@@ -380,6 +380,10 @@ class ContentResolver:
         self.downloader.close()
         if self.cache is not None:
             self.cache.close()
+        for part in (self.signer, self.git):
+            close = getattr(part, "close", None)  # a KeySigner's stores, the clone cache
+            if close is not None:
+                close()
 
 
 def _verify(ref: ContentRef, data: bytes) -> None:

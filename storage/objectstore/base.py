@@ -139,6 +139,9 @@ class ObjectStorage(ABC):
         """A GET URL for the object, valid for ``expires`` (1 second to 7 days, else
         ValueError), and when it expires (UTC, whole seconds). Makes no request."""
 
+    def close(self) -> None:  # noqa: B027 - a hook: backends with connections close them
+        """Release the backend's connections; the storage stays usable (it reconnects)."""
+
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove the object; a missing one is no error. The pipeline never deletes

@@ -79,13 +79,23 @@ _SIGNED_QUERY = re.compile(r"(X-Amz-(?:Signature|Credential|Security-Token)=)[^&
 Translate = Callable[[str, str | None], AbstractContextManager[None]]
 
 
-def make_minio(settings: ObjectStoreSettings, *, timeout_s: float = 10.0) -> Minio:
-    """A MinIO SDK client for ``settings`` that fails fast (no request is made here)."""
-    pool = urllib3.PoolManager(
+def fail_fast_pool(timeout_s: float = 10.0) -> urllib3.PoolManager:
+    """The HTTP pool of headrace's clients: short timeouts, no retries of its own."""
+    return urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=min(timeout_s, 3.0), read=timeout_s),
         retries=urllib3.Retry(total=0, redirect=0),
         maxsize=8,
     )
+
+
+def make_minio(
+    settings: ObjectStoreSettings,
+    *,
+    timeout_s: float = 10.0,
+    pool: urllib3.PoolManager | None = None,
+) -> Minio:
+    """A MinIO SDK client for ``settings`` that fails fast (no request is made here)."""
+    pool = pool if pool is not None else fail_fast_pool(timeout_s)
     return Minio(
         settings.endpoint,
         access_key=settings.access_key,
@@ -125,6 +135,7 @@ class MinioStorage(ObjectStorage):
         self._settings = settings
         self._secret = settings.secret_key.get_secret_value()
         self._client: Minio | None = None
+        self._pool: urllib3.PoolManager | None = None
         self._client_lock = threading.Lock()
         try:
             check_bucket_name(self.bucket, strict=True)  # a check of the name: no request
@@ -138,11 +149,20 @@ class MinioStorage(ObjectStorage):
             return self._client
         with self._client_lock:
             if self._client is None:
+                pool = fail_fast_pool()
                 try:
-                    self._client = make_minio(self._settings)
+                    self._client = make_minio(self._settings, pool=pool)
                 except ValueError as exc:  # an endpoint the SDK cannot parse
                     raise self._refused_configuration(exc) from None
+                self._pool = pool
             return self._client
+
+    def close(self) -> None:
+        """Close the client's connections (a later call makes a new client)."""
+        with self._client_lock:
+            if self._pool is not None:
+                self._pool.clear()
+            self._client = self._pool = None
 
     def bucket_exists(self) -> bool:
         with self._translating("check bucket"):

@@ -14,6 +14,7 @@ import os
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -78,10 +79,22 @@ def env(
     return values
 
 
+_OPEN: list[MinioObjectStore] = []
+
+
 def store(settings: Settings) -> MinioObjectStore:
     objects = MinioObjectStore(settings.object_store)
     objects.ensure_bucket()
+    _OPEN.append(objects)
     return objects
+
+
+@pytest.fixture(autouse=True)
+def _close_stores() -> Iterator[None]:
+    """Every store a test made is closed after it (no socket left to the garbage collector)."""
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
 
 
 def object_event(objects: MinioObjectStore, data: bytes, path: str, **ref: Any) -> FileEvent:
@@ -215,6 +228,7 @@ def test_bytes_changed_in_minio_are_a_checksum_error_not_wrong_data(env: dict[st
     tampered = bytes(reversed(data))  # same size, other bytes, under the same key
     bucket = open_storage(settings.object_store)
     bucket.put(content_key(sha(data)), tampered, sha256=sha(tampered))  # a plain PUT replaces
+    bucket.close()
     resolver = open_resolver(settings)
     try:
         with pytest.raises(ChecksumMismatch, match="hashing to"):
@@ -379,3 +393,35 @@ def test_consume_cache_after_an_ingest_with_all_three_strategies_caches_every_re
     assert stats["entries"] == len({sha(d) for d in files.values()})  # each content once
     assert stats["bytes"] == sum(len(d) for d in files.values())
     assert set(stats["by_strategy"]) == {"OBJECT_STORAGE", "GIT_REFERENCE"}
+
+
+def test_cache_warm_fills_the_cache_from_the_database_or_the_archive(
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    files = {f"big{i}.bin": os.urandom(5_000 + i) for i in range(3)}
+    files["small.txt"] = b"small\n"
+    repo, _ = make_repo(tmp_path / "project", files)
+    monkeypatch.setenv("HEADRACE_LOAD__SQLITE_PATH", str(tmp_path / "load.sqlite3"))
+    monkeypatch.setenv("HEADRACE_ARCHIVE__ROOT", str(tmp_path / "archive"))
+    for argv in (
+        ["ingest", str(repo), "--project", "p1", "--inline-limit", "1024"],
+        ["ingest", str(repo), "--project", "p2", "--content-strategy", "git_reference"],
+        ["consume", "load", "--until-caught-up"],
+        ["consume", "archive", "--until-caught-up"],
+    ):
+        code, _, err = run(argv, capsys)
+        assert code == 0, err
+    code, out, err = run(["cache", "warm", "--project", "p1"], capsys)
+    assert code == 0, err
+    assert "p1: 3 files, 0 already cached, 3 fetched, 0 failed" in out  # the small one: inline
+    code, out, _ = run(["cache", "warm", "--project", "p1"], capsys)
+    assert "3 files, 3 already cached, 0 fetched" in out
+    monkeypatch.setenv("HEADRACE_CACHE__DIR", str(tmp_path / "second-cache"))
+    code, out, err = run(["cache", "warm", "--project", "p2", "--from", "archive"], capsys)
+    assert code == 0, err
+    assert "p2: 4 files, 0 already cached, 4 fetched, 0 failed" in out
+    cache = ContentCache(tmp_path / "second-cache", 1 << 30)
+    assert all(cache.contains(sha(data), len(data)) for data in files.values())

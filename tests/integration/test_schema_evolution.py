@@ -66,7 +66,8 @@ def test_register_v1_then_v2_and_reject_an_incompatible_v3(
     assert f"{subject} v1: schema id" in out and f"{subject} v2: schema id" in out
     # Idempotent: a second run registers nothing new.
     code, again, _ = run_cli(["schemas", "register"], capsys)
-    assert code == 0 and "(registered)" not in again and again.count("already registered") == 5
+    local = sum(len(catalog.versions(event)) for event in EventType)
+    assert code == 0 and "(registered)" not in again and again.count("already registered") == local
 
     with Registry(registry) as client:
         assert [v.version for v in client.versions(subject)] == [1, 2]

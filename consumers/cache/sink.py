@@ -69,6 +69,7 @@ class CacheSink(Sink):
                     reason = outcome.dead_letter_reason
                     self.metrics.failures.labels(self.metrics.group, strategy, reason).inc()
                 continue
+            outcome.discard()  # too large for the cache: nothing to keep warm
             self._count(outcome, strategy)
         if self.metrics is not None and self.resolver.cache is not None:
             self.metrics.observe_cache(self.resolver.cache.stats())

@@ -85,6 +85,7 @@ def warm(resolver: ContentResolver, events: Iterator[dict[str, Any]], parallel: 
             elif outcome.source == "cache":
                 result.hits += 1
             else:
+                outcome.discard()  # too large for the cache: nothing kept
                 result.fetched += 1
         chunk.clear()
 

@@ -54,7 +54,11 @@ class RowContent:
             self.without_content += 1
             return row
         try:
-            data = self.resolver.resolve(fields).read_bytes()
+            resolved = self.resolver.resolve(fields)
+            try:
+                data = resolved.read_bytes()
+            finally:
+                resolved.discard()
         except PayloadMissing as exc:
             if legacy and self.mode is not ContentMode.RESOLVE_ALL:
                 self.without_content += 1

@@ -92,13 +92,19 @@ class Resolved:
     strategy: str
     source: str  # "inline", "local", "cache" (a hit), "fetched"
     data: bytes | None = None
-    file: Path | None = None  # a cache entry (or a spooled file the caller may remove)
+    file: Path | None = None  # a cache entry, the v1 event's own file, or a spooled file
+    spooled: bool = False  # ``file`` is a temporary copy: the caller removes it (discard)
 
     def open(self) -> BinaryIO:
         if self.data is not None:
             return io.BytesIO(self.data)
         assert self.file is not None  # noqa: S101 - one of the two is always set
         return self.file.open("rb")
+
+    def discard(self) -> None:
+        """Remove a spooled file (content too large for the cache); nothing otherwise."""
+        if self.spooled and self.file is not None:
+            self.file.unlink(missing_ok=True)
 
     def read_bytes(self) -> bytes:
         if self.data is not None:

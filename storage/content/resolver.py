@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import stat
 import tempfile
 import time
 from collections import Counter
@@ -164,7 +166,11 @@ class ContentResolver:
         keep = ref.size <= self.policy.stream_threshold
         try:
             with source.open("rb") as handle:
-                while chunk := handle.read(_CHUNK):
+                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # a device, a FIFO
+                    raise PayloadMissing(
+                        ref.path, f"v1 event: local_path {ref.local_path} is not a regular file"
+                    )
+                while seen <= ref.size and (chunk := handle.read(_CHUNK)):  # never past size
                     digest.update(chunk)
                     seen += len(chunk)
                     if keep:
@@ -215,9 +221,14 @@ class ContentResolver:
             )
         except Expired:
             url = self._sign(ref, "URL was refused as expired")
-            fetched = self.downloader.fetch(
-                url, path=ref.path, sha256=ref.sha256, size=ref.size, to_file=to_file
-            )
+            try:
+                fetched = self.downloader.fetch(
+                    url, path=ref.path, sha256=ref.sha256, size=ref.size, to_file=to_file
+                )
+            except Expired:
+                raise PayloadMissing(
+                    ref.path, "the store refuses a URL signed just now (access denied)"
+                ) from None
         self._fetched(ref, time.perf_counter() - started)
         return self._keep(ref, fetched.data, fetched.file)
 
@@ -259,8 +270,8 @@ class ContentResolver:
         if self.cache is not None and ref.size <= self.cache.max_size:
             installed = self.cache.add_file(file, ref.sha256, ref.size, ref.strategy)
             if installed is not None:
-                file = installed
-        return Resolved(ref.sha256, ref.size, ref.strategy, "fetched", file=file)
+                return Resolved(ref.sha256, ref.size, ref.strategy, "fetched", file=installed)
+        return Resolved(ref.sha256, ref.size, ref.strategy, "fetched", file=file, spooled=True)
 
     def _fetched(self, ref: ContentRef, seconds: float) -> None:
         if self.cache is not None:

@@ -317,3 +317,39 @@ def test_without_a_cache_large_content_is_spooled_and_verified(tmp_path: Path) -
     resolved = make(tmp_path, store, cache=False).resolve(object_event(data))
     assert resolved.file is not None and resolved.file.parent == tmp_path
     assert resolved.file.read_bytes() == data
+
+
+def test_a_v1_path_that_is_not_a_regular_file_is_never_read(tmp_path: Path) -> None:
+    event = {"project": "p", "path": "zero", "size": 10, "checksum": sha(b"0" * 10),
+             "local_path": "/dev/zero"}  # fmt: skip
+    with pytest.raises(PayloadMissing, match="not a regular file"):
+        make(tmp_path).resolve(event)
+    grown = tmp_path / "grown.txt"
+    grown.write_bytes(b"x" * 10_000_000)
+    event = {"project": "p", "path": "grown.txt", "size": 3, "checksum": sha(b"xxx"),
+             "local_path": str(grown)}  # fmt: skip
+    with pytest.raises(ChecksumMismatch, match="holds 1048576 bytes"):  # one chunk, no more
+        make(tmp_path).resolve(event)
+
+
+def test_a_url_refused_again_after_signing_is_payload_missing(tmp_path: Path) -> None:
+    store = Store()
+    data = b"payload"
+    store.objects[f"/{BUCKET}/{key_of(data)}"] = data
+    store.expired_signatures.update({"secret", "fresh"})
+    with pytest.raises(PayloadMissing, match="refuses a URL signed just now"):
+        make(tmp_path, store).resolve(object_event(data))
+
+
+def test_a_spooled_file_is_the_callers_to_discard(tmp_path: Path) -> None:
+    store = Store()
+    data = b"z" * 4096
+    store.objects[f"/{BUCKET}/{key_of(data)}"] = data
+    resolved = make(tmp_path, store, cache=False).resolve(object_event(data))
+    assert resolved.spooled and resolved.file is not None and resolved.file.exists()
+    resolved.discard()
+    assert not resolved.file.exists()
+    cached = make(tmp_path, store).resolve(object_event(data))
+    assert not cached.spooled
+    cached.discard()  # a cache entry stays
+    assert cached.file is not None and cached.file.exists()

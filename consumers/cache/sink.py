@@ -57,7 +57,7 @@ class CacheSink(Sink):
             if str(fields.get("content_strategy")) in FETCHED:
                 wanted.append(i)
         results = self.resolver.resolve_many(
-            [batch[i].as_dict() for i in wanted], parallel=self.parallel
+            [batch[i].as_dict() for i in wanted], parallel=self.parallel, keep_bytes=False
         )
         refused: list[tuple[int, Terminal]] = []
         for i, outcome in zip(wanted, results, strict=True):

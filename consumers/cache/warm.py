@@ -78,7 +78,7 @@ def warm(resolver: ContentResolver, events: Iterator[dict[str, Any]], parallel: 
 
     def flush() -> None:
         for event, outcome in zip(
-            chunk, resolver.resolve_many(chunk, parallel=parallel), strict=True
+            chunk, resolver.resolve_many(chunk, parallel=parallel, keep_bytes=False), strict=True
         ):
             if isinstance(outcome, ContentError):
                 result.failed.append(f"{event['path']}: {outcome.reason}")

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+
 from headrace.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,10 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 """
 COUNTERS = ("hits", "misses", "evictions", "corrupt", "fetched_bytes")
+
+
+def _locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 
 class CacheError(StorageError):
@@ -130,6 +136,7 @@ class ContentCache:
         self._local = threading.local()
         self._ready_lock = threading.Lock()
         self._ready = False
+        self._folders: set[str] = set()  # objects/ab folders known to exist
 
     # --- reading ---------------------------------------------------------------------
 
@@ -186,10 +193,17 @@ class ContentCache:
     # --- writing ---------------------------------------------------------------------
 
     def put(
-        self, sha256: str, size: int, chunks: Iterable[bytes] | bytes, strategy: str = ""
+        self,
+        sha256: str,
+        size: int,
+        chunks: Iterable[bytes] | bytes,
+        strategy: str = "",
+        *,
+        fetched: bool = False,
     ) -> Path | None:
         """Add content (bytes, or chunks as they arrive); its path, or None if it is larger
-        than the whole cache. ValueError (nothing added) if the bytes are not ``sha256``."""
+        than the whole cache. ValueError (nothing added) if the bytes are not ``sha256``.
+        ``fetched``: count its bytes as fetched (in the same transaction)."""
         final = self.path_of(sha256)
         if size > self.max_size:
             return None
@@ -209,19 +223,21 @@ class ContentCache:
                 raise ValueError(
                     f"{seen} bytes hashing to {digest.hexdigest()}, not {size} bytes of {sha256}"
                 )
-            self._install(temp, final, sha256, size, strategy)
+            self._install(temp, final, sha256, size, strategy, fetched)
         finally:
             temp.unlink(missing_ok=True)
         return final
 
-    def add_file(self, path: Path, sha256: str, size: int, strategy: str = "") -> Path | None:
+    def add_file(
+        self, path: Path, sha256: str, size: int, strategy: str = "", *, fetched: bool = False
+    ) -> Path | None:
         """Move a verified file (the caller hashed it, under :meth:`temp_file`) into the
         cache; None if too large. The file is gone afterwards either way."""
         try:
             if size > self.max_size:
                 return None
             final = self.path_of(sha256)
-            self._install(path, final, sha256, size, strategy)
+            self._install(path, final, sha256, size, strategy, fetched)
             return final
         finally:
             path.unlink(missing_ok=True)
@@ -230,12 +246,13 @@ class ContentCache:
         """A fresh path under the cache's ``tmp/`` (same file system as the entries)."""
         return self._temp()
 
-    def count_fetched(self, strategy: str, nbytes: int) -> None:
-        self._count("fetched_bytes", strategy, nbytes)
-
-    def _install(self, temp: Path, final: Path, sha256: str, size: int, strategy: str) -> None:
+    def _install(
+        self, temp: Path, final: Path, sha256: str, size: int, strategy: str, fetched: bool
+    ) -> None:
         now = time.time()
         with self._write() as db:
+            if fetched:
+                self._bump(db, "fetched_bytes", strategy, size)
             found = db.execute("SELECT size FROM entries WHERE sha256 = ?", (sha256,)).fetchone()
             if found is not None and found[0] == size and final.exists():
                 db.execute("UPDATE entries SET last_used = ? WHERE sha256 = ?", (now, sha256))
@@ -243,7 +260,9 @@ class ContentCache:
             if found is not None:  # a row whose file is gone: replace both
                 db.execute("DELETE FROM entries WHERE sha256 = ?", (sha256,))
             self._evict(db, self.max_size - size)
-            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.parent.name not in self._folders:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                self._folders.add(final.parent.name)
             os.replace(temp, final)
             db.execute(
                 "INSERT INTO entries (sha256, size, strategy, added, last_used)"
@@ -377,7 +396,16 @@ class ContentCache:
             (self.root / "objects").mkdir(exist_ok=True)
             db = sqlite3.connect(self.root / "index.sqlite3", timeout=30.0, isolation_level=None)
             db.execute("PRAGMA busy_timeout = 30000")
-            db.execute("PRAGMA journal_mode = WAL")
+            # Switching a new index to WAL takes a lock SQLite's busy handler does not
+            # wait for: several threads or processes opening a new cache retry it.
+            for attempt in Retrying(
+                retry=retry_if_exception(_locked),
+                stop=stop_after_delay(30),
+                wait=wait_exponential_jitter(multiplier=0.005, max=0.5, jitter=0.01),
+                reraise=True,
+            ):
+                with attempt:
+                    db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             with self._ready_lock:
                 if not self._ready:

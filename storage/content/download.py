@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -44,6 +44,18 @@ class Expired(Exception):  # noqa: N818 - a signal to the resolver, not an error
 class Fetched:
     data: bytes | None  # the body, when it was kept in memory
     file: Path | None  # the body, when it was written to a file
+
+
+def _pieces(response: httpx.Response) -> Iterator[bytes]:
+    """The body in the network's own pieces (not cut again, a copy each), decoded only
+    when the server encoded it."""
+    if response.headers.get("content-encoding", "identity") != "identity":
+        yield from response.iter_bytes(_CHUNK)
+        return
+    try:
+        yield from response.iter_raw()
+    except httpx.StreamConsumed:  # a body read already (a mock transport's response)
+        yield from response.iter_bytes(_CHUNK)
 
 
 def where(url: str) -> str:
@@ -89,10 +101,11 @@ class Downloader:
         sha256: str,
         size: int,
         to_file: Callable[[], Path] | None = None,
+        keep: bool = False,
     ) -> Fetched:
         """GET ``url``: ``size`` bytes hashing to ``sha256``, in memory or (``to_file``) in
-        the file it names. Raises Expired, PayloadMissing, ChecksumMismatch, ContentRefused,
-        or ContentUnavailable once the attempts are spent."""
+        the file it names, or (``keep`` too) both. Raises Expired, PayloadMissing,
+        ChecksumMismatch, ContentRefused, or ContentUnavailable once the attempts are spent."""
         retrying = Retrying(
             retry=retry_if_exception_type(ContentUnavailable),
             stop=stop_after_attempt(self.attempts),
@@ -101,7 +114,7 @@ class Downloader:
             ),
             reraise=True,
         )
-        return retrying(self._once, url, path, sha256, size, to_file)
+        return retrying(self._once, url, path, sha256, size, to_file, keep)
 
     def _once(
         self,
@@ -110,6 +123,7 @@ class Downloader:
         sha256: str,
         size: int,
         to_file: Callable[[], Path] | None,
+        keep: bool,
     ) -> Fetched:
         shown = where(url)
         try:
@@ -127,7 +141,7 @@ class Downloader:
                         raise ChecksumMismatch(
                             path, f"{shown} holds {announced} bytes, the event says {size}"
                         )
-                return self._body(response, path, shown, sha256, size, to_file)
+                return self._body(response, path, shown, sha256, size, to_file, keep)
         except httpx.TimeoutException as exc:
             raise ContentUnavailable(path, f"{shown}: timed out ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
@@ -155,20 +169,22 @@ class Downloader:
         sha256: str,
         size: int,
         to_file: Callable[[], Path] | None,
+        keep: bool,
     ) -> Fetched:
         digest, seen = hashlib.sha256(), 0
         chunks: list[bytes] = []
         target = to_file() if to_file is not None else None
         out = target.open("wb") if target is not None else None
+        keep = keep or out is None
         try:
-            for chunk in response.iter_bytes(_CHUNK):
+            for chunk in _pieces(response):
                 seen += len(chunk)
                 if seen > size:
                     raise ChecksumMismatch(path, f"{shown} sends more than the {size} bytes")
                 digest.update(chunk)
                 if out is not None:
                     out.write(chunk)
-                else:
+                if keep:
                     chunks.append(chunk)
             if seen != size or digest.hexdigest() != sha256:
                 raise ChecksumMismatch(
@@ -184,7 +200,7 @@ class Downloader:
             raise
         if out is not None:
             out.close()
-        return Fetched(b"".join(chunks) if out is None else None, target)
+        return Fetched(b"".join(chunks) if keep else None, target)
 
     def close(self) -> None:
         with self._lock:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -112,11 +113,13 @@ class ContentResolver:
 
     # --- one event -------------------------------------------------------------------
 
-    def resolve(self, event: Mapping[str, Any] | Any) -> Resolved:
-        """The verified content of a FileEvent (model, decoded dict or ContentRef)."""
+    def resolve(self, event: Mapping[str, Any] | Any, *, keep_bytes: bool = True) -> Resolved:
+        """The verified content of a FileEvent (model, decoded dict or ContentRef).
+        ``keep_bytes=False``: a download that the cache takes comes back as its cache
+        entry, not also as bytes in memory (the cache group needs no bytes)."""
         ref = self._ref(event)
         try:
-            resolved = self._resolve(ref)
+            resolved = self._resolve(ref, keep_bytes)
         except ContentError as exc:
             self.counts[type(exc).__name__] += 1
             raise
@@ -133,7 +136,7 @@ class ContentResolver:
             path = str(fields.get("path", getattr(event, "path", "?")))
             raise PayloadMissing(path, f"no content reference ({exc})") from None
 
-    def _resolve(self, ref: ContentRef) -> Resolved:
+    def _resolve(self, ref: ContentRef, keep_bytes: bool = True) -> Resolved:
         if ref.strategy == "INLINE":
             assert ref.inline is not None  # noqa: S101 - ContentRef.of checks it
             _verify(ref, ref.inline)
@@ -153,7 +156,7 @@ class ContentResolver:
         if (hit := self._cached(ref)) is not None:
             return hit
         if ref.strategy == "OBJECT_STORAGE":
-            return self._object(ref)
+            return self._object(ref, keep_bytes)
         (outcome,) = self._git_batch(ref.git_url or "", ref.commit or "", [ref])
         if isinstance(outcome, ContentError):
             raise outcome
@@ -207,24 +210,31 @@ class ContentResolver:
 
     # --- object storage --------------------------------------------------------------
 
-    def _object(self, ref: ContentRef) -> Resolved:
+    def _object(self, ref: ContentRef, keep_bytes: bool = True) -> Resolved:
         url = ref.url
         now = datetime.now(UTC)
         if url is None or (ref.expires_at is not None and ref.expires_at - _EXPIRY_MARGIN <= now):
             url = self._sign(ref, "has no presigned URL" if url is None else "URL has expired")
         started = time.perf_counter()
-        in_memory = ref.size <= self.policy.stream_threshold
-        to_file = None if in_memory else self._spool_target(ref)
+        cacheable = self.cache is not None and ref.size <= self.cache.max_size
+        in_memory = ref.size <= self.policy.stream_threshold and (keep_bytes or not cacheable)
+        # Into the cache's temporary file as it arrives (hashed once, installed as is),
+        # and kept in memory too when small; a spooled file when the cache cannot hold it.
+        to_file = self._spool_target(ref) if cacheable or not in_memory else None
+        fetch = partial(
+            self.downloader.fetch,
+            path=ref.path,
+            sha256=ref.sha256,
+            size=ref.size,
+            to_file=to_file,
+            keep=in_memory,
+        )
         try:
-            fetched = self.downloader.fetch(
-                url, path=ref.path, sha256=ref.sha256, size=ref.size, to_file=to_file
-            )
+            fetched = fetch(url)
         except Expired:
             url = self._sign(ref, "URL was refused as expired")
             try:
-                fetched = self.downloader.fetch(
-                    url, path=ref.path, sha256=ref.sha256, size=ref.size, to_file=to_file
-                )
+                fetched = fetch(url)
             except Expired:
                 raise PayloadMissing(
                     ref.path, "the store refuses a URL signed just now (access denied)"
@@ -261,21 +271,24 @@ class ContentResolver:
         return Path(handle.name)
 
     def _keep(self, ref: ContentRef, data: bytes | None, file: Path | None) -> Resolved:
-        """Put fetched, verified content into the cache; the Resolved to hand out."""
+        """Put fetched, verified content (its bytes, a file of them, or both) into the
+        cache; the Resolved to hand out: the bytes when there are, else the file."""
+        cache = self.cache if self.cache is not None and ref.size <= self.cache.max_size else None
+        installed = None
+        if cache is not None and file is not None:
+            installed = cache.add_file(file, ref.sha256, ref.size, ref.strategy, fetched=True)
+        elif cache is not None and data is not None:
+            installed = cache.put(ref.sha256, ref.size, data, ref.strategy, fetched=True)
         if data is not None:
-            if self.cache is not None:
-                self.cache.put(ref.sha256, ref.size, data, ref.strategy)
+            if installed is None and file is not None:
+                file.unlink(missing_ok=True)  # the bytes are in hand: no spooled copy
             return Resolved(ref.sha256, ref.size, ref.strategy, "fetched", data=data)
+        if installed is not None:
+            return Resolved(ref.sha256, ref.size, ref.strategy, "fetched", file=installed)
         assert file is not None  # noqa: S101 - one of the two
-        if self.cache is not None and ref.size <= self.cache.max_size:
-            installed = self.cache.add_file(file, ref.sha256, ref.size, ref.strategy)
-            if installed is not None:
-                return Resolved(ref.sha256, ref.size, ref.strategy, "fetched", file=installed)
         return Resolved(ref.sha256, ref.size, ref.strategy, "fetched", file=file, spooled=True)
 
     def _fetched(self, ref: ContentRef, seconds: float) -> None:
-        if self.cache is not None:
-            self.cache.count_fetched(ref.strategy, ref.size)
         if self.on_fetch is not None:
             self.on_fetch(ref.strategy, seconds, ref.size)
 
@@ -322,7 +335,11 @@ class ContentResolver:
     # --- many events (the cache group) -----------------------------------------------
 
     def resolve_many(
-        self, events: Sequence[Mapping[str, Any] | Any], *, parallel: int = 4
+        self,
+        events: Sequence[Mapping[str, Any] | Any],
+        *,
+        parallel: int = 4,
+        keep_bytes: bool = True,
     ) -> list[Resolved | ContentError]:
         """Resolve many events: the git references of one repository and commit in one
         clone-cache call, downloads ``parallel`` at a time. One result per event, in order:
@@ -355,7 +372,11 @@ class ContentResolver:
         if downloads:
             with ThreadPoolExecutor(max_workers=parallel) as pool:
                 for i, outcome in zip(
-                    downloads, pool.map(self._try, [events[i] for i in downloads]), strict=True
+                    downloads,
+                    pool.map(
+                        partial(self._try, keep_bytes=keep_bytes), [events[i] for i in downloads]
+                    ),
+                    strict=True,
                 ):
                     results[i] = outcome
         return [r for r in results if r is not None]
@@ -379,9 +400,11 @@ class ContentResolver:
             self.counts[type(outcome).__name__ if isinstance(outcome, ContentError) else
                         "fetched"] += 1  # fmt: skip
 
-    def _try(self, event: Mapping[str, Any] | Any) -> Resolved | ContentError:
+    def _try(
+        self, event: Mapping[str, Any] | Any, keep_bytes: bool = True
+    ) -> Resolved | ContentError:
         try:
-            return self.resolve(event)
+            return self.resolve(event, keep_bytes=keep_bytes)
         except ContentError as exc:
             if not _terminal(exc):
                 raise

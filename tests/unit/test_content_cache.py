@@ -128,3 +128,18 @@ def test_two_processes_filling_at_once_keep_the_bound(tmp_path: Path) -> None:
     for path in (tmp_path / "objects").rglob("*"):
         if path.is_file():
             assert sha(path.read_bytes()) == path.name
+
+
+def test_many_threads_opening_a_new_cache_at_once_all_get_in(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    for round_ in range(30):
+        cache = ContentCache(tmp_path / str(round_), max_size=10_000)
+
+        def put(i: int, cache: ContentCache = cache) -> None:
+            blob = f"blob {i}".encode()
+            cache.put(sha(blob), len(blob), blob, "OBJECT_STORAGE")
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(put, range(8)))
+        assert cache.stats().total.entries == 8

@@ -27,12 +27,8 @@ Paths are bytes to git. They are decoded as UTF-8 with ``surrogateescape``:
 a path that is not valid UTF-8 is kept, not skipped, and
 ``path.encode("utf-8", "surrogateescape")`` gives its bytes back.
 
-Errors (``StorageError`` from headrace.errors)::
-
-    StorageError
-     ├── GitError           a repository, ref or object that cannot be read (terminal)
-     │    └── GitRefused    a hostile or disallowed reference, refused before any I/O
-     └── GitUnavailable     a remote that did not answer, a lock held too long (transient)
+The errors (``GitError``, ``GitRefused``, ``GitUnavailable``) and the checks of
+references from events are in :mod:`storage.git_refs`, re-exported here.
 """
 
 from __future__ import annotations
@@ -40,16 +36,14 @@ from __future__ import annotations
 import io
 import logging
 import os
-import re
 import subprocess
 import tempfile
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
-from urllib.parse import urlsplit
 
 import git as gitpython
 from git.objects.fun import tree_entries_from_data
@@ -57,8 +51,41 @@ from git.objects.fun import tree_entries_from_data
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-from headrace.errors import StorageError, Terminal, Transient
-from headrace.redact import credentials_in, strip_credentials
+from storage.git_refs import (
+    FULL_ID,
+    GitError,
+    GitRefused,
+    GitUnavailable,
+    check_object_id,
+    check_path,
+    check_reference,
+    check_url,
+    url_scheme,
+)
+
+__all__ = [  # the reference checks and errors live in storage.git_refs; callers import here
+    "FULL_ID",
+    "OFFLINE",
+    "SUBMODULE",
+    "SYMLINK",
+    "TREE",
+    "Change",
+    "GitError",
+    "GitRefused",
+    "GitRepo",
+    "GitUnavailable",
+    "Ran",
+    "TreeEntry",
+    "check_object_id",
+    "check_path",
+    "check_reference",
+    "check_url",
+    "error_line",
+    "git_environment",
+    "pinned_environment",
+    "run_git",
+    "url_scheme",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,27 +103,6 @@ _LOCAL_REPO_ENV = frozenset(
     "GIT_INTERNAL_SUPER_PREFIX GIT_SHALLOW_FILE GIT_COMMON_DIR".split()
 )
 OFFLINE = {"GIT_ALLOW_PROTOCOL": ""}  # no transport at all: a partial clone never fetches
-FULL_ID = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")  # SHA-1 or SHA-256
-_HELPER = re.compile(r"[A-Za-z0-9][A-Za-z0-9+.-]*::")  # <transport>::<address>
-_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
-_SCHEME_ALIASES = {"git+ssh": "ssh", "ssh+git": "ssh"}
-_NEVER = frozenset({"ext", "fd"})  # transports that run a command or use a descriptor
-_MAX_PATH = 4096
-
-
-class GitError(StorageError, Terminal):
-    """A repository, ref or object that does not exist or cannot be read."""
-
-
-class GitRefused(GitError):
-    """A reference refused before any I/O: a scheme not allowed, a transport helper,
-    a name that looks like an option, a path that escapes the tree, a malformed id."""
-
-    dead_letter_reason = "REFUSED"
-
-
-class GitUnavailable(StorageError, Transient):
-    """A remote did not answer (or the clone cache stayed locked); try again later."""
 
 
 @dataclass(frozen=True)
@@ -194,114 +200,6 @@ def error_line(stderr: bytes | str, default: str = "git failed") -> str:
 
 
 # -- references from untrusted input --------------------------------------------------
-
-
-def _refuse(what: str, value: str, why: str) -> GitRefused:
-    shown = repr(value if len(value) <= 80 else value[:77] + "...")
-    return GitRefused(f"refused git {what} {shown}: {why}")
-
-
-def url_scheme(url: str) -> str:
-    """The transport git would use for ``url`` ("https", "http", "ssh", "file" for a
-    local path, or another scheme's name); GitRefused for what is never allowed."""
-    shown = strip_credentials(url)
-    if not url or url.startswith("-"):
-        raise _refuse("URL", shown, "empty or looks like an option")
-    if any(ord(c) < 0x20 or c == "\x7f" for c in url):
-        raise _refuse("URL", shown, "control characters")
-    if _HELPER.match(url):
-        raise _refuse("URL", shown, "a transport helper (<transport>::) is never allowed")
-    match = _SCHEME.match(url)
-    if match:
-        scheme = match.group(1).lower()
-        scheme = _SCHEME_ALIASES.get(scheme, scheme)
-        if scheme in _NEVER:
-            raise _refuse("URL", shown, f"the {scheme} transport is never allowed")
-        if scheme in ("http", "https", "ssh"):
-            try:
-                split = urlsplit(url)
-                split.port  # noqa: B018 - raises ValueError for a bad port
-            except ValueError as exc:
-                raise _refuse("URL", shown, f"malformed ({exc})") from None
-            host, user = split.hostname or "", split.username or ""
-            if not host or host.startswith("-") or user.startswith("-"):
-                raise _refuse("URL", shown, "no host, or a host or user like an option")
-        return scheme
-    colon, slash = url.find(":"), url.find("/")
-    if colon > 0 and (slash < 0 or colon < slash):  # scp-like [user@]host:path
-        user, _, host = url[:colon].rpartition("@")
-        if not host or host.startswith("-") or user.startswith("-"):
-            raise _refuse("URL", shown, "a host or user like an option")
-        if url[colon + 1 :].startswith("-"):
-            raise _refuse("URL", shown, "a path like an option")
-        return "ssh"
-    return "file"
-
-
-def check_url(url: str, allowed_schemes: Collection[str], *, credentials: bool = False) -> str:
-    """``url``'s scheme, if it is in ``allowed_schemes`` (a local path is "file"), and
-    unless ``credentials``, only if the URL carries none; else GitRefused."""
-    scheme = url_scheme(url)
-    if scheme not in allowed_schemes:
-        allowed = ", ".join(sorted(allowed_schemes)) or "none"
-        why = f"scheme {scheme} is not allowed (git.allowed_schemes: {allowed})"
-        raise _refuse("URL", strip_credentials(url), why)
-    if not credentials and credentials_in(url):
-        why = "it carries credentials (they come from settings, never from a reference)"
-        raise _refuse("URL", strip_credentials(url), why)
-    return scheme
-
-
-def check_object_id(oid: str, what: str = "object id") -> str:
-    """``oid`` in lower case, if it is a full SHA-1 or SHA-256 id; else GitRefused."""
-    if oid.startswith("-"):
-        raise _refuse(what, oid, "looks like an option")
-    if not FULL_ID.fullmatch(oid):
-        raise _refuse(what, oid, "not a full hex object id (40 or 64 digits)")
-    return oid.lower()
-
-
-def check_path(path: str) -> str:
-    """``path`` if it names a file inside a tree: relative, '/'-separated, without
-    empty, '.', '..' or '.git' components, backslashes or NUL; else GitRefused."""
-    if not path:
-        raise _refuse("path", path, "empty")
-    for bad, why in (("\0", "a NUL byte"), ("\\", "a backslash")):
-        if bad in path:
-            raise _refuse("path", path, why)
-    if path.startswith("/"):
-        raise _refuse("path", path, "absolute")
-    if path.startswith("-"):
-        raise _refuse("path", path, "looks like an option")
-    if len(path.encode("utf-8", "surrogateescape")) > _MAX_PATH:
-        raise _refuse("path", path, f"longer than {_MAX_PATH} bytes")
-    for part in path.split("/"):
-        if part in ("", ".", ".."):
-            raise _refuse("path", path, f"a {part or 'empty'!r} component escapes the tree")
-        if part.lower() == ".git":
-            raise _refuse("path", path, "a .git component")
-    return path
-
-
-def check_reference(
-    url: str,
-    commit: str,
-    path: str | None = None,
-    blob_id: str | None = None,
-    allowed_schemes: Collection[str] = ("https", "ssh"),
-) -> None:
-    """Refuse (GitRefused, terminal) a git reference that must not reach git: call it
-    before any I/O. ``path`` ("" or None: read by ``blob_id``) and ``blob_id`` are
-    optional but not both; the URL must carry no credentials."""
-    check_url(url, allowed_schemes)
-    commit = check_object_id(commit, "commit")
-    if path:
-        check_path(path)
-    if blob_id is not None:
-        if len(check_object_id(blob_id, "blob id")) != len(commit):
-            raise _refuse("blob id", blob_id, "not of the commit's object format")
-    elif not path:
-        raise GitRefused("refused git reference: neither a path nor a blob id")
 
 
 def _decode_path(raw: bytes) -> str:

@@ -34,23 +34,19 @@ Network commands are killed with their children after ``clone_timeout``
 
 from __future__ import annotations
 
-import base64
 import fcntl
 import hashlib
 import io
 import logging
-import os
 import shutil
 import threading
-import time
 import uuid
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO, TypeVar
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
-from headrace.redact import REDACTOR, Redactor, credentials_in, strip_credentials
+from headrace.redact import REDACTOR, Redactor, strip_credentials
 from storage.git import (
     FULL_ID,
     OFFLINE,
@@ -62,11 +58,10 @@ from storage.git import (
     GitUnavailable,
     check_reference,
     check_url,
-    error_line,
-    pinned_environment,
-    run_git,
     url_scheme,
 )
+from storage.git_locks import Lease, disk_usage, flock_within
+from storage.git_remote import RemoteCall, auth_environment
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -94,48 +89,6 @@ _CLONE_CONFIG = (  # a bare clone fetches no refs by default; no gc under reader
     ("gc.auto", "0"),
     ("maintenance.auto", "false"),
 )
-_AUTH_FAILED = (  # what git's stderr says when credentials are missing or refused
-    "authentication failed", "terminal prompts disabled", "could not read username",
-    "could not read password", "permission denied (publickey", "returned error: 401",
-    "returned error: 403",
-)  # fmt: skip
-_UNAVAILABLE = (  # ... and when the remote is down or slow: worth retrying
-    "could not resolve host", "failed to connect", "couldn't connect", "connection refused",
-    "connection reset", "timed out", "early eof", "rpc failed", "hung up unexpectedly",
-    "returned error: 5", "no route to host", "network is unreachable", "temporary failure",
-    "operation too slow",
-)  # fmt: skip
-
-
-def auth_environment(url: str, token: str | None = None) -> tuple[dict[str, str], list[str]]:
-    """The git environment that authenticates to ``url``, and the secrets it holds.
-
-    ``user:secret@`` in an http(s) URL is used as is; a lone ``token@`` or the
-    ``token`` argument becomes the password of user ``x-access-token`` (or of
-    the URL's user name, when both are given). Other schemes get no header.
-    """
-    env = {"GIT_HTTP_LOW_SPEED_LIMIT": "1", "GIT_HTTP_LOW_SPEED_TIME": "60"}
-    env = {k: os.environ.get(k, v) for k, v in env.items()}
-    secrets = [s for s in [*credentials_in(url), token] if s]
-    split = urlsplit(url)
-    user, password = unquote(split.username or ""), unquote(split.password or "")
-    if token is None and split.password is None and user:
-        user, password = "x-access-token", user  # the lone user name is the token
-    elif token is not None:
-        user, password = user or "x-access-token", token
-    if split.scheme.lower() not in ("http", "https") or not password:
-        return env, secrets
-    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
-    origin = f"{split.scheme}://{split.netloc.rpartition('@')[2]}/"
-    env.update(
-        GIT_CONFIG_COUNT="2",
-        GIT_CONFIG_KEY_0=f"http.{origin}.extraHeader",
-        GIT_CONFIG_VALUE_0=f"Authorization: Basic {basic}",
-        GIT_CONFIG_KEY_1="credential.helper",  # none: nothing else answers, nothing is stored
-        GIT_CONFIG_VALUE_1="",
-        GIT_ASKPASS="",  # set but empty: no askpass program either
-    )
-    return env, [*secrets, basic]
 
 
 class GitCache:
@@ -196,7 +149,7 @@ class GitCache:
         check_url(url, PRODUCER_SCHEMES, credentials=True)
         call = self._call(url, token)
         dest = self._prepared_root(url)
-        lease = _Lease.take(dest.with_suffix(".use"), fcntl.LOCK_SH, self.lock_timeout, call.url)
+        lease = Lease.take(dest.with_suffix(".use"), fcntl.LOCK_SH, self.lock_timeout, call.url)
         try:
             with self._locked(dest, call.url):
                 cloned = self._ensure_clone(call, dest)
@@ -289,11 +242,11 @@ class GitCache:
         commit: str,
         items: _Items,
         token: str | None,
-    ) -> tuple[_Lease, Path, list[str | GitError]]:
+    ) -> tuple[Lease, Path, list[str | GitError]]:
         """The blob id of each item, on disk, or why it has none; the clone held until
         the lease is released."""
         dest = self._prepared_root(url)
-        lease = _Lease.take(dest.with_suffix(".use"), fcntl.LOCK_SH, self.lock_timeout, url)
+        lease = Lease.take(dest.with_suffix(".use"), fcntl.LOCK_SH, self.lock_timeout, url)
         try:
             reader = self._reader(dest, url)
             oids = _on_disk(reader, url, commit, items) if reader is not None else None
@@ -308,7 +261,9 @@ class GitCache:
             raise
         return lease, dest, oids
 
-    def _fill(self, call: _Call, dest: Path, commit: str, items: _Items) -> list[str | GitError]:
+    def _fill(
+        self, call: RemoteCall, dest: Path, commit: str, items: _Items
+    ) -> list[str | GitError]:
         """Under the lock: clone, fetch the commit if missing, then the missing blobs."""
         self._ensure_clone(call, dest)
         repo = GitRepo(dest, url=call.url, env=OFFLINE)
@@ -342,7 +297,7 @@ class GitCache:
 
     def size(self) -> int:
         """Bytes the cache takes on disk."""
-        return _du(self.root)
+        return disk_usage(self.root)
 
     def evict(self, *, keep: Path | None = None) -> list[Path]:
         """Remove whole clones, least recently used first, until the cache fits
@@ -358,7 +313,7 @@ class GitCache:
                 used = clone.with_suffix(".use").stat().st_mtime_ns
             except FileNotFoundError:
                 used = 0
-            clones.append((used, clone.name, clone, _du(clone)))
+            clones.append((used, clone.name, clone, disk_usage(clone)))
         total = sum(size for *_, size in clones)
         evicted = []
         for _, _, clone, size in sorted(clones):
@@ -384,11 +339,11 @@ class GitCache:
             reader.repo.close()
 
     def _remove(self, clone: Path) -> bool:
-        lock = _flock(clone.with_suffix(".lock"), fcntl.LOCK_EX, 0)
+        lock = flock_within(clone.with_suffix(".lock"), fcntl.LOCK_EX, 0)
         if lock is None:
             return False
         with lock:
-            use = _flock(clone.with_suffix(".use"), fcntl.LOCK_EX, 0)
+            use = flock_within(clone.with_suffix(".use"), fcntl.LOCK_EX, 0)
             if use is None:
                 return False
             with use:
@@ -403,17 +358,23 @@ class GitCache:
 
     # -- clones, fetches ---------------------------------------------------------------
 
-    def _call(self, url: str, token: str | None) -> _Call:
+    def _call(self, url: str, token: str | None) -> RemoteCall:
         env, secrets = auth_environment(url, self._token if token is None else token)
         for secret in secrets:
             REDACTOR.add(secret)  # any later log line that quotes it is scrubbed
-        return _Call(strip_credentials(url), env, Redactor(secrets), self)
+        return RemoteCall(
+            strip_credentials(url),
+            env,
+            Redactor(secrets),
+            timeout=self.timeout,
+            clone_timeout=self.clone_timeout,
+        )
 
     def _prepared_root(self, url: str) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         return self.location(url)
 
-    def _ensure_clone(self, call: _Call, dest: Path) -> bool:
+    def _ensure_clone(self, call: RemoteCall, dest: Path) -> bool:
         if GitRepo.discover(dest) is not None:
             return False
         if dest.exists():
@@ -441,13 +402,13 @@ class GitCache:
         tmp.rename(dest)
         return True
 
-    def _prefetch(self, call: _Call, repo: GitRepo, commit: str) -> None:
+    def _prefetch(self, call: RemoteCall, repo: GitRepo, commit: str) -> None:
         """Fetch the blobs of ``commit`` that a partial clone lacks, in one batch."""
         missing = repo.missing_objects(commit)
         if missing:
             self._fetch_objects(call, repo, missing)
 
-    def _fetch_objects(self, call: _Call, repo: GitRepo, oids: Sequence[str]) -> None:
+    def _fetch_objects(self, call: RemoteCall, repo: GitRepo, oids: Sequence[str]) -> None:
         log.info("fetching %s missing objects of %s", len(oids), call.url)
         args = ["-C", str(repo.path), "-c", "fetch.negotiationAlgorithm=noop", "fetch", "--quiet"]
         args += ["--no-tags"]
@@ -455,7 +416,7 @@ class GitCache:
         stdin = "".join(f"{oid}\n" for oid in oids).encode()
         call.git(repo.path, [*args, "--stdin", "origin"], "fetch", stdin=stdin, big=True)
 
-    def _resolve(self, call: _Call, repo: GitRepo, ref: str | None, *, fetch: bool) -> str:
+    def _resolve(self, call: RemoteCall, repo: GitRepo, ref: str | None, *, fetch: bool) -> str:
         if ref is not None and FULL_ID.fullmatch(ref) and repo.has_commit(ref):
             return ref.lower()  # a commit never changes: no need to ask the remote
         if fetch:
@@ -474,7 +435,7 @@ class GitCache:
 
     @contextmanager
     def _locked(self, dest: Path, url: str) -> Iterator[None]:
-        lock = _Lease.take(dest.with_suffix(".lock"), fcntl.LOCK_EX, self.lock_timeout, url)
+        lock = Lease.take(dest.with_suffix(".lock"), fcntl.LOCK_EX, self.lock_timeout, url)
         try:
             yield
         finally:
@@ -558,60 +519,6 @@ def _blob_id(
     return oid
 
 
-class _Lease:
-    """A flock on one of a clone's lock files, held until :meth:`release`."""
-
-    def __init__(self, handle: IO[bytes]) -> None:
-        self._handle: IO[bytes] | None = handle
-        self._mutex = threading.Lock()
-
-    @classmethod
-    def take(cls, path: Path, mode: int, timeout: float, url: str) -> _Lease:
-        handle = _flock(path, mode, timeout)
-        if handle is None:
-            raise GitUnavailable(
-                f"the clone of {url} stayed locked by another process for {timeout:g}s ({path})"
-            )
-        if mode == fcntl.LOCK_SH:
-            now = time.time_ns()
-            os.utime(handle.fileno(), ns=(now, now))  # the clone's last use, for eviction
-        return cls(handle)
-
-    def release(self) -> None:
-        with self._mutex:
-            handle, self._handle = self._handle, None
-        if handle is not None:
-            handle.close()  # closing the file releases its lock
-
-
-def _flock(path: Path, mode: int, timeout: float) -> IO[bytes] | None:
-    """``path`` opened and locked (``mode``: LOCK_SH or LOCK_EX) within ``timeout``
-    seconds (0: one try), else None. Lock files are never deleted: a deleted one
-    would let two holders lock two different files."""
-    handle = path.open("a+b")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(handle.fileno(), mode | fcntl.LOCK_NB)
-            return handle
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                handle.close()
-                return None
-            time.sleep(0.02)
-
-
-def _du(root: Path) -> int:
-    total = 0
-    for folder, _, files in os.walk(root):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(folder, name)).st_size
-            except FileNotFoundError:  # removed by a fetch running meanwhile
-                pass
-    return total
-
-
 class _Owned(io.RawIOBase):
     """A blob stream that closes the repository it comes from when it is closed."""
 
@@ -633,45 +540,3 @@ class _Owned(io.RawIOBase):
                 self._owner.close()
             finally:
                 super().close()
-
-
-class _Call:
-    """Runs network git commands for one URL: bounded, authenticated, redacted."""
-
-    def __init__(self, url: str, auth: dict[str, str], redactor: Redactor, cache: GitCache) -> None:
-        self.url = url
-        self.auth = auth
-        self.redactor = redactor
-        self.timeout, self.clone_timeout = cache.timeout, cache.clone_timeout
-
-    def fetch(self, git_dir: Path, args: Sequence[str]) -> None:
-        self.git(git_dir, ["-C", str(git_dir), "fetch", "--quiet", *args], "fetch")
-
-    def git(
-        self,
-        git_dir: Path,
-        args: Sequence[str],
-        what: str,
-        *,
-        stdin: bytes = b"",
-        big: bool = False,
-        local: bool = False,
-    ) -> None:
-        """``git <args>`` for the repository at ``git_dir`` (which a clone creates)."""
-        timeout = self.clone_timeout if big or what == "clone" else self.timeout
-        env = {**pinned_environment(git_dir), **({} if local else self.auth)}
-        ran = run_git(args, cwd=git_dir.parent, env=env, timeout=timeout, stdin=stdin)
-        if ran.timed_out:
-            raise GitUnavailable(f"git {what} {self.url}: no answer within {timeout:g}s")
-        if ran.status != 0:
-            raise self.error(what, ran.stderr)
-
-    def error(self, what: str, stderr: str) -> GitError | GitUnavailable:
-        text = self.redactor.redact(REDACTOR.redact(stderr)).lower()
-        prefix = f"git {what} {self.url}"
-        if any(sign in text for sign in _AUTH_FAILED):
-            return GitError(f"{prefix}: authentication failed (credentials missing or refused)")
-        reason = self.redactor.redact(REDACTOR.redact(error_line(stderr)))
-        if any(sign in text for sign in _UNAVAILABLE):
-            return GitUnavailable(f"{prefix}: {reason}")
-        return GitError(f"{prefix}: {reason}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-import storage.git_cache
+import storage.git_remote
 from headrace.errors import is_transient
 from headrace.settings import PROJECT_ROOT, GitSettings
 from storage.git import GitError, GitRefused, GitUnavailable, Ran, check_reference
@@ -63,17 +63,17 @@ def remote(tmp_path: Path) -> Path:
 
 
 class Spy:
-    """Counts the network git commands the cache runs (through storage.git.run_git)."""
+    """Counts the network git commands the cache runs (through storage.git_remote's run_git)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[list[str]] = []
-        real = storage.git_cache.run_git
+        real = storage.git_remote.run_git
 
         def spy(args: list[str], **kwargs: object) -> Ran:
             self.calls.append(list(args))
             return real(args, **kwargs)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(storage.git_cache, "run_git", spy)
+        monkeypatch.setattr(storage.git_remote, "run_git", spy)
 
     def fetches(self) -> list[list[str]]:
         return [args for args in self.calls if "fetch" in args]

@@ -38,7 +38,7 @@ stack-status: install ## Show the local stack's services and their health
 
 demo: stack-up ## Run the end-to-end demo: this repository ingested, archived, loaded and cached
 	$(HEADRACE) stack smoke
-	$(HEADRACE) ingest . --project headrace
+	$(HEADRACE) ingest . --project headrace --inline-limit 16384
 	$(HEADRACE) consume archive --until-caught-up
 	$(HEADRACE) archive verify
 	$(HEADRACE) consume load --until-caught-up

@@ -330,15 +330,7 @@ def test_unresolvable_and_refused_events_are_dead_lettered_and_loading_goes_on(
     publish(env, [*good[:10], missing_ref, *good[10:20], forbidden, *good[20:]])
     assert "30 records written, 2 dead-lettered" in consume(capsys)
     assert sorted(state(table())) == sorted(e.path for e in good)
-    with make_registry_client(registry) as client:
-        decode = EventDeserializer(client, DeadLetter)
-        letters = read_topic(
-            kafka.model_copy(
-                update={"topics": kafka.topics.model_copy(update={"dead_letter": "x"})}
-            ),
-            env["HEADRACE_KAFKA__TOPICS__DEAD_LETTER"],
-            lambda m: decode(m.value()),
-        )
+    letters = dead_letters(env, kafka, registry)
     by_reason = {letter.reason: letter for letter in letters}
     assert set(by_reason) == {DeadLetterReason.PAYLOAD_MISSING, DeadLetterReason.STORAGE_CONSTRAINT}
     assert "object_ref" in by_reason[DeadLetterReason.PAYLOAD_MISSING].error
@@ -375,6 +367,21 @@ def test_load_from_the_archive_rebuilds_the_same_tables(
             with psycopg.connect(settings.postgres.conninfo(), autocommit=True) as conn:
                 schema = os.environ["HEADRACE_LOAD__POSTGRES_SCHEMA"]
                 conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def dead_letters(
+    env: dict[str, str], kafka: KafkaSettings, registry: RegistrySettings
+) -> list[DeadLetter]:
+    """Every letter on the test's dead-letter topic."""
+    with make_registry_client(registry) as client:
+        decode = EventDeserializer(client, DeadLetter)
+        return read_topic(
+            kafka.model_copy(
+                update={"topics": kafka.topics.model_copy(update={"dead_letter": "x"})}
+            ),
+            env["HEADRACE_KAFKA__TOPICS__DEAD_LETTER"],
+            lambda m: decode(m.value()),
+        )
 
 
 def publish_v1(env: dict[str, str], events: Sequence[FileEvent]) -> None:
@@ -436,15 +443,7 @@ def test_wrong_inline_bytes_and_a_missing_bucket_are_dead_lettered_and_loading_g
     publish(env, [*good[:10], lying, *good[10:15], no_bucket, *good[15:]])
     assert "20 records written, 2 dead-lettered" in consume(capsys)
     assert sorted(state(table())) == sorted(e.path for e in good)
-    with make_registry_client(registry) as client:
-        decode = EventDeserializer(client, DeadLetter)
-        letters = read_topic(
-            kafka.model_copy(
-                update={"topics": kafka.topics.model_copy(update={"dead_letter": "x"})}
-            ),
-            env["HEADRACE_KAFKA__TOPICS__DEAD_LETTER"],
-            lambda m: decode(m.value()),
-        )
+    letters = dead_letters(env, kafka, registry)
     by_reason = {letter.reason: letter for letter in letters}
     assert set(by_reason) == {DeadLetterReason.CHECKSUM_MISMATCH, DeadLetterReason.PAYLOAD_MISSING}
     assert "does not hash" in by_reason[DeadLetterReason.CHECKSUM_MISMATCH].error

@@ -145,6 +145,9 @@ class Ingest:
                 except _Failed as failed:
                     summary.failed[candidate.path] = str(failed)
                     continue
+                except OSError as exc:  # refused, gone since the walk, an I/O error
+                    reason = (exc.strerror or type(exc).__name__).lower()
+                    event = Skip(SkipReason.UNREADABLE, f"cannot be read: {reason}")
             if isinstance(event, Skip):
                 summary.skipped.append(
                     SkippedFile(

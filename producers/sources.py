@@ -11,7 +11,9 @@ nothing) is skipped with a reason, never followed.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,7 +29,34 @@ from storage.git import GitRepo, TreeEntry
 
 
 def _open(path: Path) -> BinaryIO:
-    return path.open("rb")
+    """The file's bytes; never blocks: a path that became a FIFO or a device since the
+    walk decided it was a regular file is refused (OSError) instead of opened."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file any more", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _kind(mode: int) -> str:
+    """What a directory entry is that is neither a regular file, a directory nor a link."""
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _reason(exc: OSError) -> str:
+    return (exc.strerror or type(exc).__name__).lower()
 
 
 def _no_content() -> BinaryIO:
@@ -57,19 +86,35 @@ class DirectorySource:
         yield from self._walk(self.root, "")
 
     def _walk(self, directory: Path, prefix: str) -> Iterator[Candidate]:
-        ignore_file = directory / ".gitignore"
-        pushed = ignore_file.is_file()
-        if pushed:
-            lines = ignore_file.read_text(errors="replace").splitlines()
-            self._ignores.append((prefix, GitIgnoreSpec.from_lines(lines)))
+        """Every entry is decided from its lstat before anything opens it; a directory
+        that cannot be listed (gone, refused, a name too long) is skipped with why."""
         try:
             with os.scandir(directory) as scan:
                 entries = sorted(scan, key=lambda e: e.name)
+        except OSError as exc:
+            if not prefix:
+                raise SourceError(f"cannot list {directory}: {_reason(exc)}") from None
+            yield _skipped(prefix, f"the directory cannot be listed: {_reason(exc)}")
+            return
+        pushed = False
+        if any(e.name == ".gitignore" for e in entries):
+            try:
+                lines = (directory / ".gitignore").read_text(errors="replace").splitlines()
+                self._ignores.append((prefix, GitIgnoreSpec.from_lines(lines)))
+                pushed = True
+            except OSError as exc:
+                yield _skipped(f"{prefix}.gitignore", f"cannot be read: {_reason(exc)}")
+        try:
             for entry in entries:
                 rel = f"{prefix}{entry.name}"
                 if entry.name == ".git":
                     continue
-                if entry.is_dir(follow_symlinks=False):
+                try:
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                except OSError as exc:  # gone since the listing, a name too long
+                    yield _skipped(rel, _reason(exc))
+                    continue
+                if stat.S_ISDIR(mode):
                     if self._excluded is not None and self._excluded.match_file(rel + "/"):
                         yield Candidate(
                             rel + "/",
@@ -81,7 +126,7 @@ class DirectorySource:
                     elif not self._ignored(rel + "/"):
                         yield from self._walk(Path(entry.path), rel + "/")
                 elif not self._ignored(rel):
-                    yield self._candidate(Path(entry.path), rel, entry)
+                    yield self._candidate(Path(entry.path), rel, entry, mode)
         finally:
             if pushed:
                 self._ignores.pop()
@@ -93,21 +138,37 @@ class DirectorySource:
                 return bool(result.include)
         return False
 
-    def _candidate(self, path: Path, rel: str, entry: os.DirEntry[str]) -> Candidate:
-        if entry.is_symlink():
-            target = path.resolve()
+    def _candidate(self, path: Path, rel: str, entry: os.DirEntry[str], mode: int) -> Candidate:
+        if stat.S_ISLNK(mode):
+            try:
+                target = path.resolve(strict=True)
+            except RuntimeError:  # Python 3.11 names a loop this way
+                return _skipped(rel, "a symlink loop")
+            except OSError as exc:
+                return _skipped(rel, f"the symlink's target: {_reason(exc)}")
             if not target.is_relative_to(self.root):
                 return Candidate(
                     rel, 0, partial(_open, path), path, skip=SkipReason.SYMLINK_OUTSIDE_ROOT
                 )
-            if not target.is_file():
-                return Candidate(rel, 0, partial(_open, path), path, skip=SkipReason.UNREADABLE)
-            return Candidate(rel, target.stat().st_size, partial(_open, target), target)
+            try:
+                found = target.stat()
+            except OSError as exc:
+                return _skipped(rel, f"the symlink's target: {_reason(exc)}")
+            if not stat.S_ISREG(found.st_mode):
+                return _skipped(rel, f"the symlink's target is {_kind(found.st_mode)}")
+            return Candidate(rel, found.st_size, partial(_open, target), target)
+        if not stat.S_ISREG(mode):
+            return _skipped(rel, f"{_kind(mode)}, not a regular file")
         try:
             size = entry.stat(follow_symlinks=False).st_size
-        except OSError:
-            return Candidate(rel, 0, partial(_open, path), path, skip=SkipReason.UNREADABLE)
+        except OSError as exc:
+            return _skipped(rel, _reason(exc))
         return Candidate(rel, size, partial(_open, path), path)
+
+
+def _skipped(rel: str, detail: str) -> Candidate:
+    """A path skipped as unreadable, with why; it has no content to open."""
+    return Candidate(rel, 0, _no_content, skip=SkipReason.UNREADABLE, detail=detail)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,3 +231,76 @@ def test_a_path_that_is_not_utf8_is_skipped_and_shown_escaped(tmp_path: Path) ->
     assert skipped == {"caf\\xe9.txt": why, "dir-\\xff/inner.txt": why}
     (completed,) = [r for r in sink.runs if r.skipped]
     assert sorted(s.path for s in completed.skipped) == ["caf\\xe9.txt", "dir-\\xff/inner.txt"]
+
+
+def test_entries_that_are_not_regular_files_are_skipped_with_why_and_the_run_completes(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "repo"
+    (root / "sub").mkdir(parents=True)
+    (root / "ok.txt").write_text("fine\n")
+    (root / "sub" / "also-ok.txt").write_text("fine too\n")
+    os.mkfifo(root / "pipe")  # open() on it would block forever
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(root / "sock"))
+    (root / "loop-a").symlink_to(root / "loop-b")
+    (root / "loop-b").symlink_to(root / "loop-a")
+    (root / "dangling").symlink_to(root / "nowhere")
+    (root / "to-pipe").symlink_to(root / "pipe")
+    try:
+        sink, summary = ingest(root)
+    finally:
+        server.close()
+    assert sorted(e.path for e in sink.files) == ["ok.txt", "sub/also-ok.txt"]
+    skipped = {s.path: (s.reason, s.detail) for s in summary.skipped}  # type: ignore[attr-defined]
+    assert skipped == {
+        "pipe": (SkipReason.UNREADABLE, "a FIFO, not a regular file"),
+        "sock": (SkipReason.UNREADABLE, "a socket, not a regular file"),
+        "loop-a": (SkipReason.UNREADABLE, skipped["loop-a"][1]),
+        "loop-b": (SkipReason.UNREADABLE, skipped["loop-b"][1]),
+        "dangling": (SkipReason.UNREADABLE, "the symlink's target: no such file or directory"),
+        "to-pipe": (SkipReason.UNREADABLE, "the symlink's target is a FIFO"),
+    }
+    assert "loop" in str(skipped["loop-a"][1]) and "loop" in str(skipped["loop-b"][1])
+    assert [r.kind for r in sink.runs] == [RunEventKind.STARTED, RunEventKind.COMPLETED]
+
+
+def test_a_file_that_cannot_be_read_or_a_directory_that_vanished_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "repo"
+    (root / "gone").mkdir(parents=True)
+    (root / "ok.txt").write_text("fine\n")
+    (root / "locked.txt").write_text("no\n")
+    real_open, real_scandir = os.open, os.scandir
+
+    def refusing_open(path: object, flags: int, *args: object) -> int:
+        if str(path).endswith("locked.txt"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    def vanishing_scandir(path: object) -> object:
+        if str(path).endswith("gone"):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    monkeypatch.setattr(os, "scandir", vanishing_scandir)
+    sink, summary = ingest(root)
+    assert [e.path for e in sink.files] == ["ok.txt"]
+    skipped = {s.path: (s.reason, s.detail) for s in summary.skipped}  # type: ignore[attr-defined]
+    assert skipped == {
+        "gone/": (SkipReason.UNREADABLE,
+                  "the directory cannot be listed: no such file or directory"),
+        "locked.txt": (SkipReason.UNREADABLE, "cannot be read: permission denied"),
+    }  # fmt: skip
+    assert sink.runs[-1].kind is RunEventKind.COMPLETED
+
+
+def test_a_path_that_became_a_fifo_after_the_walk_is_refused_not_opened(tmp_path: Path) -> None:
+    from producers.sources import _open
+
+    fifo = tmp_path / "was-a-file"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        _open(fifo)  # returns at once: O_NONBLOCK, then fstat

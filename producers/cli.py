@@ -148,7 +148,7 @@ def open_source(
 @click.option("--run-id", help="Run id (default: a new one); reuse it to re-run a failed run.")
 @click.option(
     "--presign-expiry",
-    type=click.FloatRange(min=0.01),
+    type=click.FloatRange(min=1 / 3600, max=7 * 24),  # S3 signs for 1 second to 7 days
     default=24.0,
     show_default=True,
     metavar="HOURS",
@@ -185,6 +185,7 @@ def ingest(
         REDACTOR.add(secret)
     if settings.git.token is not None:
         REDACTOR.add(settings.git.token.get_secret_value())
+    _check_limits(inline_limit, max_batch_bytes, presign_expiry)
     run_id = run_id or uuid.uuid4().hex
     set_run_id(run_id)
     options = IngestOptions(
@@ -201,7 +202,12 @@ def ingest(
         publisher = store = None
         if not dry_run:
             registry = resources.enter_context(make_registry_client(settings.registry))
-            publisher = Publisher(settings.kafka, registry, max_batch_bytes=max_batch_bytes)
+            publisher = Publisher(
+                settings.kafka,
+                registry,
+                max_batch_bytes=max_batch_bytes,
+                largest_inline=inline_limit,
+            )
             store = MinioObjectStore(settings.object_store)
             resources.callback(store.close)  # its connections
         job = Ingest(src, options, run_id, project, publisher, store)
@@ -213,6 +219,23 @@ def ingest(
     if not summary.ok:
         shown = "; ".join(f"{p}: {why}" for p, why in list(summary.failed.items())[:5])
         raise HeadraceError(f"{len(summary.failed)} files were not published: {shown}")
+
+
+def _check_limits(inline_limit: int, max_batch_bytes: int, presign_expiry: float) -> None:
+    """Options that pass their own type but not together: one line naming them."""
+    if presign_expiry != presign_expiry:  # nan passes every range
+        raise click.BadParameter("'nan' is not a number of hours", param_hint="--presign-expiry")
+    if max_batch_bytes < 1024:
+        raise click.BadParameter(
+            f"{max_batch_bytes} bytes is below the smallest batch of 1KiB",
+            param_hint="--max-batch-bytes",
+        )
+    if inline_limit > max_batch_bytes:
+        raise click.BadParameter(
+            f"{inline_limit} bytes is more than --max-batch-bytes ({max_batch_bytes}):"
+            " an inline file must fit in one producer batch",
+            param_hint="--inline-limit",
+        )
 
 
 def _run_with_progress(job: Ingest, *, quiet: bool) -> Summary:

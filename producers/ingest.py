@@ -214,8 +214,8 @@ class Ingest:
                 return ContentStrategy.GIT_REFERENCE
             if small:
                 return ContentStrategy.INLINE
-        if self._store_down is not None and small:  # fall back: small files travel inline
-            return ContentStrategy.INLINE
+        # A forced object_storage never falls back to inline: with the store down its
+        # files fail, named in the summary, and the run exits 1.
         return ContentStrategy.OBJECT_STORAGE
 
     def _open_store(self) -> None:

@@ -12,9 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # ConfigResource: no __all__
+    AdminClient,
+    ConfigResource,
+)
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from headrace.errors import ProduceError
 from headrace.kafka import ensure_topics, make_admin, make_producer
 from headrace.settings import KafkaSettings
 from producers.errors import BrokerUnavailable
@@ -31,6 +36,7 @@ class Publisher:
     settings: KafkaSettings
     registry: SchemaRegistryClient
     max_batch_bytes: int = 5 * 1024 * 1024
+    largest_inline: int = 100 * 1024  # the inline limit: the largest content of one event
     connect_timeout_s: float = 10.0
     failed: dict[str, str] = field(default_factory=dict)  # path -> why
     delivered: int = 0
@@ -53,6 +59,7 @@ class Publisher:
             partitions=self.settings.partitions,
             replication_factor=self.settings.replication_factor,
         )
+        self._check_broker_limit(admin)
         self._producer = make_producer(
             self.settings,
             **{
@@ -67,6 +74,27 @@ class Publisher:
         self._file_value = EventSerializer(self.registry, EventType.FILE_EVENT)
         self._run_value = EventSerializer(self.registry, EventType.RUN_EVENT)
         self._next = 0
+
+    def _check_broker_limit(self, admin: AdminClient) -> None:
+        """The largest event (an inline file and its framing) must fit the topic's
+        ``max.message.bytes``: a ProduceError naming both, before anything is sent."""
+        resource = ConfigResource(ConfigResource.Type.TOPIC, self.file_topic)
+        try:
+            configs = admin.describe_configs([resource])[resource].result(self.connect_timeout_s)
+        except KafkaException as exc:
+            log.warning("cannot read %s's max.message.bytes: %s", self.file_topic, exc)
+            return
+        entry = configs.get("max.message.bytes")
+        if entry is None or entry.value is None:
+            return
+        limit = int(entry.value)
+        largest = self.largest_inline + MESSAGE_OVERHEAD
+        if largest > limit:
+            raise ProduceError(
+                f"--inline-limit {self.largest_inline} bytes plus {MESSAGE_OVERHEAD} of framing"
+                f" is more than topic {self.file_topic}'s max.message.bytes ({limit}):"
+                " lower --inline-limit or raise the topic's limit"
+            )
 
     def file(self, event: FileEvent) -> None:
         key = f"{event.project}/{event.path}"

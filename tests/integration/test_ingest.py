@@ -350,3 +350,18 @@ def test_object_store_down_small_files_go_inline_and_large_ones_fail_the_run(
     events = {key.split("/", 1)[1]: e for key, e in file_events(kafka, registry, env)}
     assert "large.bin" not in events and events["src/app.py"].inline is not None
     assert [r.kind for r in run_events(kafka, registry, env)] == [RunEventKind.STARTED]
+
+
+def test_an_inline_limit_above_the_brokers_message_limit_is_one_line_before_anything_is_sent(
+    tree: Path,
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["ingest", str(tree), "--inline-limit", "64MiB", "--max-batch-bytes", "128MiB"]
+    code, out, err = run(argv, capsys)
+    assert code == 1
+    assert "max.message.bytes" in err and "--inline-limit" in err
+    assert len(err.strip().splitlines()) == 1 and "unexpected" not in err
+    assert file_events(kafka, registry, env) == [] and run_events(kafka, registry, env) == []

@@ -24,6 +24,7 @@ from schemas.models import (
 from schemas.models import TextEncoding as Enc
 from storage.errors import ObjectStoreUnavailable
 from storage.objects import MemoryObjectStore
+from tests.unit.test_cli import run
 
 LFS = b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n"
 
@@ -157,12 +158,21 @@ class DownStore(MemoryObjectStore):
         raise ObjectStoreUnavailable("127.0.0.1:1", "content", "create bucket", "refused")
 
 
-def test_store_down_small_files_fall_back_inline_and_large_ones_fail(tree: Path) -> None:
-    sink, summary = ingest(tree, DownStore("content"), strategy=StrategyChoice.OBJECT_STORAGE)
+def test_store_down_small_files_go_inline_and_large_ones_fail(tree: Path) -> None:
+    sink, summary = ingest(tree, DownStore("content"))
     assert {e.content_strategy for e in sink.files} == {ContentStrategy.INLINE}
     assert list(summary.failed) == ["big.dat"]  # type: ignore[attr-defined]
     assert not summary.ok  # type: ignore[attr-defined]
     assert [r.kind for r in sink.runs] == [RunEventKind.STARTED]  # no COMPLETED for a failed run
+
+
+def test_a_forced_object_storage_never_falls_back_to_inline(tree: Path) -> None:
+    sink, summary = ingest(tree, DownStore("content"), strategy=StrategyChoice.OBJECT_STORAGE)
+    assert sink.files == []
+    failed = summary.failed  # type: ignore[attr-defined]
+    assert "big.dat" in failed and "latin1.txt" in failed
+    assert all("object store unavailable" in why for why in failed.values())
+    assert not summary.ok  # type: ignore[attr-defined]
 
 
 def test_dry_run_decides_but_publishes_and_uploads_nothing(tree: Path) -> None:
@@ -304,3 +314,20 @@ def test_a_path_that_became_a_fifo_after_the_walk_is_refused_not_opened(tmp_path
     os.mkfifo(fifo)
     with pytest.raises(OSError, match="not a regular file"):
         _open(fifo)  # returns at once: O_NONBLOCK, then fstat
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--presign-expiry", "100000"], "Invalid value for '--presign-expiry'"),
+        (["--presign-expiry", "nan"], "'nan' is not a number of hours"),
+        (["--max-batch-bytes", "0"], "below the smallest batch of 1KiB"),
+        (["--inline-limit", "10GiB"], "an inline file must fit in one producer batch"),
+    ],
+)
+def test_options_that_cannot_work_are_one_line_at_parse_time(
+    tree: Path, args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(["ingest", str(tree), "--dry-run", *args], capsys)
+    assert code == 2 and needle in err and out == ""
+    assert len(err.strip().splitlines()) == 1 and "unexpected" not in err

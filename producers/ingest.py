@@ -107,6 +107,14 @@ class Summary:
         }
 
 
+def _signature(path: Path | None) -> tuple[int, int, int] | None:
+    """What changes when a file on disk is written: size, modification time, inode."""
+    if path is None:  # a git blob never changes
+        return None
+    found = path.stat()
+    return found.st_size, found.st_mtime_ns, found.st_ino
+
+
 class _Failed(Exception):  # noqa: N818 - internal signal: this file failed, with why
     pass
 
@@ -141,7 +149,7 @@ class Ingest:
             event: FileEvent | Skip | None = skip
             if event is None:
                 try:
-                    event = self._event(candidate, info, project, now, summary)
+                    event = self._stable_event(candidate, info, project, now, summary)
                 except _Failed as failed:
                     summary.failed[candidate.path] = str(failed)
                     continue
@@ -237,6 +245,29 @@ class Ingest:
 
     # --- building events ------------------------------------------------------------
 
+    def _stable_event(
+        self, candidate: Candidate, info: SourceInfo, project: str, now: datetime, summary: Summary
+    ) -> FileEvent | Skip:
+        """The file's event, made from bytes that did not change while they were read: a
+        file on disk whose size, modification time or inode differ after the read is read
+        once more, then skipped as CHANGED_WHILE_READ; never published half-read."""
+        path = candidate.local_path
+        for _ in range(2):
+            before = _signature(path)
+            try:
+                event = self._event(candidate, info, project, now, summary)
+            except _Failed:
+                if before == _signature(path):
+                    raise
+                continue  # the upload saw other bytes because the file changed: again
+            if before == _signature(path):
+                if isinstance(event, FileEvent):
+                    self._digest.append((event.path, event.checksum))
+                return event
+        return Skip(
+            SkipReason.CHANGED_WHILE_READ, "its size or modification time changed while read, twice"
+        )
+
     def _event(
         self, candidate: Candidate, info: SourceInfo, project: str, now: datetime, summary: Summary
     ) -> FileEvent | Skip:
@@ -265,7 +296,6 @@ class Ingest:
                         path=candidate.path,
                         blob_id=candidate.blob_id or "",
                     )
-        self._digest.append((candidate.path, checksum))
         return FileEvent(
             project=project,
             path=candidate.path,

@@ -331,3 +331,37 @@ def test_options_that_cannot_work_are_one_line_at_parse_time(
     code, out, err = run(["ingest", str(tree), "--dry-run", *args], capsys)
     assert code == 2 and needle in err and out == ""
     assert len(err.strip().splitlines()) == 1 and "unexpected" not in err
+
+
+def test_a_file_rewritten_while_it_is_read_is_read_again_or_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import producers.sources
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "steady.txt").write_text("steady\n")
+    (root / "once.txt").write_text("first version\n")
+    (root / "always.txt").write_text("v0\n")
+    opened: dict[str, int] = {}
+    real_open = producers.sources._open
+
+    def rewriting_open(path: Path) -> object:
+        stream = real_open(path)
+        opened[path.name] = opened.get(path.name, 0) + 1
+        if path.name == "always.txt" or (path.name == "once.txt" and opened[path.name] == 1):
+            path.write_text(f"rewritten {opened[path.name]} times, longer\n")  # under the reader
+        return stream
+
+    monkeypatch.setattr(producers.sources, "_open", rewriting_open)
+    sink, summary = ingest(root)
+    published = {e.path: e for e in sink.files}
+    assert sorted(published) == ["once.txt", "steady.txt"]
+    once = (root / "once.txt").read_bytes()
+    assert published["once.txt"].inline is not None and published["once.txt"].inline.data == once
+    skipped = {s.path: s.reason for s in summary.skipped}  # type: ignore[attr-defined]
+    assert skipped == {"always.txt": SkipReason.CHANGED_WHILE_READ}
+    assert opened["always.txt"] == 2  # read once more, then skipped
+    assert summary.digest == run_digest(  # type: ignore[attr-defined]
+        [(e.path, e.checksum) for e in sink.files]
+    )

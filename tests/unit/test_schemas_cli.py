@@ -21,7 +21,7 @@ def test_offline_check_of_the_local_schemas_passes(capsys: pytest.CaptureFixture
     assert code == 0
     assert out.splitlines() == [
         "ok    file_event v2",
-        "ok    run_event v1",
+        "ok    run_event v2",
         "ok    verification_event v1",
         "ok    dead_letter v2",
     ]

@@ -219,6 +219,12 @@ def ingest(
     if not summary.ok:
         shown = "; ".join(f"{p}: {why}" for p, why in list(summary.failed.items())[:5])
         raise HeadraceError(f"{len(summary.failed)} files were not published: {shown}")
+    if summary.unavailable:
+        shown = ", ".join(summary.unavailable[:5])
+        raise HeadraceError(
+            f"run incomplete: {len(summary.unavailable)} files skipped because the object"
+            f" store was unavailable ({shown}); run it again with --run-id {summary.run_id}"
+        )
 
 
 def _check_limits(inline_limit: int, max_batch_bytes: int, presign_expiry: float) -> None:

@@ -20,9 +20,18 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
 from headrace import __version__
 from headrace.errors import HeadraceError, is_transient
 from producers.base import Candidate, EventSink, Source, SourceInfo, SourceKind
+from producers.breaker import CircuitBreaker
 from producers.policy import FilePolicy, Skip, detect_encoding, is_utf8, shown_path
 from schemas.models import (
     ContentStrategy,
@@ -61,6 +70,8 @@ class IngestOptions:
     prefer_git_reference: bool = False
     presign_expiry: timedelta = timedelta(hours=24)
     dry_run: bool = False
+    upload_attempts: int = 3  # tries of one upload on transient failures (tenacity)
+    upload_backoff_s: float = 0.5  # exponential backoff with jitter between them
 
 
 @dataclass
@@ -78,10 +89,18 @@ class Summary:
     uploaded_bytes: int = 0
     digest: str | None = None
     duration_s: float = 0.0
+    upload_retries: int = 0
+    breaker: str = "closed"  # the object store breaker's state at the end
+    breaker_opened: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    @property
+    def unavailable(self) -> list[str]:
+        """Files skipped because the object store was unavailable: the run is incomplete."""
+        return [s.path for s in self.skipped if s.reason is SkipReason.OBJECT_STORE_UNAVAILABLE]
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -97,6 +116,13 @@ class Summary:
                 for s in self.skipped
             ],
             "failed": self.failed,
+            "incomplete": bool(self.unavailable),
+            "object_store": {
+                "retries": self.upload_retries,
+                "breaker": self.breaker,
+                "breaker_opened": self.breaker_opened,
+                "unavailable": len(self.unavailable),
+            },
             "uploads": {
                 "made": self.uploads,
                 "deduplicated": self.deduplicated,
@@ -115,6 +141,10 @@ def _signature(path: Path | None) -> tuple[int, int, int] | None:
     return found.st_size, found.st_mtime_ns, found.st_ino
 
 
+class _StoreDown(Exception):  # noqa: N818 - internal signal: no upload, the store is down
+    pass
+
+
 class _Failed(Exception):  # noqa: N818 - internal signal: this file failed, with why
     pass
 
@@ -129,6 +159,8 @@ class Ingest:
     store: ObjectStore | None = None
     progress: Callable[[int, int], None] = lambda _files, _bytes: None
     _store_down: str | None = None
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    _retries: int = 0
     _digest: list[tuple[str, str]] = field(default_factory=list)
 
     def run(self) -> Summary:
@@ -153,6 +185,8 @@ class Ingest:
                 except _Failed as failed:
                     summary.failed[candidate.path] = str(failed)
                     continue
+                except _StoreDown as down:
+                    event = Skip(SkipReason.OBJECT_STORE_UNAVAILABLE, str(down))
                 except OSError as exc:  # refused, gone since the walk, an I/O error
                     reason = (exc.strerror or type(exc).__name__).lower()
                     event = Skip(SkipReason.UNREADABLE, f"cannot be read: {reason}")
@@ -199,6 +233,8 @@ class Ingest:
         summary.uploads, summary.deduplicated, summary.uploaded_bytes = (
             a - b for a, b in zip(after, before, strict=True)
         )
+        summary.upload_retries = self._retries
+        summary.breaker, summary.breaker_opened = self.breaker.state.value, self.breaker.opened
         summary.duration_s = time.perf_counter() - started
         return summary
 
@@ -223,7 +259,7 @@ class Ingest:
             if small:
                 return ContentStrategy.INLINE
         # A forced object_storage never falls back to inline: with the store down its
-        # files fail, named in the summary, and the run exits 1.
+        # files are skipped as OBJECT_STORE_UNAVAILABLE and the run exits 1 (incomplete).
         return ContentStrategy.OBJECT_STORAGE
 
     def _open_store(self) -> None:
@@ -240,7 +276,7 @@ class Ingest:
         except HeadraceError as exc:
             if not is_transient(exc):
                 raise
-            self._store_down = str(exc)
+            self.breaker.trip(str(exc))
             log.warning("object store unavailable, small files go inline: %s", exc)
 
     # --- building events ------------------------------------------------------------
@@ -338,18 +374,47 @@ class Ingest:
                 Path(spool.name).unlink(missing_ok=True)
 
     def _uploads_possible(self) -> bool:
-        return not self.options.dry_run and self.store is not None and self._store_down is None
+        return (
+            not self.options.dry_run
+            and self.store is not None
+            and self._store_down is None
+            and self.breaker.allow()
+        )
 
     def _upload(self, path: Path | None, checksum: str, size: int) -> ObjectReference:
+        """Upload (retried on transient failures) and presign; _StoreDown when the store
+        is unavailable or its breaker open, _Failed for a refusal."""
         if self.options.dry_run:
             return ObjectReference(bucket="(dry run)", key=checksum)
-        if self._store_down is not None or self.store is None or path is None:
-            raise _Failed(f"object store unavailable: {self._store_down}")
+        store = self.store
+        if self._store_down is not None or store is None:
+            raise _StoreDown(f"object store unavailable: {self._store_down}")
+        if path is None or not self.breaker.allow():
+            raise _StoreDown(f"object store unavailable: {self.breaker.reason}")
+
+        def retried(state: RetryCallState) -> None:
+            self._retries += 1
+            error = state.outcome.exception() if state.outcome else None
+            log.warning("upload attempt %d failed, retrying: %s", state.attempt_number, error)
+
+        backoff = self.options.upload_backoff_s
         try:
-            stored = self.store.put_file(path, checksum, size)
-            url, expires = self.store.presign(stored.key, self.options.presign_expiry)
+            for attempt in Retrying(
+                retry=retry_if_exception(is_transient),
+                stop=stop_after_attempt(self.options.upload_attempts),
+                wait=wait_exponential_jitter(multiplier=backoff, max=8 * backoff, jitter=backoff),
+                before_sleep=retried,
+                reraise=True,
+            ):
+                with attempt:
+                    stored = store.put_file(path, checksum, size)
+                    url, expires = store.presign(stored.key, self.options.presign_expiry)
         except HeadraceError as exc:
+            if is_transient(exc):
+                self.breaker.failure(str(exc))
+                raise _StoreDown(f"object store unavailable: {exc}") from None
             raise _Failed(str(exc)) from None
+        self.breaker.success()
         return ObjectReference(bucket=stored.bucket, key=stored.key, url=url, expires_at=expires)
 
     # --- publishing -------------------------------------------------------------------

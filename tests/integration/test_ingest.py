@@ -323,7 +323,7 @@ def test_a_git_url_with_a_token_leaves_no_trace_of_it(
     assert events["data.bin"].object_ref is not None
 
 
-def test_object_store_down_small_files_go_inline_and_large_ones_fail_the_run(
+def test_object_store_down_small_files_go_inline_and_large_ones_are_skipped_incomplete(
     tree: Path,
     env: dict[str, str],
     kafka: KafkaSettings,
@@ -337,19 +337,22 @@ def test_object_store_down_small_files_go_inline_and_large_ones_fail_the_run(
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     monkeypatch.setenv("HEADRACE_OBJECT_STORE__ENDPOINT", f"127.0.0.1:{port}")
-    code, out, err = run(
-        ["ingest", str(tree), "--content-strategy", "object_storage", "--json"], capsys
-    )
+    code, out, err = run(["ingest", str(tree), "--inline-limit", "64KiB", "--json"], capsys)
     assert code == 1
     summary = json.loads(out)
-    assert sorted(summary["failed"]) == ["large.bin", "medium.txt"]
-    assert all("unavailable" in why for why in summary["failed"].values())
+    assert summary["failed"] == {} and summary["incomplete"] is True
+    unavailable = sorted(s["path"] for s in summary["skipped"]
+                         if s["reason"] == "object_store_unavailable")  # fmt: skip
+    assert unavailable == ["large.bin", "medium.txt"]
+    assert summary["object_store"]["breaker"] == "open"
     assert summary["counts"]["inline"] == 5 and summary["counts"]["object_storage"] == 0
     lines = err.strip().splitlines()
-    assert lines[-1].startswith("headrace: error: 2 files were not published: ")
+    assert lines[-1].startswith("headrace: error: run incomplete: 2 files skipped because")
     events = {key.split("/", 1)[1]: e for key, e in file_events(kafka, registry, env)}
     assert "large.bin" not in events and events["src/app.py"].inline is not None
-    assert [r.kind for r in run_events(kafka, registry, env)] == [RunEventKind.STARTED]
+    runs = run_events(kafka, registry, env)
+    assert [r.kind for r in runs] == [RunEventKind.STARTED, RunEventKind.COMPLETED]
+    assert {s.path for s in runs[-1].skipped} >= {"large.bin", "medium.txt"}
 
 
 def test_an_inline_limit_above_the_brokers_message_limit_is_one_line_before_anything_is_sent(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from producers.breaker import BreakerState, CircuitBreaker
 from producers.ingest import Ingest, IngestOptions, StrategyChoice
 from producers.policy import detect_encoding
 from producers.sources import DirectorySource
@@ -23,7 +24,7 @@ from schemas.models import (
 )
 from schemas.models import TextEncoding as Enc
 from storage.errors import ObjectStoreUnavailable
-from storage.objects import MemoryObjectStore
+from storage.objects import MemoryObjectStore, StoredObject
 from tests.unit.test_cli import run
 
 LFS = b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n"
@@ -158,21 +159,72 @@ class DownStore(MemoryObjectStore):
         raise ObjectStoreUnavailable("127.0.0.1:1", "content", "create bucket", "refused")
 
 
-def test_store_down_small_files_go_inline_and_large_ones_fail(tree: Path) -> None:
+def test_store_down_small_files_go_inline_and_large_ones_are_skipped(tree: Path) -> None:
     sink, summary = ingest(tree, DownStore("content"))
     assert {e.content_strategy for e in sink.files} == {ContentStrategy.INLINE}
-    assert list(summary.failed) == ["big.dat"]  # type: ignore[attr-defined]
-    assert not summary.ok  # type: ignore[attr-defined]
-    assert [r.kind for r in sink.runs] == [RunEventKind.STARTED]  # no COMPLETED for a failed run
+    assert summary.unavailable == ["big.dat"]  # type: ignore[attr-defined]
+    skipped = {s.path: s.reason for s in summary.skipped}  # type: ignore[attr-defined]
+    assert skipped["big.dat"] is SkipReason.OBJECT_STORE_UNAVAILABLE
+    assert summary.ok and summary.breaker == "open"  # type: ignore[attr-defined]
+    assert [r.kind for r in sink.runs] == [RunEventKind.STARTED, RunEventKind.COMPLETED]
 
 
 def test_a_forced_object_storage_never_falls_back_to_inline(tree: Path) -> None:
     sink, summary = ingest(tree, DownStore("content"), strategy=StrategyChoice.OBJECT_STORAGE)
     assert sink.files == []
-    failed = summary.failed  # type: ignore[attr-defined]
-    assert "big.dat" in failed and "latin1.txt" in failed
-    assert all("object store unavailable" in why for why in failed.values())
-    assert not summary.ok  # type: ignore[attr-defined]
+    unavailable = summary.unavailable  # type: ignore[attr-defined]
+    assert "big.dat" in unavailable and "latin1.txt" in unavailable
+
+
+class FlakyStore(MemoryObjectStore):
+    """Fails the first ``failures`` uploads as unavailable, then works."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__("content")
+        self.failures, self.attempts = failures, 0
+
+    def put_file(self, path: Path, sha256: str, size: int) -> StoredObject:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise ObjectStoreUnavailable("127.0.0.1:1", "content", "upload", "SlowDown")
+        return super().put_file(path, sha256, size)
+
+
+def test_a_transient_upload_failure_is_retried(tree: Path) -> None:
+    store = FlakyStore(failures=2)
+    sink, summary = ingest(tree, store, upload_backoff_s=0.001)
+    assert sink.by_path()["big.dat"].content_strategy is ContentStrategy.OBJECT_STORAGE
+    assert (summary.upload_retries, summary.breaker) == (2, "closed")  # type: ignore[attr-defined]
+
+
+def test_the_breaker_opens_after_repeated_failures_and_stops_trying(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    root.mkdir()
+    for i in range(6):
+        (root / f"big{i}.bin").write_bytes(os.urandom(200_000))
+    store = FlakyStore(failures=10**6)
+    sink, summary = ingest(root, store, upload_backoff_s=0.001)
+    assert summary.unavailable == [f"big{i}.bin" for i in range(6)]  # type: ignore[attr-defined]
+    assert store.attempts == 3 * 3  # three files of three attempts, then the breaker is open
+    assert (summary.breaker, summary.breaker_opened) == ("open", 1)  # type: ignore[attr-defined]
+    assert sink.runs[-1].kind is RunEventKind.COMPLETED
+
+
+def test_the_breaker_half_opens_after_its_cooldown() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(threshold=2, cooldown_s=10, clock=lambda: now[0])
+    breaker.failure("down")
+    assert breaker.state is BreakerState.CLOSED and breaker.allow()
+    breaker.failure("down")
+    assert breaker.state is BreakerState.OPEN and not breaker.allow()
+    now[0] = 10.0
+    assert breaker.state is BreakerState.HALF_OPEN and breaker.allow()
+    breaker.failure("still down")  # one failure half-open: open again
+    assert breaker.state is BreakerState.OPEN and breaker.opened == 2
+    now[0] = 20.0
+    assert breaker.allow()
+    breaker.success()
+    assert breaker.state is BreakerState.CLOSED
 
 
 def test_dry_run_decides_but_publishes_and_uploads_nothing(tree: Path) -> None:

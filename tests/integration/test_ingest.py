@@ -368,3 +368,33 @@ def test_an_inline_limit_above_the_brokers_message_limit_is_one_line_before_anyt
     assert "max.message.bytes" in err and "--inline-limit" in err
     assert len(err.strip().splitlines()) == 1 and "unexpected" not in err
     assert file_events(kafka, registry, env) == [] and run_events(kafka, registry, env) == []
+
+
+def test_a_fifo_a_socket_and_a_loop_are_skipped_while_the_rest_of_the_tree_is_published(
+    tree: Path,
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import socket
+
+    os.mkfifo(tree / "pipe")  # open() on it would block the run forever
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tree / "sock"))
+    (tree / "loop").symlink_to(tree / "loop")
+    try:
+        code, out, err = run(["ingest", str(tree), "--json"], capsys)
+    finally:
+        server.close()
+    assert code == 0, err
+    summary = json.loads(out)
+    skipped = {s["path"]: (s["reason"], s["detail"]) for s in summary["skipped"]}
+    assert skipped["pipe"] == ("unreadable", "a FIFO, not a regular file")
+    assert skipped["sock"] == ("unreadable", "a socket, not a regular file")
+    assert skipped["loop"][0] == "unreadable" and "loop" in skipped["loop"][1]
+    events = {key.split("/", 1)[1] for key, _ in file_events(kafka, registry, env)}
+    assert {"src/app.py", "logo.bin", "large.bin"} <= events
+    assert not events & {"pipe", "sock", "loop"}
+    runs = run_events(kafka, registry, env)
+    assert [r.kind for r in runs] == [RunEventKind.STARTED, RunEventKind.COMPLETED]

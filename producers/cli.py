@@ -154,6 +154,14 @@ def open_source(
     metavar="HOURS",
     help="Lifetime of presigned URLs.",
 )
+@click.option(
+    "--max-skips-listed",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    metavar="N",
+    help="Skipped paths per reason listed in the RunCompleted event (all are counted).",
+)
 @click.option("--dry-run", is_flag=True, help="Decide everything, publish and upload nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.pass_obj
@@ -171,6 +179,7 @@ def ingest(
     since: str | None,
     run_id: str | None,
     presign_expiry: float,
+    max_skips_listed: int,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -195,6 +204,7 @@ def ingest(
         exclude=exclude,
         prefer_git_reference=prefer_git_reference,
         presign_expiry=timedelta(hours=presign_expiry),
+        max_skips_listed=max_skips_listed,
         dry_run=dry_run,
     )
     src = open_source(settings, source, ref, since, project, exclude)

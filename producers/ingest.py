@@ -12,6 +12,7 @@ import hashlib
 import logging
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class IngestOptions:
     prefer_git_reference: bool = False
     presign_expiry: timedelta = timedelta(hours=24)
     dry_run: bool = False
+    max_skips_listed: int = 1000  # paths per skip reason the RunCompleted event lists
     upload_attempts: int = 3  # tries of one upload on transient failures (tenacity)
     upload_backoff_s: float = 0.5  # exponential backoff with jitter between them
 
@@ -423,6 +425,9 @@ class Ingest:
         if self.publisher is not None:
             self.publisher.file(event)
 
+    def _listed(self, skipped: list[SkippedFile]) -> list[SkippedFile]:
+        return _bounded(skipped, self.options.max_skips_listed)
+
     def _publish_run(
         self,
         kind: RunEventKind,
@@ -443,10 +448,24 @@ class Ingest:
                 event_time=at,
                 producer_version=PRODUCER,
                 counts=summary.counts if summary else None,
-                skipped=summary.skipped if summary else [],
+                skipped=self._listed(summary.skipped) if summary else [],
+                skip_counts=dict(Counter(s.reason.value for s in summary.skipped))
+                if summary
+                else {},
                 digest=summary.digest if summary else None,
             )
         )
+
+
+def _bounded(skipped: list[SkippedFile], per_reason: int) -> list[SkippedFile]:
+    """At most ``per_reason`` skipped files of each reason, in their order."""
+    seen: Counter[SkipReason] = Counter()
+    kept = []
+    for entry in skipped:
+        seen[entry.reason] += 1
+        if seen[entry.reason] <= per_reason:
+            kept.append(entry)
+    return kept
 
 
 def _store_counters(store: ObjectStore | None) -> tuple[int, int, int]:

@@ -199,6 +199,7 @@ class RunEvent(Event):
     producer_version: str | None = None
     counts: RunCounts | None = None
     skipped: list[SkippedFile] = Field(default_factory=list)
+    skip_counts: dict[str, int] = Field(default_factory=dict)  # v2: per reason, all of them
     digest: str | None = None
 
 

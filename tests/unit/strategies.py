@@ -94,6 +94,7 @@ run_events = st.builds(
         st.builds(SkippedFile, path=text, reason=st.sampled_from(SkipReason), detail=maybe_text),
         max_size=5,
     ),
+    skip_counts=st.dictionaries(text, longs, max_size=4),
     digest=st.none() | sha,
 )
 

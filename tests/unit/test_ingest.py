@@ -417,3 +417,22 @@ def test_a_file_rewritten_while_it_is_read_is_read_again_or_skipped(
     assert summary.digest == run_digest(  # type: ignore[attr-defined]
         [(e.path, e.checksum) for e in sink.files]
     )
+
+
+def test_the_run_completed_event_lists_a_bounded_number_of_skips_per_reason(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "ok.txt").write_text("fine\n")
+    for i in range(5):
+        os.mkfifo(root / f"pipe{i}")
+    (root / "asset.psd").write_bytes(LFS)
+    sink, summary = ingest(root, max_skips_listed=2)
+    completed = sink.runs[-1]
+    assert completed.kind is RunEventKind.COMPLETED
+    assert completed.skip_counts == {"UNREADABLE": 5, "LFS_POINTER": 1}
+    listed = [s.path for s in completed.skipped]
+    assert listed == ["asset.psd", "pipe0", "pipe1"]
+    assert len(summary.skipped) == 6  # type: ignore[attr-defined]  # the summary keeps all
+    assert completed.counts is not None and completed.counts.skipped == 6

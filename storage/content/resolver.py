@@ -143,6 +143,18 @@ class ContentResolver:
             return Resolved(ref.sha256, ref.size, ref.strategy, "inline", data=ref.inline)
         if ref.strategy == LOCAL:
             return self._local(ref)
+        if (hit := self._checked_or_cached(ref)) is not None:
+            return hit
+        if ref.strategy == "OBJECT_STORAGE":
+            return self._object(ref, keep_bytes)
+        (outcome,) = self._git_batch(ref.git_url or "", ref.commit or "", [ref])
+        if isinstance(outcome, ContentError):
+            raise outcome
+        return outcome
+
+    def _checked_or_cached(self, ref: ContentRef) -> Resolved | None:
+        """Refuse a fetched reference that is hostile or malformed (before any I/O); its
+        cache entry if there is one."""
         check_size(ref, self.policy.max_object_size)
         if ref.strategy == "OBJECT_STORAGE":
             if ref.url is not None:
@@ -153,14 +165,7 @@ class ContentResolver:
         else:
             raise PayloadMissing(ref.path, f"unknown content strategy {ref.strategy}")
         _check_digest(ref)
-        if (hit := self._cached(ref)) is not None:
-            return hit
-        if ref.strategy == "OBJECT_STORAGE":
-            return self._object(ref, keep_bytes)
-        (outcome,) = self._git_batch(ref.git_url or "", ref.commit or "", [ref])
-        if isinstance(outcome, ContentError):
-            raise outcome
-        return outcome
+        return self._cached(ref)
 
     def _local(self, ref: ContentRef) -> Resolved:
         assert ref.local_path is not None  # noqa: S101 - a LOCAL ref has one
@@ -278,7 +283,9 @@ class ContentResolver:
         if cache is not None and file is not None:
             installed = cache.add_file(file, ref.sha256, ref.size, ref.strategy, fetched=True)
         elif cache is not None and data is not None:
-            installed = cache.put(ref.sha256, ref.size, data, ref.strategy, fetched=True)
+            installed = cache.put(  # the bytes were verified on their way in
+                ref.sha256, ref.size, data, ref.strategy, fetched=True, verified=True
+            )
         if data is not None:
             if installed is None and file is not None:
                 file.unlink(missing_ok=True)  # the bytes are in hand: no spooled copy
@@ -351,11 +358,7 @@ class ContentResolver:
             try:
                 ref = self._ref(event)
                 if ref.strategy == "GIT_REFERENCE":
-                    check_size(ref, self.policy.max_object_size)
-                    if self.git_check is not None:
-                        self.git_check(ref)
-                    _check_digest(ref)
-                    if (hit := self._cached(ref)) is not None:
+                    if (hit := self._checked_or_cached(ref)) is not None:
                         results[i] = hit
                         self.counts["cache"] += 1
                     else:

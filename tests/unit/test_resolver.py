@@ -96,7 +96,9 @@ class Store:
         data = self.objects.get(request.url.path)
         if data is None:
             return httpx.Response(404, text="<Code>NoSuchKey</Code>")
-        return httpx.Response(200, content=data)
+        # streamed, as a real server's body is (not read ahead like content=)
+        headers = {"Content-Length": str(len(data))}
+        return httpx.Response(200, headers=headers, stream=httpx.ByteStream(data))
 
 
 class FakeGit:

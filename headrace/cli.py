@@ -25,6 +25,7 @@ SUBCOMMANDS = {
     "stack": "headrace.stack.cli:stack",
     "schemas": "schemas.cli:schemas",
     "ingest": "producers.cli:ingest",
+    "runs": "producers.runs_cli:runs",
     "consume": "consumers.cli:consume",
     "dlq": "consumers.dlq_cli:dlq",
     "archive": "consumers.archive.cli:archive",

@@ -107,6 +107,25 @@ class GitSettings(_Section):
     allowed_schemes: tuple[Literal["https", "ssh", "http", "file"], ...] = ("https", "ssh")
 
 
+class IngestSettings(_Section):
+    """The bulk-ingest producer: where it keeps its runs, and its transactions."""
+
+    # A record, a journal of committed transactions and a cursor per run (resume,
+    # --incremental, `headrace runs list`).
+    state_dir: Path = PROJECT_ROOT / ".headrace" / "runs"
+    # Off only to measure what transactions cost: a resumed run may then repeat the
+    # batch that was in flight when the first attempt died.
+    transactions: bool = True
+    # The broker aborts a transaction left open longer (a producer that died mid-batch);
+    # read_committed consumers wait for it until then. At most the broker's
+    # transaction.max.timeout.ms (15 min by default).
+    transaction_timeout_s: float = Field(default=60.0, ge=1, le=900)
+    # A batch is committed after this long even if it holds fewer files or bytes.
+    transaction_max_s: float = Field(default=10.0, gt=0)
+    # Journals of runs finished longer ago are removed (records and cursors stay).
+    checkpoint_max_age_days: float = Field(default=7.0, ge=0)
+
+
 class CacheSettings(_Section):
     """The content cache and the resolver that fills it (``headrace consume cache``)."""
 
@@ -207,6 +226,7 @@ class Settings(BaseSettings):
     object_store: ObjectStoreSettings = ObjectStoreSettings()
     postgres: PostgresSettings = PostgresSettings()
     git: GitSettings = GitSettings()
+    ingest: IngestSettings = IngestSettings()
     cache: CacheSettings = CacheSettings()
     consumer: ConsumerSettings = ConsumerSettings()
     archive: ArchiveSettings = ArchiveSettings()

@@ -14,6 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from producers.runs import Probe
 from schemas.models import FileEvent, RunEvent
 
 
@@ -56,6 +57,11 @@ class Source(Protocol):
         """Paths deleted since the incremental base (empty for a full ingest)."""
         ...
 
+    def changes_since(self, commit: str) -> bool:
+        """Offer only what changed since ``commit`` (git sources); False if it cannot
+        (a directory, or a commit the repository does not have): a full run."""
+        ...
+
 
 class EventSink(Protocol):
     """Where a run's events go: Kafka (:class:`producers.publisher.Publisher`) or a test."""
@@ -66,4 +72,20 @@ class EventSink(Protocol):
 
     def flush(self, timeout_s: float = 120.0) -> dict[str, str]:
         """Wait for delivery; return what was not delivered, and why."""
+        ...
+
+    def prepare(self, timeout_s: float = 120.0) -> tuple[dict[str, str], Probe | None]:
+        """Flush the open batch: what was not delivered, and where its first record is."""
+        ...
+
+    def commit(self) -> None:
+        """Commit the open batch; TransactionAborted if it could not (then aborted)."""
+        ...
+
+    def abort(self) -> None:
+        """Abort the open batch: none of it becomes visible."""
+        ...
+
+    def committed(self, probe: Probe, timeout_s: float = 60.0) -> bool:
+        """Whether the batch whose first record is at ``probe`` committed."""
         ...

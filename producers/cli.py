@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import re
 import sys
 import uuid
@@ -30,6 +32,7 @@ from producers.base import Source, SourceKind
 from producers.errors import SourceError
 from producers.ingest import Ingest, IngestOptions, StrategyChoice, Summary
 from producers.publisher import Publisher
+from producers.runs import RunStateError, RunStatus, RunStore, check_run_id
 from producers.sources import DirectorySource, GitSource
 from schemas.registry import make_registry_client
 from storage.git import GitRepo
@@ -49,6 +52,7 @@ _UNITS = {
     "gb": 1000**3,
     "gib": 1024**3,
 }
+log = logging.getLogger(__name__)
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://|^[\w.-]+@[\w.-]+:")
 
 
@@ -145,7 +149,37 @@ def open_source(
     help="With auto and a git URL: send git references, not content.",
 )
 @click.option("--since", metavar="REF", help="Only files changed since REF; deletes as events.")
-@click.option("--run-id", help="Run id (default: a new one); reuse it to re-run a failed run.")
+@click.option(
+    "--run-id",
+    help="Run id (default: a new one). The id of an unfinished run resumes it; of a"
+    " completed run, does nothing.",
+)
+@click.option(
+    "--resume",
+    "resume",
+    metavar="RUN_ID",
+    help="Resume this interrupted run: its committed files are not published again.",
+)
+@click.option(
+    "--incremental",
+    is_flag=True,
+    help="Only what changed since the last completed run of this project and source.",
+)
+@click.option(
+    "--transaction-files",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    metavar="N",
+    help="Files per Kafka transaction (a batch).",
+)
+@click.option(
+    "--transaction-bytes",
+    type=SIZE,
+    default="64MiB",
+    show_default=True,
+    help="Event bytes per Kafka transaction.",
+)
 @click.option(
     "--presign-expiry",
     type=click.FloatRange(min=1 / 3600, max=7 * 24),  # S3 signs for 1 second to 7 days
@@ -178,6 +212,10 @@ def ingest(
     prefer_git_reference: bool,
     since: str | None,
     run_id: str | None,
+    resume: str | None,
+    incremental: bool,
+    transaction_files: int,
+    transaction_bytes: int,
     presign_expiry: float,
     max_skips_listed: int,
     dry_run: bool,
@@ -195,7 +233,7 @@ def ingest(
     if settings.git.token is not None:
         REDACTOR.add(settings.git.token.get_secret_value())
     _check_limits(inline_limit, max_batch_bytes, presign_expiry)
-    run_id = run_id or uuid.uuid4().hex
+    run_id = _check_run(run_id, resume, since, incremental, dry_run)
     set_run_id(run_id)
     options = IngestOptions(
         strategy=StrategyChoice(strategy),
@@ -206,34 +244,108 @@ def ingest(
         presign_expiry=timedelta(hours=presign_expiry),
         max_skips_listed=max_skips_listed,
         dry_run=dry_run,
+        transaction_files=transaction_files,
+        transaction_bytes=transaction_bytes,
+        transaction_max_s=settings.ingest.transaction_max_s,
     )
+    runs = None if dry_run else RunStore(settings.ingest.state_dir)
+    earlier = runs.get(run_id) if runs is not None else None
+    if earlier is not None and not earlier.finished:
+        # A resumed git run reads the commit its first attempt read, whatever the ref says now.
+        ref, project = earlier.commit or ref, project or earlier.project
     src = open_source(settings, source, ref, since, project, exclude)
+    project_name = project or src.info().project
     with contextlib.ExitStack() as resources:
         publisher = store = None
-        if not dry_run:
+        if runs is not None:
+            resources.enter_context(runs.lock(run_id))
+            _prune(runs, settings.ingest.checkpoint_max_age_days)
+        transactional_id = transactional_id_for(project_name, run_id)
+        if not dry_run and not (earlier is not None and earlier.status is RunStatus.COMPLETED):
             registry = resources.enter_context(make_registry_client(settings.registry))
             publisher = Publisher(
                 settings.kafka,
                 registry,
                 max_batch_bytes=max_batch_bytes,
                 largest_inline=inline_limit,
+                transactional_id=transactional_id if settings.ingest.transactions else None,
+                transaction_timeout_s=settings.ingest.transaction_timeout_s,
             )
+            resources.callback(publisher.close)  # aborts a batch left open by an error
             store = MinioObjectStore(settings.object_store)
             resources.callback(store.close)  # its connections
-        job = Ingest(src, options, run_id, project, publisher, store)
+        job = Ingest(
+            src,
+            options,
+            run_id,
+            project,
+            publisher,
+            store,
+            runs=runs,
+            transactional_id=transactional_id,
+            incremental=incremental,
+            resume_only=resume is not None,
+        )
         summary = _run_with_progress(job, quiet=as_json)
     if as_json:
         click.echo(orjson.dumps(summary.as_json(), option=orjson.OPT_INDENT_2).decode())
+    elif summary.already_completed:
+        click.echo(
+            f"run {summary.run_id} already completed ({summary.counts.files} file events,"
+            f" digest {summary.digest}): nothing to publish"
+        )
     else:
         _print_summary(summary)
     if not summary.ok:
         shown = "; ".join(f"{p}: {why}" for p, why in list(summary.failed.items())[:5])
-        raise HeadraceError(f"{len(summary.failed)} files were not published: {shown}")
+        raise HeadraceError(
+            f"{len(summary.failed)} files were not published: {shown}"
+            + (f"; resume with --resume {summary.run_id}" if runs is not None else "")
+        )
     if summary.unavailable:
         shown = ", ".join(summary.unavailable[:5])
         raise HeadraceError(
             f"run incomplete: {len(summary.unavailable)} files skipped because the object"
-            f" store was unavailable ({shown}); run it again with --run-id {summary.run_id}"
+            f" store was unavailable ({shown}); run it again with --resume {summary.run_id}"
+        )
+
+
+def transactional_id_for(project: str, run_id: str) -> str:
+    """The run's Kafka transactional id: the same for every attempt of the run, so that
+    a new attempt fences an old one still alive."""
+    readable = f"headrace.ingest.{project}.{run_id}"
+    if len(readable) <= 200 and readable.isprintable():
+        return readable
+    digest = hashlib.sha256(f"{project}\x1f{run_id}".encode()).hexdigest()[:32]
+    return f"headrace.ingest.{digest}"
+
+
+def _check_run(
+    run_id: str | None, resume: str | None, since: str | None, incremental: bool, dry_run: bool
+) -> str:
+    if resume is not None and run_id is not None and resume != run_id:
+        raise click.BadParameter(
+            f"--resume {resume} and --run-id {run_id} name two runs", param_hint="--resume"
+        )
+    if resume is not None and dry_run:
+        raise click.BadParameter("a dry run has no state to resume", param_hint="--resume")
+    if incremental and since is not None:
+        raise click.BadParameter(
+            "--since REF and --incremental both choose the base: give one",
+            param_hint="--incremental",
+        )
+    chosen = resume or run_id or uuid.uuid4().hex
+    try:
+        return check_run_id(chosen)
+    except RunStateError as exc:
+        raise click.BadParameter(str(exc), param_hint="--run-id") from None
+
+
+def _prune(runs: RunStore, max_age_days: float) -> None:
+    pruned = runs.prune(timedelta(days=max_age_days))
+    if pruned:
+        log.info(
+            "removed the journals of %d runs finished over %s days ago", len(pruned), max_age_days
         )
 
 
@@ -290,7 +402,12 @@ def _print_summary(summary: Summary) -> None:
     click.echo(
         f"run {summary.run_id}: {summary.project} from {summary.source}"
         + (f" at {summary.commit[:12]}" if summary.commit else "")
+        + (f", attempt {summary.attempt}" if summary.attempt > 1 else "")
     )
+    if summary.resumed:
+        click.echo(f"  resumed: {summary.resumed} files committed by earlier attempts")
+    if summary.base_run is not None:
+        click.echo(f"  incremental from run {summary.base_run}: {summary.unchanged} unchanged")
     click.echo(
         f"  {verb} {c.files} file events ({c.bytes:,} bytes): {c.inline} inline, "
         f"{c.object_storage} in object storage, {c.git_reference} git references, "
@@ -303,4 +420,6 @@ def _print_summary(summary: Summary) -> None:
         reasons[reason] = reasons.get(reason, 0) + 1
     if reasons:
         click.echo("  skipped: " + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())))
+    if not summary.dry_run:
+        click.echo(f"  {summary.transactions} transactions")
     click.echo(f"  digest {summary.digest}, {summary.duration_s:.2f}s")

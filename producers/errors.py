@@ -5,6 +5,8 @@
     HeadraceError
      ├── ProduceError (headrace.errors)
      │    ├── UndeliveredEvents   some events were not acknowledged by Kafka
+     │    ├── TransactionAborted  a batch's transaction could not commit: aborted
+     │    ├── Fenced              another producer took the run's transactional id
      │    └── BrokerUnavailable   no broker answered at start           (transient)
      └── SourceError              the source cannot be read as given    (terminal)
 """
@@ -20,6 +22,14 @@ class SourceError(HeadraceError, Terminal):
 
 class BrokerUnavailable(ProduceError, Transient):
     """No Kafka broker answered before the run started."""
+
+
+class TransactionAborted(ProduceError):
+    """A batch's transaction could not commit and was aborted: none of it is visible."""
+
+
+class Fenced(ProduceError, Terminal):
+    """Another producer with the run's transactional id started: this one must stop."""
 
 
 class UndeliveredEvents(ProduceError):

@@ -4,6 +4,13 @@ The run is bracketed by RunStarted and RunCompleted events; the latter carries
 the counts and the digest of the sorted (path, sha256) list, and is published
 only when every file event was delivered. Failures are never silent: a file
 that could not be published is named in the summary and fails the run.
+
+Events go out in batches, each one Kafka transaction (a number of files, of
+bytes, or of seconds, whichever comes first), RunStarted in the first and
+RunCompleted in the last. The run's journal (:mod:`producers.runs`) says which
+batches committed; an attempt that resumes the run skips their files, so each
+file of a run is published once across all its attempts. An incremental run
+publishes what changed since the last completed run of its project and source.
 """
 
 from __future__ import annotations
@@ -31,9 +38,23 @@ from tenacity import (
 
 from headrace import __version__
 from headrace.errors import HeadraceError, is_transient
+from headrace.failpoints import failpoint
 from producers.base import Candidate, EventSink, Source, SourceInfo, SourceKind
 from producers.breaker import CircuitBreaker
+from producers.errors import TransactionAborted
 from producers.policy import FilePolicy, Skip, detect_encoding, is_utf8, shown_path
+from producers.runs import (
+    Batch,
+    Checkpoint,
+    FileEntry,
+    Journal,
+    ManifestEntry,
+    RunRecord,
+    RunStateError,
+    RunStatus,
+    RunStore,
+    now_iso,
+)
 from schemas.models import (
     ContentStrategy,
     FileEvent,
@@ -74,6 +95,9 @@ class IngestOptions:
     max_skips_listed: int = 1000  # paths per skip reason the RunCompleted event lists
     upload_attempts: int = 3  # tries of one upload on transient failures (tenacity)
     upload_backoff_s: float = 0.5  # exponential backoff with jitter between them
+    transaction_files: int = 1000  # a batch (one Kafka transaction) holds at most these
+    transaction_bytes: int = 64 * 1024 * 1024  # ... and about this many bytes of events
+    transaction_max_s: float = 10.0  # ... and is committed once it is this old
 
 
 @dataclass
@@ -94,6 +118,12 @@ class Summary:
     upload_retries: int = 0
     breaker: str = "closed"  # the object store breaker's state at the end
     breaker_opened: int = 0
+    already_completed: bool = False  # a completed run asked again: nothing was done
+    attempt: int = 1
+    resumed: int = 0  # files committed by earlier attempts, not read again
+    unchanged: int = 0  # an incremental run: files as the base run left them
+    base_run: str | None = None  # an incremental run's base
+    transactions: int = 0
 
     @property
     def ok(self) -> bool:
@@ -131,6 +161,11 @@ class Summary:
                 "bytes": self.uploaded_bytes,
             },
             "digest": self.digest,
+            "already_completed": self.already_completed,
+            "attempt": self.attempt,
+            "resumed": self.resumed,
+            "incremental": {"base_run": self.base_run, "unchanged": self.unchanged},
+            "transactions": self.transactions,
             "duration_s": round(self.duration_s, 3),
         }
 
@@ -152,6 +187,26 @@ class _Failed(Exception):  # noqa: N818 - internal signal: this file failed, wit
 
 
 @dataclass
+class Baseline:
+    """An incremental directory run's starting point: the manifest of the last
+    completed run of the project and source."""
+
+    run_id: str
+    entries: dict[str, ManifestEntry]
+
+    def unchanged(self, candidate: Candidate) -> ManifestEntry | None:
+        """The file's entry if its size and modification time are as recorded."""
+        entry = self.entries.get(candidate.path)
+        if entry is None or candidate.local_path is None:
+            return None
+        try:
+            found = candidate.local_path.stat()
+        except OSError:
+            return None
+        return entry if (found.st_size, found.st_mtime_ns) == (entry.size, entry.mtime_ns) else None
+
+
+@dataclass
 class Ingest:
     source: Source
     options: IngestOptions
@@ -160,10 +215,14 @@ class Ingest:
     publisher: EventSink | None = None  # None for a dry run
     store: ObjectStore | None = None
     progress: Callable[[int, int], None] = lambda _files, _bytes: None
+    runs: RunStore | None = None  # where runs are remembered; None: nothing is (dry runs)
+    transactional_id: str = ""
+    incremental: bool = False
+    resume_only: bool = False  # --resume: the run must be recorded already
     _store_down: str | None = None
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     _retries: int = 0
-    _digest: list[tuple[str, str]] = field(default_factory=list)
+    _mtime_ns: int | None = None  # the file just read, as it was when read
 
     def run(self) -> Summary:
         started = time.perf_counter()
@@ -171,17 +230,43 @@ class Ingest:
         project = self.project or info.project
         self._check_strategy(info)
         summary = Summary(self.run_id, project, info.location, info.commit, self.options.dry_run)
+        record, checkpoint, journal = self._attempt(info, project, summary)
+        if record is not None and record.status is RunStatus.COMPLETED:
+            summary.already_completed = True
+            summary.counts = RunCounts(**(record.counts or {}))
+            summary.digest, summary.commit = record.digest, record.commit
+            summary.duration_s = time.perf_counter() - started
+            return summary
+        baseline = self._baseline(record, info, project, summary)
         before = _store_counters(self.store)
         now = datetime.now(UTC)
-        self._publish_run(RunEventKind.STARTED, info, project, now)
+        self._batcher = _Batcher(self, journal, checkpoint, summary)
+        if not checkpoint.started:
+            self._publish_run(RunEventKind.STARTED, info, project, now)
+            self._batcher.batch.started = True
+            self._batcher.produced()
         self._open_store()
         policy = FilePolicy(max_file_size=self.options.max_file_size, exclude=self.options.exclude)
-        counts = summary.counts.model_dump()
         done_files = done_bytes = 0
+        kept: dict[str, ManifestEntry] = {}  # incremental: the baseline's files left as they were
+        seen: set[str] = set()
+        unknown: list[str] = []  # directories skipped whole: their files are not deletes
         for candidate in self.source.candidates():
+            seen.add(candidate.path)
+            if candidate.path in checkpoint.files:  # committed by an earlier attempt
+                summary.resumed += 1
+                continue
             skip = policy.by_metadata(candidate)
+            if skip is not None and candidate.path.endswith("/"):
+                unknown.append(candidate.path)
             event: FileEvent | Skip | None = skip
+            if event is None and baseline is not None:
+                if (same := baseline.unchanged(candidate)) is not None:
+                    kept[candidate.path] = same
+                    summary.unchanged += 1
+                    continue
             if event is None:
+                self._batcher.before(candidate, self._choose(candidate.size, info))
                 try:
                     event = self._stable_event(candidate, info, project, now, summary)
                 except _Failed as failed:
@@ -193,52 +278,211 @@ class Ingest:
                     reason = (exc.strerror or type(exc).__name__).lower()
                     event = Skip(SkipReason.UNREADABLE, f"cannot be read: {reason}")
             if isinstance(event, Skip):
-                summary.skipped.append(
-                    SkippedFile(
-                        path=shown_path(candidate.path), reason=event.reason, detail=event.detail
-                    )
+                skipped = SkippedFile(
+                    path=shown_path(candidate.path), reason=event.reason, detail=event.detail
                 )
+                summary.skipped.append(skipped)
+                self._batcher.skipped(skipped)
+                if baseline is not None and candidate.path in baseline.entries:
+                    kept[candidate.path] = baseline.entries[candidate.path]  # not a delete
                 continue
+            if baseline is not None:
+                previous = baseline.entries.get(event.path)
+                if previous is not None and (previous.sha256, previous.size) == (
+                    event.checksum,
+                    event.size,
+                ):  # touched, not changed: remembered with its new time, not published
+                    kept[event.path] = ManifestEntry(
+                        event.path, event.size, self._mtime_ns or 0, event.checksum
+                    )
+                    summary.unchanged += 1
+                    continue
             self._publish(event)
-            counts[(event.content_strategy or ContentStrategy.INLINE).value.lower()] += 1
-            counts["files"] += 1
-            counts["bytes"] += event.size
+            self._batcher.add(event, self._mtime_ns)
             done_files, done_bytes = done_files + 1, done_bytes + event.size
             self.progress(done_files, done_bytes)
-        for path in self.source.deleted():
+        for path in self._deletes(baseline, seen, unknown):
             if not is_utf8(path):  # never published (skipped as unreadable): nothing to delete
                 continue
-            self._publish(
-                FileEvent(
-                    project=project,
-                    path=path,
-                    size=0,
-                    checksum="",
-                    run_id=self.run_id,
-                    op=Op.DELETE,
-                    producer_version=PRODUCER,
-                    event_time=now,
-                )
+            if path in checkpoint.files:
+                continue
+            event = FileEvent(
+                project=project,
+                path=path,
+                size=0,
+                checksum="",
+                run_id=self.run_id,
+                op=Op.DELETE,
+                producer_version=PRODUCER,
+                event_time=now,
             )
-            counts["deleted"] += 1
-            counts["files"] += 1
-        counts["skipped"] = len(summary.skipped)
-        summary.counts = RunCounts(**counts)
-        summary.digest = run_digest(self._digest)
-        if self.publisher is not None:
-            summary.failed.update(self.publisher.flush())
-        if summary.ok:
-            self._publish_run(RunEventKind.COMPLETED, info, project, datetime.now(UTC), summary)
-            if self.publisher is not None:
-                summary.failed.update(self.publisher.flush())
+            self._publish(event)
+            self._batcher.add(event, None)
+        self._finish(summary, info, project, checkpoint)
         after = _store_counters(self.store)
         summary.uploads, summary.deduplicated, summary.uploaded_bytes = (
             a - b for a, b in zip(after, before, strict=True)
         )
         summary.upload_retries = self._retries
         summary.breaker, summary.breaker_opened = self.breaker.state.value, self.breaker.opened
+        if record is not None and self.runs is not None:
+            self._record(record, summary, checkpoint, kept, info)
         summary.duration_s = time.perf_counter() - started
         return summary
+
+    def _finish(
+        self, summary: Summary, info: SourceInfo, project: str, checkpoint: Checkpoint
+    ) -> None:
+        """Counts and digest over every attempt; the RunCompleted event in the last
+        transaction, if every file of the run is in."""
+        batcher = self._batcher
+        entries = [*checkpoint.files.values(), *batcher.batch.files]
+        summary.counts = _counts(entries, len(summary.skipped))
+        summary.digest = run_digest((e.path, e.sha256) for e in entries if e.op == "upsert")
+        if self.publisher is not None:
+            batcher.settle()  # the files' deliveries, before the run claims them
+        if summary.ok:
+            self._publish_run(RunEventKind.COMPLETED, info, project, datetime.now(UTC), summary)
+            batcher.batch.completed = True
+        batcher.commit()
+        summary.transactions = batcher.commits
+
+    def _deletes(self, baseline: Baseline | None, seen: set[str], unknown: list[str]) -> list[str]:
+        if baseline is None:
+            return self.source.deleted()
+        return sorted(
+            path
+            for path in baseline.entries
+            if path not in seen and not any(path.startswith(d) for d in unknown)
+        )
+
+    # --- the run's state: records, resume, incremental ---------------------------------
+
+    def _attempt(
+        self, info: SourceInfo, project: str, summary: Summary
+    ) -> tuple[RunRecord | None, Checkpoint, Journal | None]:
+        """This run's record (new, or an earlier attempt's) and what it committed."""
+        if self.runs is None:
+            if self.resume_only:
+                raise RunStateError("--resume needs the run's state: not with --dry-run")
+            return None, Checkpoint(), None
+        record = self.runs.get(self.run_id)
+        if record is None:
+            if self.resume_only:
+                raise RunStateError(
+                    f"no run {self.run_id} is recorded in {self.runs.root}: nothing to resume"
+                )
+            record = RunRecord(
+                run_id=self.run_id,
+                project=project,
+                source=info.location,
+                source_kind=info.kind.value,
+                commit=info.commit,
+                transactional_id=self.transactional_id,
+                started_at=now_iso(),
+                incremental=self.incremental,
+            )
+            self.runs.save(record)
+            return record, Checkpoint(), self.runs.journal(self.run_id)
+        if (record.project, record.source) != (project, info.location):
+            raise RunStateError(
+                f"run {self.run_id} ingested {record.project} from {record.source}, not"
+                f" {project} from {info.location}: a run resumes its own source"
+            )
+        if record.commit is not None and record.commit != info.commit:
+            raise RunStateError(
+                f"run {self.run_id} read commit {record.commit[:12]}, not"
+                f" {(info.commit or '?')[:12]}: resume it at its own commit"
+            )
+        if record.status is RunStatus.COMPLETED:
+            return record, Checkpoint(), None
+        journal = self.runs.journal(self.run_id)
+        checkpoint = journal.replay()
+        if checkpoint.pending is not None:
+            self._settle_pending(journal, checkpoint)
+        record.attempts += 1
+        self.runs.save(record)
+        summary.attempt = record.attempts
+        return record, checkpoint, journal
+
+    def _settle_pending(self, journal: Journal, checkpoint: Checkpoint) -> None:
+        """The batch an earlier attempt was committing when it stopped: the broker
+        says whether it committed (the producer's init_transactions finished it)."""
+        assert checkpoint.pending is not None  # noqa: S101 - the caller checked
+        batch, probe = checkpoint.pending
+        committed = (
+            probe is not None and self.publisher is not None and self.publisher.committed(probe)
+        )
+        if committed:
+            journal.committed(batch)
+            checkpoint.merge(batch)
+        else:
+            journal.aborted(batch)
+        log.info(
+            "the batch %d the last attempt left pending %s",
+            batch.number,
+            "had committed" if committed else "was aborted: its files come again",
+        )
+        checkpoint.pending = None
+
+    def _baseline(
+        self, record: RunRecord | None, info: SourceInfo, project: str, summary: Summary
+    ) -> Baseline | None:
+        """An incremental run's base: the last completed run of this project and source
+        (kept in the record, so that a resumed attempt starts from the same one)."""
+        if record is None or not record.incremental or self.runs is None:
+            return None
+        if record.attempts == 1 and record.base_run is None:
+            base = self.runs.last_completed(project, info.location)
+            record.base_run = base.run_id if base is not None else None
+            self.runs.save(record)
+        if record.base_run is None:
+            log.info("no completed run of %s from %s: a full run", project, info.location)
+            return None
+        base = self.runs.get(record.base_run)
+        summary.base_run = record.base_run
+        if base is None or base.source_kind != info.kind.value:
+            summary.base_run = None
+            return None
+        if base.commit is not None:
+            if not self.source.changes_since(base.commit):
+                log.warning("commit %s is not in the repository: a full run", base.commit[:12])
+                summary.base_run = None
+            return None
+        entries = self.runs.manifest(base.run_id)
+        if entries is None:
+            summary.base_run = None
+            return None
+        return Baseline(base.run_id, entries)
+
+    def _record(
+        self,
+        record: RunRecord,
+        summary: Summary,
+        checkpoint: Checkpoint,
+        kept: dict[str, ManifestEntry],
+        info: SourceInfo,
+    ) -> None:
+        assert self.runs is not None  # noqa: S101 - the caller checked
+        if checkpoint.completed:
+            record.status = RunStatus.INCOMPLETE if summary.unavailable else RunStatus.COMPLETED
+            record.completed_at = now_iso()
+            record.counts = summary.counts.model_dump()
+            record.skip_counts = dict(Counter(s.reason.value for s in summary.skipped))
+            record.digest = summary.digest
+            if info.kind is SourceKind.DIRECTORY:
+                manifest = dict(kept)
+                for entry in checkpoint.files.values():
+                    if entry.op == "delete":
+                        manifest.pop(entry.path, None)
+                    elif entry.mtime_ns is not None:
+                        manifest[entry.path] = ManifestEntry(
+                            entry.path, entry.size, entry.mtime_ns, entry.sha256
+                        )
+                record.manifest_files = self.runs.write_manifest(
+                    record.run_id, (manifest[p] for p in sorted(manifest))
+                )
+        self.runs.save(record)
 
     # --- decisions ---------------------------------------------------------------
 
@@ -299,8 +543,7 @@ class Ingest:
                     raise
                 continue  # the upload saw other bytes because the file changed: again
             if before == _signature(path):
-                if isinstance(event, FileEvent):
-                    self._digest.append((event.path, event.checksum))
+                self._mtime_ns = before[1] if before is not None else None
                 return event
         return Skip(
             SkipReason.CHANGED_WHILE_READ, "its size or modification time changed while read, twice"
@@ -472,3 +715,138 @@ def _store_counters(store: ObjectStore | None) -> tuple[int, int, int]:
     """(uploads, deduplicated, uploaded bytes) so far, to report one run's share."""
     names = ("uploads", "deduplicated", "uploaded_bytes")
     return tuple(int(getattr(store, n, 0)) for n in names)  # type: ignore[return-value]
+
+
+LONG_UPLOAD = 8 * 1024 * 1024  # no transaction stays open while a file this large uploads
+EVENT_OVERHEAD = 1024  # about what a reference event weighs, for the batch's byte bound
+
+
+@dataclass
+class _Batcher:
+    """The run's batches: each one Kafka transaction, journalled before and after it
+    commits, so that a later attempt knows which files are in."""
+
+    job: Ingest
+    journal: Journal | None
+    checkpoint: Checkpoint
+    summary: Summary
+    commits: int = 0
+    _opened: float | None = None  # when the open batch got its first event
+
+    def __post_init__(self) -> None:
+        self.batch = Batch(self.checkpoint.batches)
+
+    def produced(self) -> None:
+        if self._opened is None:
+            self._opened = time.monotonic()
+
+    def before(self, candidate: Candidate, strategy: ContentStrategy) -> None:
+        """Before a file is read: a batch that is old is committed, and so is any open
+        batch before a long upload, which must not hold a transaction open."""
+        if self._opened is None:
+            return
+        age = time.monotonic() - self._opened
+        if age >= self.job.options.transaction_max_s or (
+            strategy is ContentStrategy.OBJECT_STORAGE and candidate.size >= LONG_UPLOAD
+        ):
+            self.commit()
+
+    def add(self, event: FileEvent, mtime_ns: int | None) -> None:
+        deleted = event.op is Op.DELETE
+        strategy = None if deleted else (event.content_strategy or ContentStrategy.INLINE)
+        self.batch.files.append(
+            FileEntry(
+                event.path,
+                "delete" if deleted else "upsert",
+                event.checksum,
+                event.size,
+                strategy.value.lower() if strategy else None,
+                mtime_ns,
+            )
+        )
+        self.batch.event_bytes += event.size if event.inline is not None else EVENT_OVERHEAD
+        self.produced()
+        failpoint("ingest.produced")  # tests: die with the batch's transaction open
+        options = self.job.options
+        if (
+            len(self.batch.files) >= options.transaction_files
+            or self.batch.event_bytes >= options.transaction_bytes
+        ):
+            self.commit()
+
+    def skipped(self, skipped: SkippedFile) -> None:
+        self.batch.skipped.append((skipped.path, skipped.reason.value, skipped.detail))
+
+    def settle(self) -> None:
+        """Wait for the open batch's deliveries; a failed one aborts the batch."""
+        publisher = self.job.publisher
+        if publisher is None:
+            return
+        failed, _probe = publisher.prepare()
+        if failed:
+            self._abort(failed)
+
+    def commit(self) -> None:
+        """Commit the open batch: journalled as pending (with where its first record
+        landed), committed, journalled as committed."""
+        publisher, batch = self.job.publisher, self.batch
+        if publisher is None:  # a dry run
+            self.checkpoint.merge(batch)
+            self._next()
+            return
+        if not batch:
+            return
+        failed, probe = publisher.prepare()
+        if failed:
+            self._abort(failed)
+            return
+        if self.journal is not None:
+            self.journal.pending(batch, probe)
+        failpoint("ingest.before_commit")  # tests: die with the batch's fate unknown
+        try:
+            publisher.commit()
+        except TransactionAborted as exc:
+            if self.journal is not None:
+                self.journal.aborted(batch)
+            self._lost(batch, f"its transaction was aborted: {exc}")
+            self._next()
+            return
+        failpoint("ingest.after_commit")  # tests: die before the journal says so
+        if self.journal is not None:
+            self.journal.committed(batch)
+        self.checkpoint.merge(batch)
+        self.commits += 1
+        self._next()
+
+    def _abort(self, failed: dict[str, str]) -> None:
+        publisher = self.job.publisher
+        assert publisher is not None  # noqa: S101 - only called with one
+        publisher.abort()
+        self.summary.failed.update(failed)
+        first = next(iter(failed.values()))
+        self._lost(self.batch, f"its transaction was aborted: another event failed ({first})")
+        self._next()
+
+    def _lost(self, batch: Batch, why: str) -> None:
+        for entry in batch.files:
+            self.summary.failed.setdefault(entry.path, why)
+        if batch.started:
+            self.summary.failed.setdefault("<run started>", why)
+        if batch.completed:
+            self.summary.failed.setdefault("<run completed>", why)
+
+    def _next(self) -> None:
+        self.batch = Batch(self.batch.number + 1)
+        self._opened = None
+
+
+def _counts(entries: list[FileEntry], skipped: int) -> RunCounts:
+    counts = Counter[str]()
+    for entry in entries:
+        counts["files"] += 1
+        if entry.op == "delete":
+            counts["deleted"] += 1
+        else:
+            counts["bytes"] += entry.size
+            counts[entry.strategy or "inline"] += 1
+    return RunCounts(**counts, skipped=skipped)

@@ -1,33 +1,45 @@
-"""Publishing: an idempotent producer, every delivery report accounted for.
+"""Publishing: a transactional producer, every delivery report accounted for.
 
-Each produced event is in flight until its delivery report arrives; after the
-final flush, anything still in flight or reported failed is undelivered, and
-the run says which files those were.
+Each produced event is in flight until its delivery report arrives; before a
+transaction commits, everything in it is flushed, and anything reported failed
+aborts it, so the run can say which files those were. With a
+``transactional_id`` the events of one batch become visible together or not at
+all (consumers read ``read_committed``), and a second producer with the same id
+fences the first: the broker aborts what the first left open, and the first
+can commit nothing more. Without one, the producer is idempotent only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # ConfigResource: no __all__
     AdminClient,
     ConfigResource,
 )
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.serialization import MessageField, SerializationContext
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from headrace.errors import ProduceError
-from headrace.kafka import ensure_topics, make_admin, make_producer
+from headrace.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from headrace.settings import KafkaSettings
-from producers.errors import BrokerUnavailable
+from producers.errors import BrokerUnavailable, Fenced, TransactionAborted
+from producers.runs import Probe
 from schemas.catalog import EventType
 from schemas.models import FileEvent, RunEvent
 from schemas.serde import EventSerializer
 
 log = logging.getLogger(__name__)
+# librdkafka's own (local) error codes are spelled with a leading underscore.
+FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)  # noqa: SLF001
+PARTITION_EOF = KafkaError._PARTITION_EOF  # noqa: SLF001
 MESSAGE_OVERHEAD = 64 * 1024  # headers, key and Avro framing around the largest inline file
 
 
@@ -38,9 +50,14 @@ class Publisher:
     max_batch_bytes: int = 5 * 1024 * 1024
     largest_inline: int = 100 * 1024  # the inline limit: the largest content of one event
     connect_timeout_s: float = 10.0
+    transactional_id: str | None = None
+    transaction_timeout_s: float = 60.0  # the broker aborts a transaction left open longer
     failed: dict[str, str] = field(default_factory=dict)  # path -> why
     delivered: int = 0
     _in_flight: dict[int, str] = field(default_factory=dict)
+    _probe: Probe | None = None  # where the open transaction's first record landed
+    _open: bool = False
+    _probe_token: int = 0
 
     def __post_init__(self) -> None:
         topics = self.settings.topics
@@ -60,15 +77,24 @@ class Publisher:
             replication_factor=self.settings.replication_factor,
         )
         self._check_broker_limit(admin)
-        self._producer = make_producer(
-            self.settings,
-            **{
-                "batch.size": self.max_batch_bytes,
-                "message.max.bytes": self.max_batch_bytes + MESSAGE_OVERHEAD,
-                "linger.ms": 50,
-                "queue.buffering.max.kbytes": 64 * 1024,
-            },
-        )
+        overrides: dict[str, Any] = {
+            "batch.size": self.max_batch_bytes,
+            "message.max.bytes": self.max_batch_bytes + MESSAGE_OVERHEAD,
+            "linger.ms": 50,
+            "queue.buffering.max.kbytes": 64 * 1024,
+        }
+        if self.transactional_id is not None:
+            overrides["transactional.id"] = self.transactional_id
+            overrides["transaction.timeout.ms"] = int(self.transaction_timeout_s * 1000)
+        self._producer = make_producer(self.settings, **overrides)
+        if self.transactional_id is not None:
+            # Fences any earlier producer of this id: what it left open is aborted.
+            try:
+                self._producer.init_transactions(self.connect_timeout_s * 3)
+            except KafkaException as exc:
+                raise ProduceError(
+                    f"cannot start transactions as {self.transactional_id}: {exc.args[0].str()}"
+                ) from None
         self._file_ctx = SerializationContext(self.file_topic, MessageField.VALUE)
         self._run_ctx = SerializationContext(self.run_topic, MessageField.VALUE)
         self._file_value = EventSerializer(self.registry, EventType.FILE_EVENT)
@@ -109,24 +135,123 @@ class Publisher:
         self._next += 1
         self._in_flight[token] = label
 
-        def report(err: KafkaError | None, _msg: Message, token: int = token) -> None:
+        def report(err: KafkaError | None, msg: Message, token: int = token) -> None:
             what = self._in_flight.pop(token, label)
             if err is None:
                 self.delivered += 1
+                if self._probe is None or token < self._probe_token:
+                    where = (msg.partition() or 0, msg.offset() or 0)
+                    self._probe = Probe(msg.topic() or topic, *where)
+                    self._probe_token = token
             else:
                 self.failed[what] = err.str()
 
+        self._begin()
         while True:
             try:
                 self._producer.produce(topic, key=key.encode(), value=value, on_delivery=report)
                 break
             except BufferError:  # the local queue is full: let deliveries drain it
                 self._producer.poll(0.05)
+            except KafkaException as exc:  # fatal: fenced by another producer of this id
+                raise self._fatal(exc) from None
         self._producer.poll(0)
+
+    # --- transactions -------------------------------------------------------------
+
+    def _begin(self) -> None:
+        if self.transactional_id is not None and not self._open:
+            try:
+                self._producer.begin_transaction()
+            except KafkaException as exc:
+                raise self._fatal(exc) from None
+            self._open = True
+            self._probe, self._probe_token = None, 0
+
+    def prepare(self, timeout_s: float = 120.0) -> tuple[dict[str, str], Probe | None]:
+        """Flush the open batch: what was not delivered, and where its first record is."""
+        failed = self.flush(timeout_s)
+        return failed, self._probe
+
+    def commit(self) -> None:
+        """Commit the open transaction (retried while the broker says it may); if it
+        cannot commit, it is aborted and TransactionAborted says why; Fenced if another
+        producer took the run over."""
+        if self.transactional_id is None or not self._open:
+            self._probe = None
+            return
+
+        def retriable(exc: BaseException) -> bool:
+            return isinstance(exc, KafkaException) and bool(exc.args[0].retriable())
+
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception(retriable),
+                stop=stop_after_attempt(5),
+                wait=wait_exponential_jitter(multiplier=0.2, max=5),
+                reraise=True,
+            ):
+                with attempt:
+                    self._producer.commit_transaction(self.transaction_timeout_s)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.txn_requires_abort():
+                self.abort()
+                raise TransactionAborted(error.str()) from None
+            raise self._fatal(exc) from None
+        self._open = False
+
+    def abort(self) -> None:
+        """Abort the open transaction: none of its records become visible."""
+        self.failed.clear()
+        if self.transactional_id is None or not self._open:
+            return
+        try:
+            self._producer.abort_transaction(self.transaction_timeout_s)
+        except KafkaException as exc:
+            raise self._fatal(exc) from None
+        finally:
+            self._open = False
+
+    def _fatal(self, exc: KafkaException) -> ProduceError:
+        error = exc.args[0]
+        if error.code() in FENCED:
+            return Fenced(
+                f"another producer took over transactional id {self.transactional_id}"
+                " (the same run started again elsewhere): this one stops; its open"
+                " transaction is aborted and never visible"
+            )
+        return ProduceError(f"the transaction failed: {error.str()}")
+
+    def committed(self, probe: Probe, timeout_s: float = 60.0) -> bool:
+        """Whether the record at ``probe`` is visible to read_committed consumers, that
+        is whether the batch it opened committed. Asked after init_transactions, which
+        finished whatever the previous producer of this id left open."""
+        group = f"headrace-probe-{uuid.uuid4().hex[:12]}"  # assigned, never committed
+        consumer = make_consumer(self.settings, group, **{"enable.partition.eof": True})
+        try:
+            consumer.assign([TopicPartition(probe.topic, probe.partition, probe.offset)])
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                msg = consumer.poll(0.5)
+                if msg is None:
+                    continue
+                error = msg.error()
+                if error is not None:
+                    if error.code() == PARTITION_EOF:
+                        return False  # aborted: read_committed skipped it to the end
+                    raise ProduceError(f"cannot read back {probe}: {error.str()}")
+                return msg.offset() == probe.offset
+            raise ProduceError(f"cannot tell within {timeout_s:.0f}s whether {probe} committed")
+        finally:
+            consumer.close()
 
     def flush(self, timeout_s: float = 120.0) -> dict[str, str]:
         """Wait for every delivery report; return the undelivered labels and why."""
-        self._producer.flush(timeout_s)
+        try:
+            self._producer.flush(timeout_s)
+        except KafkaException as exc:
+            raise self._fatal(exc) from None
         for label in self._in_flight.values():
             self.failed.setdefault(label, f"no delivery report within {timeout_s:.0f}s")
         self._in_flight.clear()
@@ -134,3 +259,10 @@ class Publisher:
 
     def stats(self) -> dict[str, Any]:
         return {"delivered": self.delivered, "failed": len(self.failed)}
+
+    def close(self) -> None:
+        """Abort what is still open (a run that stopped half-way) and flush the rest."""
+        if self._open:
+            with contextlib.suppress(ProduceError):
+                self.abort()
+        self._producer.flush(5)

@@ -22,6 +22,7 @@ from typing import BinaryIO
 
 from pathspec import GitIgnoreSpec
 
+from headrace.errors import HeadraceError
 from producers.base import Candidate, SourceInfo, SourceKind
 from producers.errors import SourceError
 from schemas.models import SkipReason
@@ -80,7 +81,10 @@ class DirectorySource:
         return SourceInfo(SourceKind.DIRECTORY, str(self.root), self.project or self.root.name)
 
     def deleted(self) -> list[str]:
-        return []
+        return []  # an incremental directory run finds its deletes in the manifest
+
+    def changes_since(self, commit: str) -> bool:
+        return False
 
     def candidates(self) -> Iterator[Candidate]:
         yield from self._walk(self.root, "")
@@ -231,6 +235,15 @@ class GitSource:
                 parts.append(part)
         found = entries.get("/".join(parts))
         return found if found is not None and found.mode in ("100644", "100755") else None
+
+    def changes_since(self, commit: str) -> bool:
+        """From now on, offer only what changed since ``commit``; False if the repository
+        does not have it (history rewritten): the run stays a full one."""
+        try:
+            self._since_commit = self.repo.resolve(commit)
+        except HeadraceError:
+            return False
+        return True
 
     def deleted(self) -> list[str]:
         if self._since_commit is None:

@@ -6,7 +6,11 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def hermetic_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def hermetic_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     for var in list(os.environ):
         if var.startswith("HEADRACE_") or var == "CI":
             monkeypatch.delenv(var)
+    # An ingest remembers its runs: in the test's own directory, not the developer's.
+    monkeypatch.setenv("HEADRACE_INGEST__STATE_DIR", str(tmp_path_factory.mktemp("runs")))

@@ -12,6 +12,7 @@ import pytest
 from producers.breaker import BreakerState, CircuitBreaker
 from producers.ingest import Ingest, IngestOptions, StrategyChoice
 from producers.policy import detect_encoding
+from producers.runs import Probe
 from producers.sources import DirectorySource
 from schemas.models import (
     ContentStrategy,
@@ -34,6 +35,7 @@ LFS = b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n"
 class Sink:
     files: list[FileEvent] = field(default_factory=list)
     runs: list[RunEvent] = field(default_factory=list)
+    commits: int = 0
 
     def file(self, event: FileEvent) -> None:
         self.files.append(event)
@@ -43,6 +45,18 @@ class Sink:
 
     def flush(self, timeout_s: float = 120.0) -> dict[str, str]:
         return {}
+
+    def prepare(self, timeout_s: float = 120.0) -> tuple[dict[str, str], Probe | None]:
+        return {}, None
+
+    def commit(self) -> None:
+        self.commits += 1
+
+    def abort(self) -> None:
+        raise AssertionError("nothing in these tests aborts")
+
+    def committed(self, probe: Probe, timeout_s: float = 60.0) -> bool:
+        raise AssertionError("nothing in these tests resumes")
 
     def by_path(self) -> dict[str, FileEvent]:
         return {e.path: e for e in self.files}

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
+import stat
 import subprocess
+import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import httpx
 import pytest
@@ -17,6 +24,8 @@ from schemas.models import ContentStrategy, FileEvent, Op, RunEvent, RunEventKin
 from schemas.models import TextEncoding as Enc
 from schemas.registry import make_registry_client
 from schemas.serde import EventDeserializer
+from storage.objects import content_key
+from storage.objectstore.minio import make_minio
 from tests.integration.topics import read_topic
 from tests.unit.test_cli import run
 
@@ -396,5 +405,308 @@ def test_a_fifo_a_socket_and_a_loop_are_skipped_while_the_rest_of_the_tree_is_pu
     events = {key.split("/", 1)[1] for key, _ in file_events(kafka, registry, env)}
     assert {"src/app.py", "logo.bin", "large.bin"} <= events
     assert not events & {"pipe", "sock", "loop"}
+    runs = run_events(kafka, registry, env)
+    assert [r.kind for r in runs] == [RunEventKind.STARTED, RunEventKind.COMPLETED]
+
+
+NOBODY = 65534  # an unprivileged uid and gid: root reads a file whatever its mode says
+
+
+@contextlib.contextmanager
+def traversable_by_others(path: Path) -> Iterator[None]:
+    """``path`` and its ancestors searchable by any user (pytest makes its temporary
+    directories 0700) for the ``with`` block; their modes restored afterwards."""
+    changed: list[tuple[Path, int]] = []
+    try:
+        for where in (path, *path.parents):
+            mode = stat.S_IMODE(where.stat().st_mode)
+            if not mode & stat.S_IXOTH:
+                where.chmod(mode | stat.S_IXOTH)
+                changed.append((where, mode))
+        yield
+    finally:
+        for where, mode in changed:
+            where.chmod(mode)
+
+
+def test_an_unreadable_file_and_directory_are_skipped_while_the_rest_is_published(
+    tree: Path,
+    tmp_path: Path,
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+) -> None:
+    locked = tree / "src" / "locked.py"
+    locked.write_text("secret = 1\n")
+    locked.chmod(0)
+    (tree / "private").mkdir()
+    (tree / "private" / "inner.txt").write_text("inner\n")
+    (tree / "private").chmod(0)
+    home = tmp_path / "home"  # the unprivileged run's HOME, TMPDIR, git cache and run state
+    home.mkdir()
+    os.chown(home, NOBODY, NOBODY)
+    child_env = {
+        **os.environ,
+        "HOME": str(home),
+        "TMPDIR": str(home),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "HEADRACE_GIT__CACHE_DIR": str(home / "git"),
+        "HEADRACE_INGEST__STATE_DIR": str(home / "runs"),
+    }
+    ids = [f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    argv = ["setpriv", *ids, sys.executable, "-m", "headrace", "ingest", str(tree), "--json"]
+    with traversable_by_others(tree):
+        done = subprocess.run(argv, capture_output=True, text=True, env=child_env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    skipped = {s["path"]: (s["reason"], s["detail"]) for s in summary["skipped"]}
+    assert skipped == {
+        "outside": ("symlink_outside_root", None),
+        "private/": ("unreadable", "the directory cannot be listed: permission denied"),
+        "src/locked.py": ("unreadable", "cannot be read: permission denied"),
+    }
+    assert summary["ok"] and summary["failed"] == {} and summary["counts"]["files"] == 7
+    events = {key.split("/", 1)[1]: e for key, e in file_events(kafka, registry, env)}
+    assert sorted(events) == [
+        ".gitignore",
+        "empty",
+        "large.bin",
+        "logo.bin",
+        "medium.txt",
+        "notes-latin1.txt",
+        "src/app.py",
+    ]
+    assert events["src/app.py"].inline is not None
+    assert events["large.bin"].object_ref is not None
+    runs = run_events(kafka, registry, env)
+    assert [r.kind for r in runs] == [RunEventKind.STARTED, RunEventKind.COMPLETED]
+    assert {(s.path, s.reason) for s in runs[-1].skipped} >= {
+        ("src/locked.py", SkipReason.UNREADABLE),
+        ("private/", SkipReason.UNREADABLE),
+    }
+
+
+def test_entries_beyond_path_max_are_skipped_while_the_reachable_ones_are_published(
+    tmp_path: Path,
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = (tmp_path / "deep").resolve()
+    root.mkdir()
+    (root / "top.txt").write_text("top\n")
+    path_max = os.pathconf(root, "PC_PATH_MAX")  # with its NUL: a path has fewer bytes
+    name_max = os.pathconf(root, "PC_NAME_MAX")
+    # Nested directories of the longest names, each with a file, built a level at a time
+    # through directory descriptors (no path names them once they pass PATH_MAX).
+    files: list[str] = []  # each level's f.txt, relative to the root
+    rel = ""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        level = 0
+        while len(str(root)) + len(rel) < path_max + 2 * name_max:
+            name = f"d{level:02d}".ljust(name_max, "x")
+            os.mkdir(name, dir_fd=fd)
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+            rel += f"{name}/"
+            made = os.open("f.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+            os.write(made, f"level {level}\n".encode())
+            os.close(made)
+            files.append(f"{rel}f.txt")
+            level += 1
+    finally:
+        os.close(fd)
+
+    def length(rel: str) -> int:  # bytes of the entry's full path
+        return len(f"{root}/{rel.rstrip('/')}".encode())
+
+    def parent(rel: str) -> str:
+        return rel.rstrip("/").rpartition("/")[0]
+
+    # An entry is reached if its directory can be listed; read if its own path fits.
+    reached = [r for r in files + [f.removesuffix("f.txt") for f in files]
+               if length(parent(r)) < path_max]  # fmt: skip
+    readable = {r for r in reached if r.endswith("f.txt") and length(r) < path_max}
+    too_long = {r.rstrip("/") for r in reached if length(r) >= path_max}
+    assert readable and too_long and len(readable) < len(files)  # the tree crosses PATH_MAX
+
+    code, out, err = run(["ingest", str(root), "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["ok"] and summary["counts"]["files"] == len(readable) + 1
+    skipped = {s["path"].rstrip("/"): (s["reason"], s["detail"]) for s in summary["skipped"]}
+    assert set(skipped) == too_long
+    assert set(skipped.values()) == {("unreadable", "file name too long")}
+    events = {key.split("/", 1)[1]: e for key, e in file_events(kafka, registry, env)}
+    assert set(events) == readable | {"top.txt"}
+    deepest = max(readable, key=len)
+    inline = events[deepest].inline
+    assert inline is not None and inline.data == f"level {files.index(deepest)}\n".encode()
+    runs = run_events(kafka, registry, env)
+    assert [r.kind for r in runs] == [RunEventKind.STARTED, RunEventKind.COMPLETED]
+    assert {s.path.rstrip("/") for s in runs[-1].skipped} == too_long
+
+
+class _RewrittenAfterRead(io.BytesIO):
+    """A file's bytes as they were read; closing it rewrites the file, a line longer."""
+
+    def __init__(self, data: bytes, path: Path, rewrites: list[int]) -> None:
+        super().__init__(data)
+        self._path, self._rewrites = path, rewrites
+
+    def close(self) -> None:
+        if not self.closed:
+            with self._path.open("ab") as file:
+                file.write(b"one more line\n")
+            self._rewrites.append(self._path.stat().st_size)
+        super().close()
+
+
+def test_a_small_file_rewritten_on_every_read_is_skipped_as_changed_while_read(
+    tree: Path,
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from producers import sources
+
+    busy = (tree / "src" / "busy.log").resolve()
+    busy.write_text("first line\n")
+    rewrites: list[int] = []
+    real_open = sources._open
+
+    def rewriting_open(path: Path) -> BinaryIO:
+        if path != busy:
+            return real_open(path)
+        with real_open(path) as stream:
+            return _RewrittenAfterRead(stream.read(), path, rewrites)
+
+    monkeypatch.setattr(sources, "_open", rewriting_open)
+    code, out, err = run(["ingest", str(tree), "--json"], capsys)
+    assert code == 0, err
+    assert rewrites, "the file was read, and rewritten after each read"
+    summary = json.loads(out)
+    assert summary["ok"] and summary["failed"] == {} and summary["counts"]["files"] == 7
+    [changed] = [s for s in summary["skipped"] if s["path"] == "src/busy.log"]
+    assert changed["reason"] == "changed_while_read" and changed["detail"]
+    events = {key.split("/", 1)[1]: e for key, e in file_events(kafka, registry, env)}
+    assert "src/busy.log" not in events
+    assert {"src/app.py", "logo.bin", "large.bin", "medium.txt"} <= set(events)
+    runs = run_events(kafka, registry, env)
+    assert [r.kind for r in runs] == [RunEventKind.STARTED, RunEventKind.COMPLETED]
+    assert ("src/busy.log", SkipReason.CHANGED_WHILE_READ) in {
+        (s.path, s.reason) for s in runs[-1].skipped
+    }
+
+
+def test_a_large_file_changed_while_it_is_uploaded_is_skipped_not_failed(
+    tree: Path,
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    object_store: ObjectStoreSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from storage.objectstore.base import VerifyingReader
+
+    growing = (tree / "growing.bin").resolve()
+    growing.write_bytes(os.urandom(2 * 1024 * 1024))
+    rewrites: list[int] = []
+    real_read = VerifyingReader.read
+
+    def read(self: VerifyingReader, n: int = -1) -> bytes:
+        """The upload of growing.bin: before its first byte is sent, the file is
+        rewritten in place and grows by a byte (as a log being written does)."""
+        if self._read == 0 and Path(getattr(self._raw, "name", "")) == growing:
+            with growing.open("r+b") as file:
+                file.write(os.urandom(4096))
+                file.seek(0, os.SEEK_END)
+                file.write(b"+")
+            rewrites.append(growing.stat().st_size)
+        return real_read(self, n)
+
+    monkeypatch.setattr(VerifyingReader, "read", read)
+    argv = ["ingest", str(tree), "--inline-limit", "1KiB", "--json"]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    assert rewrites, "the file changed while it was uploaded"
+    assert "does not match its key" not in out + err
+    summary = json.loads(out)
+    assert summary["ok"] and summary["failed"] == {} and summary["incomplete"] is False
+    [changed] = [s for s in summary["skipped"] if s["path"] == "growing.bin"]
+    assert changed["reason"] == "changed_while_read" and changed["detail"]
+    assert summary["counts"]["object_storage"] == 2  # large.bin and medium.txt
+    events = {key.split("/", 1)[1]: e for key, e in file_events(kafka, registry, env)}
+    assert "growing.bin" not in events
+    assert events["large.bin"].object_ref is not None
+    assert events["medium.txt"].object_ref is not None
+    stored = make_minio(object_store).list_objects(
+        env["HEADRACE_OBJECT_STORE__BUCKET"], recursive=True
+    )
+    assert sorted(str(o.object_name) for o in stored) == sorted(
+        content_key(events[p].checksum) for p in ("large.bin", "medium.txt")
+    ), "nothing of the changing file was stored"
+    runs = run_events(kafka, registry, env)
+    assert [r.kind for r in runs] == [RunEventKind.STARTED, RunEventKind.COMPLETED]
+    assert ("growing.bin", SkipReason.CHANGED_WHILE_READ) in {
+        (s.path, s.reason) for s in runs[-1].skipped
+    }
+
+
+def test_directories_removed_during_the_walk_are_skipped_and_the_run_completes(
+    tree: Path,
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = tree.resolve()
+    for name in ("gone-after-listing", "gone-before-listing"):
+        (root / name / "sub").mkdir(parents=True)
+        (root / name / "sub" / "file.txt").write_text(f"{name}\n")
+    (root / "zz-last.txt").write_text("after the removed directories\n")
+    real_scandir = os.scandir
+    removed: list[str] = []
+
+    def scandir(path: Any = ".") -> Any:
+        """Removes gone-after-listing once the root has been listed, so that its entry
+        is gone when the walk looks at it, and gone-before-listing just before the walk
+        lists it."""
+        if isinstance(path, int):  # shutil.rmtree's own listings, by descriptor
+            return real_scandir(path)
+        where = Path(os.fsdecode(path))
+        if where == root / "gone-before-listing":
+            shutil.rmtree(where)
+            removed.append(where.name)
+        if where != root:
+            return real_scandir(path)
+        with real_scandir(path) as listing:
+            entries = list(listing)
+        shutil.rmtree(root / "gone-after-listing")
+        removed.append("gone-after-listing")
+        return contextlib.nullcontext(entries)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    code, out, err = run(["ingest", str(root), "--json"], capsys)
+    assert code == 0, err
+    assert sorted(removed) == ["gone-after-listing", "gone-before-listing"]
+    summary = json.loads(out)
+    assert summary["ok"] and summary["counts"]["files"] == 8
+    skipped = {s["path"]: (s["reason"], s["detail"]) for s in summary["skipped"]}
+    assert skipped["gone-after-listing"] == ("unreadable", "no such file or directory")
+    assert skipped["gone-before-listing/"] == (
+        "unreadable",
+        "the directory cannot be listed: no such file or directory",
+    )
+    events = {key.split("/", 1)[1] for key, _ in file_events(kafka, registry, env)}
+    assert {"src/app.py", "large.bin", "zz-last.txt"} <= events
+    assert not {e for e in events if e.startswith("gone-")}
     runs = run_events(kafka, registry, env)
     assert [r.kind for r in runs] == [RunEventKind.STARTED, RunEventKind.COMPLETED]

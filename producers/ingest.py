@@ -69,6 +69,7 @@ from schemas.models import (
     SkipReason,
     run_digest,
 )
+from storage.errors import ContentMismatch
 from storage.objects import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -170,15 +171,20 @@ class Summary:
         }
 
 
-def _signature(path: Path | None) -> tuple[int, int, int] | None:
-    """What changes when a file on disk is written: size, modification time, inode."""
+def _signature(path: Path | None) -> tuple[int, int, int, int] | None:
+    """What changes when a file on disk is written: size, modification time, inode, and
+    the status change time (which also moves when the modification time is set back)."""
     if path is None:  # a git blob never changes
         return None
     found = path.stat()
-    return found.st_size, found.st_mtime_ns, found.st_ino
+    return found.st_size, found.st_mtime_ns, found.st_ino, found.st_ctime_ns
 
 
 class _StoreDown(Exception):  # noqa: N818 - internal signal: no upload, the store is down
+    pass
+
+
+class _Changed(Exception):  # noqa: N818 - internal signal: the bytes uploaded were not hashed
     pass
 
 
@@ -531,13 +537,18 @@ class Ingest:
         self, candidate: Candidate, info: SourceInfo, project: str, now: datetime, summary: Summary
     ) -> FileEvent | Skip:
         """The file's event, made from bytes that did not change while they were read: a
-        file on disk whose size, modification time or inode differ after the read is read
-        once more, then skipped as CHANGED_WHILE_READ; never published half-read."""
+        file on disk whose size, times or inode differ after the read, or whose upload
+        carried other bytes than were hashed, is read once more, then skipped as
+        CHANGED_WHILE_READ; never published half-read."""
         path = candidate.local_path
         for _ in range(2):
             before = _signature(path)
             try:
                 event = self._event(candidate, info, project, now, summary)
+            except _Changed as changed:
+                if path is None:  # a git blob spooled to a temporary file: not a change
+                    raise _Failed(f"the spooled blob changed: {changed}") from None
+                continue  # the upload saw other bytes because the file changed: again
             except _Failed:
                 if before == _signature(path):
                     raise
@@ -545,9 +556,7 @@ class Ingest:
             if before == _signature(path):
                 self._mtime_ns = before[1] if before is not None else None
                 return event
-        return Skip(
-            SkipReason.CHANGED_WHILE_READ, "its size or modification time changed while read, twice"
-        )
+        return Skip(SkipReason.CHANGED_WHILE_READ, "it changed while it was read, twice")
 
     def _event(
         self, candidate: Candidate, info: SourceInfo, project: str, now: datetime, summary: Summary
@@ -654,6 +663,9 @@ class Ingest:
                 with attempt:
                     stored = store.put_file(path, checksum, size)
                     url, expires = store.presign(stored.key, self.options.presign_expiry)
+        except ContentMismatch as exc:
+            self.breaker.success()  # the store answered: the bytes it was sent changed
+            raise _Changed(exc.reason) from None
         except HeadraceError as exc:
             if is_transient(exc):
                 self.breaker.failure(str(exc))

@@ -265,4 +265,5 @@ class Publisher:
         if self._open:
             with contextlib.suppress(ProduceError):
                 self.abort()
-        self._producer.flush(5)
+        with contextlib.suppress(KafkaException):  # a fenced producer cannot flush any more
+            self._producer.flush(5)

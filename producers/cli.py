@@ -250,7 +250,7 @@ def ingest(
     )
     runs = None if dry_run else RunStore(settings.ingest.state_dir)
     earlier = runs.get(run_id) if runs is not None else None
-    if earlier is not None and not earlier.finished:
+    if earlier is not None and earlier.status is not RunStatus.COMPLETED:
         # A resumed git run reads the commit its first attempt read, whatever the ref says now.
         ref, project = earlier.commit or ref, project or earlier.project
     src = open_source(settings, source, ref, since, project, exclude)

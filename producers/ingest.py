@@ -470,7 +470,7 @@ class Ingest:
         info: SourceInfo,
     ) -> None:
         assert self.runs is not None  # noqa: S101 - the caller checked
-        if checkpoint.completed:
+        if self._batcher.completed:  # this attempt's RunCompleted committed
             record.status = RunStatus.INCOMPLETE if summary.unavailable else RunStatus.COMPLETED
             record.completed_at = now_iso()
             record.counts = summary.counts.model_dump()
@@ -743,6 +743,7 @@ class _Batcher:
     checkpoint: Checkpoint
     summary: Summary
     commits: int = 0
+    completed: bool = False  # the RunCompleted event committed
     _opened: float | None = None  # when the open batch got its first event
 
     def __post_init__(self) -> None:
@@ -804,6 +805,7 @@ class _Batcher:
         publisher, batch = self.job.publisher, self.batch
         if publisher is None:  # a dry run
             self.checkpoint.merge(batch)
+            self.completed |= batch.completed
             self._next()
             return
         if not batch:
@@ -828,6 +830,7 @@ class _Batcher:
             self.journal.committed(batch)
         self.checkpoint.merge(batch)
         self.commits += 1
+        self.completed |= batch.completed
         self._next()
 
     def _abort(self, failed: dict[str, str]) -> None:

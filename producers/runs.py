@@ -377,10 +377,10 @@ class RunStore:
         id is still a no-op. Returns the runs pruned."""
         cutoff = (now or datetime.now(UTC)) - max_age
         records = self.records()
-        newest: dict[tuple[str, str], str] = {}
-        for record in records:
+        newest: dict[tuple[str, str], str] = {}  # the base of the next incremental run
+        for record in sorted(records, key=lambda r: (r.completed_at or "", r.run_id)):
             if record.status is RunStatus.COMPLETED:
-                newest[(record.project, record.source)] = record.run_id  # oldest first
+                newest[(record.project, record.source)] = record.run_id
         pruned = []
         for record in records:
             if not record.finished or record.completed_at is None:

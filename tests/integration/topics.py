@@ -41,7 +41,7 @@ def read_topic(
                 continue
             assert msg.error() is None, msg.error()
             out.append(decode(msg))
-            position[msg.partition()] = msg.offset() + 1
+            position[msg.partition()] = (msg.offset() or 0) + 1
         return out
     finally:
         consumer.close()

@@ -238,12 +238,15 @@ class Ingest:
         summary = Summary(self.run_id, project, info.location, info.commit, self.options.dry_run)
         record, checkpoint, journal = self._attempt(info, project, summary)
         if record is not None and record.status is RunStatus.COMPLETED:
-            summary.already_completed = True
-            summary.counts = RunCounts(**(record.counts or {}))
-            summary.digest, summary.commit = record.digest, record.commit
-            summary.duration_s = time.perf_counter() - started
-            return summary
+            return _already_completed(summary, record, started)
         baseline = self._baseline(record, info, project, summary)
+        if (
+            record is not None
+            and record.status is RunStatus.RUNNING
+            and checkpoint.completed
+            and self._completed_before(record, checkpoint, baseline)
+        ):
+            return _already_completed(summary, record, started)
         before = _store_counters(self.store)
         now = datetime.now(UTC)
         self._batcher = _Batcher(self, journal, checkpoint, summary)
@@ -332,7 +335,7 @@ class Ingest:
         summary.upload_retries = self._retries
         summary.breaker, summary.breaker_opened = self.breaker.state.value, self.breaker.opened
         if record is not None and self.runs is not None:
-            self._record(record, summary, checkpoint, kept, info)
+            self._record(record, summary, checkpoint, baseline, kept, info)
         summary.duration_s = time.perf_counter() - started
         return summary
 
@@ -466,29 +469,63 @@ class Ingest:
         record: RunRecord,
         summary: Summary,
         checkpoint: Checkpoint,
+        baseline: Baseline | None,
         kept: dict[str, ManifestEntry],
         info: SourceInfo,
     ) -> None:
-        assert self.runs is not None  # noqa: S101 - the caller checked
         if self._batcher.completed:  # this attempt's RunCompleted committed
-            record.status = RunStatus.INCOMPLETE if summary.unavailable else RunStatus.COMPLETED
-            record.completed_at = now_iso()
-            record.counts = summary.counts.model_dump()
-            record.skip_counts = dict(Counter(s.reason.value for s in summary.skipped))
-            record.digest = summary.digest
-            if info.kind is SourceKind.DIRECTORY:
-                manifest = dict(kept)
-                for entry in checkpoint.files.values():
-                    if entry.op == "delete":
-                        manifest.pop(entry.path, None)
-                    elif entry.mtime_ns is not None:
-                        manifest[entry.path] = ManifestEntry(
-                            entry.path, entry.size, entry.mtime_ns, entry.sha256
-                        )
-                record.manifest_files = self.runs.write_manifest(
-                    record.run_id, (manifest[p] for p in sorted(manifest))
-                )
+            reasons = [s.reason.value for s in summary.skipped]
+            self._close(record, summary.counts, summary.digest, reasons, checkpoint, baseline, kept)
+        assert self.runs is not None  # noqa: S101 - the caller checked
         self.runs.save(record)
+
+    def _close(
+        self,
+        record: RunRecord,
+        counts: RunCounts,
+        digest: str | None,
+        reasons: list[str],
+        checkpoint: Checkpoint,
+        baseline: Baseline | None,
+        kept: dict[str, ManifestEntry],
+    ) -> None:
+        """The run's RunCompleted committed: its record says so, with its cursor."""
+        assert self.runs is not None  # noqa: S101 - the callers checked
+        unavailable = SkipReason.OBJECT_STORE_UNAVAILABLE.value in reasons
+        record.status = RunStatus.INCOMPLETE if unavailable else RunStatus.COMPLETED
+        record.completed_at = now_iso()
+        record.counts = counts.model_dump()
+        record.skip_counts = dict(Counter(reasons))
+        record.digest = digest
+        if record.source_kind == SourceKind.DIRECTORY.value:
+            # The tree as the consumers now have it: the base's files, those this run
+            # found as they were, and what the run published.
+            manifest = {**(baseline.entries if baseline is not None else {}), **kept}
+            for entry in checkpoint.files.values():
+                if entry.op == "delete":
+                    manifest.pop(entry.path, None)
+                elif entry.mtime_ns is not None:
+                    manifest[entry.path] = ManifestEntry(
+                        entry.path, entry.size, entry.mtime_ns, entry.sha256
+                    )
+            record.manifest_files = self.runs.write_manifest(
+                record.run_id, (manifest[p] for p in sorted(manifest))
+            )
+
+    def _completed_before(
+        self, record: RunRecord, checkpoint: Checkpoint, baseline: Baseline | None
+    ) -> bool:
+        """An earlier attempt committed the RunCompleted event and died before its
+        record said so: the record is closed now, from the journal; True if that
+        leaves the run completed (an incomplete one goes on as a resume)."""
+        entries = list(checkpoint.files.values())
+        reasons = [reason for reason, _detail in checkpoint.skipped.values()]
+        counts = _counts(entries, len(reasons))
+        digest = run_digest((e.path, e.sha256) for e in entries if e.op == "upsert")
+        self._close(record, counts, digest, reasons, checkpoint, baseline, {})
+        assert self.runs is not None  # noqa: S101 - the caller checked
+        self.runs.save(record)
+        return record.status is RunStatus.COMPLETED
 
     # --- decisions ---------------------------------------------------------------
 
@@ -710,6 +747,15 @@ class Ingest:
                 digest=summary.digest if summary else None,
             )
         )
+
+
+def _already_completed(summary: Summary, record: RunRecord, started: float) -> Summary:
+    """A completed run asked again: its record's account, and nothing done."""
+    summary.already_completed = True
+    summary.counts = RunCounts(**(record.counts or {}))
+    summary.digest, summary.commit = record.digest, record.commit
+    summary.duration_s = time.perf_counter() - started
+    return summary
 
 
 def _bounded(skipped: list[SkippedFile], per_reason: int) -> list[SkippedFile]:

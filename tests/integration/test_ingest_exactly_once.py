@@ -174,6 +174,34 @@ def test_an_ingest_killed_mid_run_and_resumed_publishes_every_file_once(
     assert record["cursor"] == f"manifest of {TREE_FILES} files"
 
 
+def test_killed_after_its_last_commit_a_resumed_run_is_complete_and_publishes_nothing(
+    tree: Path,
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 23 files in batches of 5: the fifth commit holds the last 3 and RunCompleted
+    killed = killed_ingest(tree, "last", "ingest.after_commit=5")
+    assert killed.returncode == -9, killed.stderr
+    code, out, err = run(["ingest", str(tree), "--resume", "last", "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["already_completed"] is True
+    assert summary["counts"]["files"] == TREE_FILES and summary["digest"] == tree_digest(tree)
+    assert [r.kind for r in run_events(kafka, registry, env)] == [
+        RunEventKind.STARTED,
+        RunEventKind.COMPLETED,
+    ]
+    published = per_path(file_events(kafka, registry, env))
+    assert len(published) == TREE_FILES and set(published.values()) == {1}
+    code, out, err = run(["runs", "show", "last", "--json"], capsys)
+    assert code == 0, err
+    shown = json.loads(out)
+    assert (shown["status"], shown["committed_files"]) == ("completed", TREE_FILES)
+    assert shown["cursor"] == f"manifest of {TREE_FILES} files"
+
+
 def test_the_same_run_id_twice_archives_each_file_once(
     tree: Path,
     env: dict[str, str],

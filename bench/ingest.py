@@ -3,17 +3,30 @@
 Builds a synthetic tree (10,000 small files by default, plus a few large
 ones) and also takes a real tree present on every machine, the Python
 standard library. For each tree it measures, in the same run against the
-local stack:
+local stack, ``--rounds`` times (5 by default), in turn within each round:
 
 - raw: a bare confluent-kafka Producer (librdkafka defaults) publishing each
   file's bytes as one message, in this process;
-- headrace: ``headrace ingest --json`` in a child process, whose own peak RSS
-  is read from the kernel (wait4).
+- transactions on: ``headrace ingest --json`` in a child process, whose own
+  peak RSS is read from the kernel (wait4), as it runs by default (a Kafka
+  transaction every 1,000 files);
+- transactions off: the same with ``HEADRACE_INGEST__TRANSACTIONS=false``
+  (the idempotent producer alone; the batches are still flushed and
+  journalled with fsync, so the difference is the transactions' own cost);
+- ``--transaction-files 100``: transactions on, ten times as many of them.
 
-It prints files/s, MB/s, the ingest's own duration and wall time, peak RSS,
-and the ratio to the raw baseline; then re-ingests the synthetic tree with
-``--content-strategy object_storage`` twice and reports the uploads of the
-second run (the target is zero).
+Every child's state directory (``HEADRACE_INGEST__STATE_DIR``) is a temporary
+directory, so that no run is left in the repository's ``.headrace/runs``. One
+untimed run goes first on each tree (topics, the transaction coordinator).
+
+It prints, for each configuration, the median over the rounds and the spread
+(slowest-fastest) of files/s, MB/s, the ingest's own duration and wall time,
+peak RSS, the transactions the run made and the ratio to the raw baseline;
+then the cost of transactions: the files/s lost against transactions off
+(from the medians, and round by round), and whether the on and off ranges
+overlap. Last it re-ingests the synthetic tree with ``--content-strategy
+object_storage`` twice and reports the uploads of the second run (the target
+is zero).
 
     .venv/bin/python bench/ingest.py                 # full figures
     .venv/bin/python bench/ingest.py --small 500     # a quick check (CI)
@@ -25,11 +38,13 @@ import argparse
 import json
 import os
 import random
+import statistics
 import sys
 import sysconfig
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,16 +124,69 @@ def headrace_ingest(
     return json.loads(text), wall, usage.ru_maxrss / 1024
 
 
-def fresh_env(settings_tag: str) -> dict[str, str]:
+def fresh_env(settings_tag: str, state_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"] = f"bench.ingest-{settings_tag}.files"
     env["HEADRACE_KAFKA__TOPICS__RUN_EVENTS"] = f"bench.ingest-{settings_tag}.runs"
     env["HEADRACE_OBJECT_STORE__BUCKET"] = f"bench-{settings_tag}"
+    env["HEADRACE_INGEST__STATE_DIR"] = str(state_dir)  # not the repository's .headrace/runs
     env["PYTHONPATH"] = str(ROOT)
     return env
 
 
-def measure(label: str, tree: Path, inline_limit: int) -> dict[str, float]:
+@dataclass(frozen=True)
+class Config:
+    name: str
+    env: dict[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ()
+
+
+ON = Config("transactions on")
+OFF = Config("transactions off", {"HEADRACE_INGEST__TRANSACTIONS": "false"})
+ON_100 = Config("on, --transaction-files 100", args=("--transaction-files", "100"))
+CONFIGS = (ON, OFF, ON_100)  # run in this order within each round
+
+
+@dataclass
+class Runs:
+    """One configuration's rounds."""
+
+    files: list[float] = field(default_factory=list)  # files/s over the run's own duration
+    mb: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    wall: list[float] = field(default_factory=list)
+    rss: list[float] = field(default_factory=list)
+    transactions: list[int] = field(default_factory=list)
+
+    def add(self, files: int, size: int, seconds: float, wall: float = 0.0) -> None:
+        self.files.append(files / seconds)
+        self.mb.append(size / seconds / 1e6)
+        self.seconds.append(seconds)
+        self.wall.append(wall)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float], fmt: str = ",.0f") -> str:
+    return f"{median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+
+def overlap_free(a: list[float], b: list[float]) -> bool:
+    """Whether the slowest-fastest ranges of two configurations are apart."""
+    return min(a) > max(b) or max(a) < min(b)
+
+
+def run_config(
+    tree: Path, env: dict[str, str], config: Config, args: list[str]
+) -> tuple[dict[str, Any], float, float]:
+    return headrace_ingest(tree, {**env, **config.env}, *args, *config.args)
+
+
+def measure(
+    label: str, tree: Path, inline_limit: int, rounds: int, state_dir: Path
+) -> dict[str, Any]:
     settings = load_settings()
     tag = uuid.uuid4().hex[:8]
     raw_topic = f"bench.raw-{tag}"
@@ -129,37 +197,67 @@ def measure(label: str, tree: Path, inline_limit: int) -> dict[str, float]:
         replication_factor=settings.kafka.replication_factor,
     )
     files = files_of(tree)
-    raw_s, raw_files, raw_bytes = raw_publish(
-        settings.kafka.bootstrap_servers, raw_topic, files, inline_limit
-    )
+    env = fresh_env(tag, state_dir)
     excludes = [arg for name in EXCLUDE for arg in ("--exclude", f"{name}/")]
-    summary, wall, rss = headrace_ingest(
-        tree,
-        fresh_env(tag),
-        "--content-strategy",
-        "inline",
-        "--inline-limit",
-        str(inline_limit),
-        *excludes,
-    )
-    counts, run_s = summary["counts"], summary["duration_s"]
-    ours_rate = counts["bytes"] / run_s
-    raw_rate = raw_bytes / raw_s
+    args = ["--content-strategy", "inline", "--inline-limit", str(inline_limit), *excludes]
+    summary, _, _ = run_config(tree, env, ON, args)  # untimed: topics, coordinator, caches
+    raw = Runs()
+    runs = {config.name: Runs() for config in CONFIGS}
+    for _ in range(rounds):
+        raw_s, raw_files, raw_bytes = raw_publish(
+            settings.kafka.bootstrap_servers, raw_topic, files, inline_limit
+        )
+        raw.add(raw_files, raw_bytes, raw_s)
+        for config in CONFIGS:
+            summary, wall, rss = run_config(tree, env, config, args)
+            counts, run = summary["counts"], runs[config.name]
+            run.add(counts["files"], counts["bytes"], summary["duration_s"], wall)
+            run.rss.append(rss)
+            run.transactions.append(summary["transactions"])
+    counts = summary["counts"]
     print(
         f"{label}: {counts['files']:,} files inline, {counts['bytes'] / 1e6:.1f} MB "
-        f"({summary['counts']['skipped']:,} skipped: excluded or over the inline limit)"
+        f"({counts['skipped']:,} skipped: excluded or over the inline limit); "
+        f"{rounds} rounds, median (slowest-fastest)"
     )
     print(
-        f"  raw producer       {raw_files / raw_s:>9,.0f} files/s {raw_rate / 1e6:>7.1f} MB/s"
-        f"  {raw_s:6.2f}s  baseline"
+        f"  {'raw producer':<28} {spread(raw.files):>26} files/s {median(raw.mb):>6.1f} MB/s"
+        f"  {median(raw.seconds):5.2f}s  baseline"
     )
-    print(
-        f"  headrace ingest    {counts['files'] / run_s:>9,.0f} files/s"
-        f" {ours_rate / 1e6:>7.1f} MB/s"
-        f"  {run_s:6.2f}s  {ours_rate / raw_rate:4.2f}x baseline;"
-        f" wall {wall:.2f}s, peak RSS {rss:.0f} MiB"
-    )
-    return {"run_s": run_s, "ratio": ours_rate / raw_rate, "rss": rss}
+    for config in CONFIGS:
+        run = runs[config.name]
+        made = sorted(set(run.transactions))
+        what = "batches, no transactions" if config is OFF else "transactions"
+        print(
+            f"  {config.name:<28} {spread(run.files):>26} files/s {median(run.mb):>6.1f} MB/s"
+            f"  {median(run.seconds):5.2f}s, wall {spread(run.wall, '.2f')} s;"
+            f" {median(run.files) / median(raw.files):4.2f}x baseline;"
+            f" {'/'.join(map(str, made))} {what}, peak RSS {max(run.rss):.0f} MiB"
+        )
+    off = runs[OFF.name]
+    costs: dict[str, dict[str, Any]] = {}
+    for config in (ON, ON_100):
+        on = runs[config.name]
+        cost = 100 * (1 - median(on.files) / median(off.files))
+        paired = [100 * (1 - a / b) for a, b in zip(on.files, off.files, strict=True)]
+        apart = overlap_free(on.files, off.files)
+        extra_ms = 1000 * (median(on.seconds) - median(off.seconds))
+        per = ""
+        if apart:  # a cost per transaction only where there is a cost to share out
+            per = f", {extra_ms / median([float(n) for n in on.transactions]):.1f} ms a transaction"
+        wall = 1000 * (median(on.wall) - median(off.wall))
+        print(
+            f"  cost of transactions ({config.name}): {cost:+.1f}% files/s against off"
+            f" (round by round {min(paired):+.1f}% to {max(paired):+.1f}%),"
+            f" {extra_ms:+.0f} ms a run{per}; the on and off ranges"
+            f" {'do not overlap' if apart else 'overlap: within the noise of these rounds'};"
+            f" wall {wall:+.0f} ms (init_transactions is outside the run's duration),"
+            f" ranges {'apart' if overlap_free(on.wall, off.wall) else 'overlap'}"
+        )
+        costs[config.name] = {"cost_pct": cost, "paired": paired, "apart": apart}
+    noise = [100 * (max(r.files) - min(r.files)) / median(r.files) for r in runs.values()]
+    print(f"  noise: slowest-fastest spread of a configuration {min(noise):.0f}-{max(noise):.0f}%")
+    return {"raw": raw, "runs": runs, "costs": costs}
 
 
 def main() -> None:
@@ -168,15 +266,23 @@ def main() -> None:
         "--small", type=int, default=10_000, help="small files in the synthetic tree"
     )
     parser.add_argument("--large", type=int, default=5, help="4 MiB files in the synthetic tree")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="rounds of every configuration (at least 3)"
+    )
     parser.add_argument("--skip-stdlib", action="store_true")
     args = parser.parse_args()
+    if args.rounds < 3:
+        parser.error("--rounds: at least 3, to see the noise")
     with tempfile.TemporaryDirectory(prefix="headrace-bench-") as tmp:
+        state_dir = Path(tmp) / "runs"
         tree = synthetic_tree(Path(tmp) / "synthetic", args.small, args.large)
-        measure(f"synthetic tree ({args.small:,} small files)", tree, 100 * 1024)
+        label = f"synthetic tree ({args.small:,} small files)"
+        measure(label, tree, 100 * 1024, args.rounds, state_dir)
         if not args.skip_stdlib:
             stdlib = Path(sysconfig.get_paths()["stdlib"])
-            measure(f"Python standard library ({stdlib})", stdlib, 1024 * 1024)
-        env = fresh_env(uuid.uuid4().hex[:8])
+            label = f"Python standard library ({stdlib})"
+            measure(label, stdlib, 1024 * 1024, args.rounds, state_dir)
+        env = fresh_env(uuid.uuid4().hex[:8], state_dir)
         first, _, _ = headrace_ingest(tree, env, "--content-strategy", "object_storage")
         second, wall, rss = headrace_ingest(tree, env, "--content-strategy", "object_storage")
         print(

@@ -8,6 +8,7 @@ ingests, which paths were deleted.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -16,6 +17,12 @@ from typing import BinaryIO, Protocol
 
 from producers.runs import Probe
 from schemas.models import FileEvent, RunEvent
+
+
+def file_signature(found: os.stat_result) -> tuple[int, int, int, int]:
+    """What changes when a file is written: size, modification time, inode, and the
+    status change time (which also moves when the modification time is set back)."""
+    return found.st_size, found.st_mtime_ns, found.st_ino, found.st_ctime_ns
 
 
 class SourceKind(StrEnum):
@@ -44,6 +51,9 @@ class Candidate:
     blob_id: str | None = None  # its git blob id, for git sources
     skip: str | None = None  # a reason the source already knows (symlink outside the root)
     detail: str | None = None  # words for that reason
+    # (size, mtime_ns, inode, ctime_ns) of local_path as the walk saw it: a change since
+    # shows when the file is read, without a stat of its own before the read
+    signature: tuple[int, int, int, int] | None = None
 
 
 class Source(Protocol):

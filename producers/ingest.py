@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import tempfile
 import time
 from collections import Counter
@@ -39,7 +40,14 @@ from tenacity import (
 from headrace import __version__
 from headrace.errors import HeadraceError, is_transient
 from headrace.failpoints import failpoint
-from producers.base import Candidate, EventSink, Source, SourceInfo, SourceKind
+from producers.base import (
+    Candidate,
+    EventSink,
+    Source,
+    SourceInfo,
+    SourceKind,
+    file_signature,
+)
 from producers.breaker import CircuitBreaker
 from producers.errors import TransactionAborted
 from producers.policy import FilePolicy, Skip, detect_encoding, is_utf8, shown_path
@@ -172,12 +180,10 @@ class Summary:
 
 
 def _signature(path: Path | None) -> tuple[int, int, int, int] | None:
-    """What changes when a file on disk is written: size, modification time, inode, and
-    the status change time (which also moves when the modification time is set back)."""
+    """The file's signature now (:func:`producers.base.file_signature`)."""
     if path is None:  # a git blob never changes
         return None
-    found = path.stat()
-    return found.st_size, found.st_mtime_ns, found.st_ino, found.st_ctime_ns
+    return file_signature(os.stat(path))
 
 
 class _StoreDown(Exception):  # noqa: N818 - internal signal: no upload, the store is down
@@ -205,11 +211,13 @@ class Baseline:
         entry = self.entries.get(candidate.path)
         if entry is None or candidate.local_path is None:
             return None
-        try:
-            found = candidate.local_path.stat()
-        except OSError:
-            return None
-        return entry if (found.st_size, found.st_mtime_ns) == (entry.size, entry.mtime_ns) else None
+        signature = candidate.signature
+        if signature is None:
+            try:
+                signature = file_signature(candidate.local_path.stat())
+            except OSError:
+                return None
+        return entry if signature[:2] == (entry.size, entry.mtime_ns) else None
 
 
 @dataclass
@@ -578,8 +586,11 @@ class Ingest:
         carried other bytes than were hashed, is read once more, then skipped as
         CHANGED_WHILE_READ; never published half-read."""
         path = candidate.local_path
-        for _ in range(2):
-            before = _signature(path)
+        for attempt in range(2):
+            # the walk's stat is the first "before"; a file changed since reads again
+            before = (
+                candidate.signature if attempt == 0 and candidate.signature else _signature(path)
+            )
             try:
                 event = self._event(candidate, info, project, now, summary)
             except _Changed as changed:

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -60,8 +60,7 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"
 
 
-@dataclass(frozen=True)
-class FileEntry:
+class FileEntry(NamedTuple):  # a tuple: made once a file, 3x cheaper than a dataclass
     """One file event a run committed."""
 
     path: str
@@ -72,7 +71,7 @@ class FileEntry:
     mtime_ns: int | None = None  # files of a directory source, for its manifest
 
     def row(self) -> list[Any]:
-        return [self.path, self.op, self.sha256, self.size, self.strategy, self.mtime_ns]
+        return list(self)
 
 
 @dataclass(frozen=True)
@@ -176,7 +175,7 @@ class RunRecord:
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

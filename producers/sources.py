@@ -23,7 +23,7 @@ from typing import BinaryIO
 from pathspec import GitIgnoreSpec
 
 from headrace.errors import HeadraceError
-from producers.base import Candidate, SourceInfo, SourceKind
+from producers.base import Candidate, SourceInfo, SourceKind, file_signature
 from producers.errors import SourceError
 from schemas.models import SkipReason
 from storage.git import GitRepo, TreeEntry
@@ -36,8 +36,8 @@ def _open(path: Path) -> BinaryIO:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file any more", str(path))
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        # O_NONBLOCK means nothing to a regular file's reads (POSIX): no fcntl to clear it
+        return open(fd, "rb")  # noqa: SIM115 - the caller closes it
     except BaseException:
         os.close(fd)
         raise
@@ -160,14 +160,18 @@ class DirectorySource:
                 return _skipped(rel, f"the symlink's target: {_reason(exc)}")
             if not stat.S_ISREG(found.st_mode):
                 return _skipped(rel, f"the symlink's target is {_kind(found.st_mode)}")
-            return Candidate(rel, found.st_size, partial(_open, target), target)
+            return Candidate(
+                rel, found.st_size, partial(_open, target), target, signature=file_signature(found)
+            )
         if not stat.S_ISREG(mode):
             return _skipped(rel, f"{_kind(mode)}, not a regular file")
         try:
-            size = entry.stat(follow_symlinks=False).st_size
+            found = entry.stat(follow_symlinks=False)
         except OSError as exc:
             return _skipped(rel, _reason(exc))
-        return Candidate(rel, size, partial(_open, path), path)
+        return Candidate(
+            rel, found.st_size, partial(_open, path), path, signature=file_signature(found)
+        )
 
 
 def _skipped(rel: str, detail: str) -> Candidate:

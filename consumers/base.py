@@ -16,7 +16,7 @@ second copy. Two kinds of sink share this contract:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -88,6 +88,10 @@ class Sink(ABC):
         """Where to start each newly assigned partition, from the sink's own state."""
         durable = self.durable()
         return {tp: durable[tp] for tp in partitions if tp in durable}
+
+    def bind(self, group_metadata: Callable[[], Any]) -> None:  # noqa: B027 - a hook
+        """The runtime's consumer group metadata (a callable: it changes with each
+        rebalance), for a sink that commits offsets in its own Kafka transaction."""
 
     def tick(self) -> None:  # noqa: B027 - a hook: file sinks run their timers here
         """Called every loop iteration, with or without records."""

@@ -70,12 +70,28 @@ def _cache_sink(settings: Settings, group_id: str, metrics: Metrics) -> Sink:
     )
 
 
+def _verify_sink(settings: Settings, group_id: str, metrics: Metrics) -> Sink:
+    from consumers.verify.sink import VerifyMetrics, VerifySink  # noqa: PLC0415 - the resolver
+    from storage.content.factory import open_resolver  # noqa: PLC0415 - only when verifying
+
+    # No content cache: a verification reads the store itself, not a copy of it.
+    return VerifySink(
+        open_resolver(settings, cache=False),
+        settings.kafka,
+        make_registry_client(settings.registry),
+        group_id=group_id,
+        parallel=settings.cache.parallel_downloads,
+        metrics=VerifyMetrics(metrics.registry, group_id),
+    )
+
+
 SinkFactory = Callable[[Settings, str, Metrics], Sink]
-# The groups built so far, and the topics each reads; verify joins when it lands.
+# The groups, and the topics each reads.
 GROUPS: dict[str, tuple[SinkFactory, tuple[str, ...]]] = {
     "archive": (_archive_sink, ("file_events", "run_events", "verifications")),
     "load": (_load_sink, ("file_events", "run_events")),
     "cache": (_cache_sink, ("file_events",)),
+    "verify": (_verify_sink, ("file_events",)),
 }
 MODELS: dict[str, type[Event]] = {
     "file_events": FileEvent,

@@ -94,6 +94,7 @@ class ConsumerRuntime:
         self.retry_for_s = retry_for_s
         self.stats = RuntimeStats()
         self._consumer: Consumer = make_consumer(kafka, group, **(consumer_config or {}))
+        sink.bind(self._consumer.consumer_group_metadata)
         self._assigned: set[TopicPartition] = set()
         self._handed: dict[TopicPartition, int] = {}  # highest offset given to the sink
         self._dead: dict[TopicPartition, int] = {}  # highest offset dead-lettered

@@ -33,6 +33,7 @@ SUBCOMMANDS = {
     "load": "consumers.load.cli:load",
     "db": "storage.db.cli:db",
     "cache": "consumers.cache.cli:cache",
+    "verify": "consumers.verify.cli:verify",
 }
 
 

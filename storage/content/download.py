@@ -188,6 +188,8 @@ class Downloader:
                     path,
                     f"{shown}: {seen} bytes hashing to {digest.hexdigest()},"
                     f" not {size} bytes of {sha256}",
+                    actual_sha256=digest.hexdigest(),
+                    actual_size=seen,
                 )
         except BaseException:
             if out is not None:

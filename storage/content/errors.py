@@ -39,9 +39,21 @@ class PayloadMissing(ContentError, Terminal):
 
 
 class ChecksumMismatch(ContentError, Terminal):
-    """Bytes were found, but their sha256 or size is not the event's: never handed out."""
+    """Bytes were found, but their sha256 or size is not the event's: never handed out.
+    What was found is kept where it is known (all of it was read)."""
 
     dead_letter_reason = "CHECKSUM_MISMATCH"
+
+    def __init__(
+        self,
+        path: str,
+        reason: str,
+        *,
+        actual_sha256: str | None = None,
+        actual_size: int | None = None,
+    ) -> None:
+        super().__init__(path, reason)
+        self.actual_sha256, self.actual_size = actual_sha256, actual_size
 
 
 class ContentRefused(ContentError, Terminal):

@@ -193,6 +193,8 @@ class ContentResolver:
             raise ChecksumMismatch(
                 ref.path,
                 f"local_path {ref.local_path} holds {seen} bytes hashing to {digest.hexdigest()}",
+                actual_sha256=digest.hexdigest(),
+                actual_size=seen,
             )
         if keep:
             return Resolved(ref.sha256, ref.size, LOCAL, "local", data=b"".join(chunks))
@@ -424,11 +426,21 @@ class ContentResolver:
 
 
 def _verify(ref: ContentRef, data: bytes) -> None:
-    if len(data) != ref.size:
-        raise ChecksumMismatch(ref.path, f"{len(data)} bytes, the event says {ref.size}")
     actual = hashlib.sha256(data).hexdigest()
+    if len(data) != ref.size:
+        raise ChecksumMismatch(
+            ref.path,
+            f"{len(data)} bytes, the event says {ref.size}",
+            actual_sha256=actual,
+            actual_size=len(data),
+        )
     if actual != ref.sha256:
-        raise ChecksumMismatch(ref.path, f"the bytes hash to {actual}, the event says {ref.sha256}")
+        raise ChecksumMismatch(
+            ref.path,
+            f"the bytes hash to {actual}, the event says {ref.sha256}",
+            actual_sha256=actual,
+            actual_size=len(data),
+        )
 
 
 def _check_digest(ref: ContentRef) -> None:

@@ -1,0 +1,1 @@
+"""The verify group: every file event's content checked, a verification published."""

@@ -36,7 +36,7 @@ stack-down: install ## Stop the local stack (its data stays in .headrace/)
 stack-status: install ## Show the local stack's services and their health
 	$(HEADRACE) stack status
 
-demo: stack-up ## Run the end-to-end demo: this repository ingested, archived, loaded and cached
+demo: stack-up ## Run the end-to-end demo: this repository ingested, archived, loaded, cached and verified
 	$(HEADRACE) stack smoke
 	$(HEADRACE) ingest . --project headrace --inline-limit 16384
 	$(HEADRACE) consume archive --until-caught-up
@@ -45,6 +45,8 @@ demo: stack-up ## Run the end-to-end demo: this repository ingested, archived, l
 	$(HEADRACE) db stats
 	$(HEADRACE) consume cache --until-caught-up
 	$(HEADRACE) cache stats
+	$(HEADRACE) consume verify --until-caught-up
+	$(HEADRACE) verify run --project headrace --latest
 
 test: stack-up ## Run the whole test suite (unit and integration) against the local stack
 	$(BIN)/pytest $(PYTEST_ARGS)

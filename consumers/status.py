@@ -15,7 +15,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from consumers.cli import GROUPS
+from consumers.groups import groups
 from headrace.kafka import make_admin, make_consumer
 from headrace.settings import Settings
 
@@ -100,7 +100,7 @@ def status(settings: Settings, as_json: bool) -> None:
     """Per consumer group: lag per partition, last commit time, dead-letter count."""
     letters = _dead_letters(settings)
     report: dict[str, dict[str, Any]] = {}
-    for name in GROUPS:
+    for name in groups():
         group = settings.consumer.group_prefix + name
         report[group] = {
             "partitions": [asdict(r) for r in group_status(settings, group)],

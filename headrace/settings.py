@@ -191,6 +191,12 @@ class LoadSettings(_Section):
     postgres_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
 
 
+class VerifySettings(_Section):
+    """``headrace verify``: where repairs keep their backups and logs."""
+
+    repairs_dir: Path = PROJECT_ROOT / ".headrace" / "repairs"
+
+
 class StackSettings(_Section):
     """Where the local stack lives and which versions it installs."""
 
@@ -231,6 +237,7 @@ class Settings(BaseSettings):
     consumer: ConsumerSettings = ConsumerSettings()
     archive: ArchiveSettings = ArchiveSettings()
     load: LoadSettings = LoadSettings()
+    verify: VerifySettings = VerifySettings()
     stack: StackSettings = StackSettings()
     log: LogSettings = LogSettings()
 

@@ -151,6 +151,22 @@ class DatabaseConformance:
         assert db.write([tie_broken_by_offset]).files_written == 1
         assert files(db) == [as_dict(tie_broken_by_offset)]
 
+    @both_modes
+    def test_replace_stores_exactly_the_rows_given_whatever_is_stored(
+        self, backend: Backend, deletes: DeleteMode
+    ) -> None:
+        db = backend.open(deletes)
+        newer, other = version("a", 30, 9), version("b", 10, 2)
+        db.write([newer, other, version("gone", 40, 3, deleted=True)])
+        older = version("a", 10, 1)  # what a restore of an older backup puts back
+        back = version("gone", 5, 4)  # under a newer delete (and, removed, its tombstone)
+        assert db.replace([older, back]) == 2
+        assert files(db) == [as_dict(older), as_dict(other), as_dict(back)]
+        if deletes is DeleteMode.REMOVE:
+            assert backend.table(db, "file_tombstones") == []
+        assert db.replace([], absent=[("p", "b")]) == 0
+        assert [r["path"] for r in files(db)] == ["a", "gone"]
+
     # --- deletes -----------------------------------------------------------------------
 
     def test_mark_keeps_a_deleted_row_in_order(self, backend: Backend) -> None:

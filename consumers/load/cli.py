@@ -18,7 +18,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from consumers.archive.cli import cold_store
-from consumers.load.content import RowContent
+from consumers.load.content import RowContent, load_row_content
 from headrace.errors import Terminal
 from headrace.settings import Settings
 from storage.archive import Backend, open_backend, read
@@ -34,16 +34,6 @@ from storage.db import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def load_row_content(settings: Settings) -> RowContent:
-    """The content checks of ``settings.load.content``: a resolver (the content cache with
-    ``resolve_all``) and a bucket check against the configured object store."""
-    from storage.content.factory import bucket_checker, open_resolver  # noqa: PLC0415
-
-    mode = ContentMode(settings.load.content)
-    resolver = open_resolver(settings, cache=mode is ContentMode.RESOLVE_ALL)
-    return RowContent(mode, resolver, bucket_checker(settings))
 
 
 def _in_range(day: str, since: str | None, until: str | None) -> bool:

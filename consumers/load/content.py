@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from headrace.errors import HeadraceError, is_transient
+from headrace.settings import Settings
 from storage.content.errors import PayloadMissing
 from storage.content.resolver import ContentResolver
 from storage.db import ContentMode, FileRow, UnresolvableEvent
@@ -91,3 +92,13 @@ class RowContent:
     def close(self) -> None:
         if self.resolver is not None:
             self.resolver.close()
+
+
+def load_row_content(settings: Settings) -> RowContent:
+    """The content checks of ``settings.load.content``: a resolver (the content cache with
+    ``resolve_all``) and a bucket check against the configured object store."""
+    from storage.content.factory import bucket_checker, open_resolver  # noqa: PLC0415
+
+    mode = ContentMode(settings.load.content)
+    resolver = open_resolver(settings, cache=mode is ContentMode.RESOLVE_ALL)
+    return RowContent(mode, resolver, bucket_checker(settings))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import orjson
@@ -10,6 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from consumers.verify.report import SIDES, STRATEGIES, RunReport
+
+if TYPE_CHECKING:
+    from consumers.verify.repair import RepairPlan
 from headrace.settings import Settings
 
 SHOWN = 50  # discrepancies listed on a terminal; --json has them all
@@ -29,6 +34,15 @@ def verify() -> None:
     is_flag=True,
     help="Also hash the run's source (directory or git commit) and compare.",
 )
+@click.option(
+    "--repair",
+    "--fix-missing",
+    "repair",
+    is_flag=True,
+    help="Fix what can be fixed (after a backup of the rows it changes), then verify again.",
+)
+@click.option("--dry-run", is_flag=True, help="With --repair: show what it would do, do nothing.")
+@click.option("--yes", is_flag=True, help="With --repair: do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 def run_(
@@ -37,6 +51,9 @@ def run_(
     project: str | None,
     latest: bool,
     against_source: bool,
+    repair: bool,
+    dry_run: bool,
+    yes: bool,
     as_json: bool,
 ) -> None:
     """Check RUN_ID: its RunCompleted account (counts per strategy, skips by reason,
@@ -60,12 +77,93 @@ def run_(
                 status.update(f"verify run {run_id}: {step}")
 
         report = verify_run(settings, run_id, against_source=against_source, progress=progress)
+    if dry_run and not repair:
+        raise click.UsageError("--dry-run goes with --repair")
+    if not repair or report.ok:
+        _show(report, as_json)
+        if not report.ok:
+            raise SystemExit(1)
+        return
+    from consumers.verify.repair import apply_repair, plan_repair  # noqa: PLC0415
+
+    plan = plan_repair(report)
+    if as_json and (dry_run or plan.empty):
+        data = {**report.as_json(), "repair": plan.as_json()}
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        raise SystemExit(1)
+    if not as_json:
+        print_report(report)
+        print_plan(plan)
+    if dry_run or plan.empty:
+        raise SystemExit(1)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError(
+                "--repair changes the database: confirm on a terminal or give --yes"
+            )
+        click.confirm(f"reload {len(plan.reload)} rows from the archive?", abort=True)
+    result = apply_repair(settings, plan)
+    after = verify_run(settings, run_id, against_source=against_source)
+    if as_json:
+        data = {
+            **after.as_json(),
+            "before": report.as_json(),
+            "repair": {
+                **plan.as_json(),
+                "written": result.written,
+                "directory": str(result.directory),
+                "backup": str(result.directory / "backup.jsonl"),
+                "log": str(result.directory / "repair.jsonl"),
+            },
+        }
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(
+            f"repaired: {result.written} rows reloaded from the archive; the rows they replaced"
+            f" are in {result.directory / 'backup.jsonl'} (restore with `headrace verify restore"
+            f" {result.directory}`), the changes in {result.directory / 'repair.jsonl'}"
+        )
+        click.echo("verified again:")
+        print_report(after)
+    if not after.ok:
+        raise SystemExit(1)
+
+
+@verify.command("restore")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def restore_(settings: Settings, directory: Path, yes: bool) -> None:
+    """Put back the rows a repair replaced (DIRECTORY: the one the repair printed)."""
+    from consumers.verify.repair import restore  # noqa: PLC0415
+
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError(
+                "restore changes the database: confirm on a terminal or give --yes"
+            )
+        click.confirm(f"put back the rows backed up in {directory}?", abort=True)
+    count = restore(settings, directory)
+    click.echo(f"restored {count} rows from {directory / 'backup.jsonl'}")
+
+
+def _show(report: RunReport, as_json: bool) -> None:
     if as_json:
         click.echo(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode())
     else:
         print_report(report)
-    if not report.ok:
-        raise SystemExit(1)
+
+
+def print_plan(plan: RepairPlan) -> None:
+    console = Console(width=max(100, Console().width), highlight=False)
+    if plan.reload:
+        shown = ", ".join(plan.reload[:10]) + (" ..." if len(plan.reload) > 10 else "")
+        console.print(f"[bold]repair[/]: reload {len(plan.reload)} rows from the archive: {shown}")
+    else:
+        console.print("[bold]repair[/]: nothing this repair can fix")
+    for item in plan.cannot[:SHOWN]:
+        d = item.discrepancy
+        console.print(f"  cannot repair {d.kind.value} {d.path or ''}: {item.why}")
 
 
 class _nothing:  # noqa: N801 - a context manager that shows nothing

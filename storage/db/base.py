@@ -124,6 +124,21 @@ class Database(ABC):
         written, runs_written = self._write(newest_files, newest_runs, ledger)
         return WriteResult(written, len(files) - written, runs_written)
 
+    def replace(
+        self, files: Sequence[FileRow], absent: Sequence[tuple[str, str]] = ()
+    ) -> int:
+        """Store exactly these rows, whatever is stored for their paths, and no row for
+        the (project, path) keys in ``absent`` (a repair, the restore of a backup): the
+        paths' rows and tombstones go first, in the same transaction. Unlike
+        :meth:`write` this is not order-safe: it is for operators. Returns the rows
+        written."""
+        return self._replace(newest_only(files), list(absent))
+
+    @abstractmethod
+    def _replace(self, files: list[FileRow], absent: list[tuple[str, str]]) -> int:
+        """One transaction: remove the rows and tombstones of ``files``' paths and of
+        ``absent``, write ``files``."""
+
     @abstractmethod
     def _write(
         self, files: list[FileRow], runs: list[RunRow], ledger: Sequence[LedgerEntry]

@@ -250,6 +250,20 @@ class PostgresDatabase(Database):
                     cur.executemany(INSERT_LEDGER, [ledger_values(e) for e in ledger])
         return written, runs_written
 
+    def _replace(self, files: list[FileRow], absent: list[tuple[str, str]]) -> int:
+        keys = [(f.project, f.path) for f in files] + absent
+        if not keys:
+            return 0
+        with self._errors():
+            conn = self._connection()
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany("DELETE FROM files WHERE project = %s AND path = %s", keys)
+                if self.deletes is DeleteMode.REMOVE:
+                    cur.executemany(
+                        "DELETE FROM file_tombstones WHERE project = %s AND path = %s", keys
+                    )
+                return self._write_files(cur, files) if files else 0
+
     def _write_files(self, cur: psycopg.Cursor[Any], files: list[FileRow]) -> int:
         with cur.copy(COPY_STAGE) as copy:
             copy.set_types(list(FILE_TYPES.values()))

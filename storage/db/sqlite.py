@@ -213,6 +213,14 @@ class SqliteDatabase(Database):
             )
         return written, max(runs_written, 0)
 
+    def _replace(self, files: list[FileRow], absent: list[tuple[str, str]]) -> int:
+        keys = [(f.project, f.path) for f in files] + absent
+        with self._transaction() as conn:
+            conn.executemany("DELETE FROM files WHERE project = ? AND path = ?", keys)
+            if self.deletes is DeleteMode.REMOVE:
+                conn.executemany("DELETE FROM file_tombstones WHERE project = ? AND path = ?", keys)
+            return self._write_files(conn, files, _now())
+
     def _write_files(self, conn: sqlite3.Connection, files: list[FileRow], now: str) -> int:
         params = [_params(f, FILE_COLUMNS, now) for f in files]
         if self.deletes is DeleteMode.MARK:

@@ -216,6 +216,53 @@ def test_a_deleted_row_and_a_wrong_sha256_in_the_database_are_named(
     }
     assert report["counts"]["loaded"]["inline"] == 6
 
+    code, planned = verify_json(capsys, run_id, "--repair", "--dry-run")
+    assert code == 1 and planned["repair"]["reload_from_archive"] == ["src/m1.py", "src/m2.py"]
+    assert verify_json(capsys, run_id)[1]["discrepancies"] == report["discrepancies"]  # unchanged
+
+    code, repaired = verify_json(capsys, run_id, "--repair", "--yes")
+    assert code == 0 and repaired["ok"], repaired["discrepancies"]
+    assert repaired["repair"]["written"] == 2
+    assert not repaired["before"]["ok"]
+    log = [json.loads(line) for line in Path(repaired["repair"]["log"]).read_text().splitlines()]
+    assert [(e["path"], e["before"] and e["before"]["sha256"]) for e in log] == [
+        ("src/m1.py", None),
+        ("src/m2.py", "0" * 64),
+    ]
+    assert verify_json(capsys, run_id)[0] == 0
+
+    # The backup puts the rows back as they were before the repair.
+    code, out, err = run(["verify", "restore", repaired["repair"]["directory"], "--yes"], capsys)
+    assert code == 0 and out.startswith("restored 2 rows"), err
+    assert kinds(verify_json(capsys, run_id)[1]) == kinds(report)
+
+
+def test_a_repair_asks_first_and_says_what_it_cannot_fix(
+    ingested: tuple[Path, str], pipeline: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _tree, run_id = ingested
+    code, out, err = run(["verify", "run", run_id, "--repair"], capsys)
+    assert code == 0 and "OK: every side agrees" in out, err  # green: nothing to ask
+    with sqlite3.connect(pipeline["HEADRACE_LOAD__SQLITE_PATH"]) as db:
+        db.execute("DELETE FROM files WHERE path = 'src/m3.py'")
+    db.close()
+    topic = pipeline["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"]
+    root = Path(pipeline["HEADRACE_ARCHIVE__ROOT"])
+    lines = list(read(root, topic=topic))
+    holding = {line.segment for line in lines if line.event["path"] == "src/m3.py"}
+    victim = next(line for line in lines if line.segment not in holding)
+    [segment] = list((root / topic).rglob(victim.segment))
+    segment.unlink()
+
+    code, _out, err = run(["verify", "run", run_id, "--repair"], capsys)  # stdin: no terminal
+    assert code == 2 and "confirm on a terminal or give --yes" in err
+    code, planned = verify_json(capsys, run_id, "--repair", "--dry-run")
+    assert code == 1 and "src/m3.py" in planned["repair"]["reload_from_archive"]
+    cannot = {(c["kind"], c["path"]): c["why"] for c in planned["repair"]["cannot_repair"]}
+    assert cannot[("missing_in_archive", victim.event["path"])] == (
+        "re-archiving from Kafka is not built yet"
+    )
+
 
 def test_an_object_changed_in_the_store_fails_its_verification(
     ingested: tuple[Path, str], kafka: KafkaSettings, registry: RegistrySettings,

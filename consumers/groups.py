@@ -1,0 +1,217 @@
+"""The consumer groups: each a name, a sink factory and the topics it reads, and
+:func:`run_group`, which runs one on the shared runtime (positions from the sink,
+the dead-letter topic, retries, metrics). The CLI parses options and calls it.
+
+Groups of one's own plug in through the ``headrace.groups`` entry point: a name
+and a factory ``(settings, group_id, metrics) -> Sink``; such a group reads the
+file-events topic, or the topics its factory names in a ``topics`` attribute
+(field names of ``kafka.topics``: ``file_events``, ``run_events``,
+``verifications``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+from consumers.archive.sink import ArchiveSink
+from consumers.base import Sink
+from consumers.dlq import DeadLetterQueue
+from consumers.metrics import Metrics
+from consumers.runtime import ConsumerRuntime, Decoder, RuntimeStats
+from headrace.errors import ConfigError
+from headrace.kafka import ensure_topics, make_admin
+from headrace.settings import Settings
+from schemas.models import Event, FileEvent, RunEvent, VerificationEvent
+from schemas.registry import make_registry_client
+from schemas.serde import EventDeserializer
+from storage.archive import Archive, ArchivePolicy, Compression
+from storage.archive.backend import open_backend
+
+log = logging.getLogger(__name__)
+ENTRY_POINTS = "headrace.groups"
+
+
+def _archive_sink(settings: Settings, _group_id: str, _metrics: Metrics) -> Sink:
+    config = settings.archive
+    policy = ArchivePolicy(
+        compression=Compression(config.compression),
+        max_segment_bytes=config.max_segment_bytes,
+        max_segment_records=config.max_segment_records,
+        max_segment_age_s=config.max_segment_age_s,
+        plain_days=config.plain_days,
+    )
+    return ArchiveSink(Archive(open_backend(config, settings.object_store), policy))
+
+
+def _load_sink(settings: Settings, group_id: str, _metrics: Metrics) -> Sink:
+    from consumers.load.content import load_row_content  # noqa: PLC0415 - the database only
+    from consumers.load.sink import LoadSink  # noqa: PLC0415 - when loading
+    from storage.db import open_database  # noqa: PLC0415
+
+    row_content = load_row_content(settings)
+    db = open_database(settings, migrate=True)
+    topics = settings.kafka.topics
+    return LoadSink(
+        db,
+        group_id,
+        file_topic=topics.file_events,
+        run_topic=topics.run_events,
+        content=settings.load.content,
+        resolver=row_content.resolver,
+        bucket_exists=row_content.bucket_exists,
+    )
+
+
+def _cache_sink(settings: Settings, group_id: str, metrics: Metrics) -> Sink:
+    from consumers.cache.metrics import CacheMetrics  # noqa: PLC0415 - the resolver only
+    from consumers.cache.sink import CacheSink  # noqa: PLC0415 - when caching
+    from storage.content.factory import open_resolver  # noqa: PLC0415
+
+    cache_metrics = CacheMetrics(metrics.registry, group_id)
+    resolver = open_resolver(settings)
+    resolver.on_fetch = cache_metrics.observe_fetch
+    return CacheSink(
+        resolver,
+        file_topic=settings.kafka.topics.file_events,
+        parallel=settings.cache.parallel_downloads,
+        metrics=cache_metrics,
+    )
+
+
+def _verify_sink(settings: Settings, group_id: str, metrics: Metrics) -> Sink:
+    from consumers.verify.sink import VerifyMetrics, VerifySink  # noqa: PLC0415 - the resolver
+    from storage.content.factory import open_resolver  # noqa: PLC0415 - only when verifying
+
+    # No content cache: a verification reads the store itself, not a copy of it.
+    return VerifySink(
+        open_resolver(settings, cache=False),
+        settings.kafka,
+        make_registry_client(settings.registry),
+        group_id=group_id,
+        parallel=settings.cache.parallel_downloads,
+        metrics=VerifyMetrics(metrics.registry, group_id),
+    )
+
+
+SinkFactory = Callable[[Settings, str, Metrics], Sink]
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    factory: SinkFactory
+    topics: tuple[str, ...]  # field names of kafka.topics
+    plugin: str | None = None  # the entry point's value, for a group of one's own
+
+
+# The groups headrace brings, and the topics each reads.
+GROUPS: dict[str, Group] = {
+    "archive": Group("archive", _archive_sink, ("file_events", "run_events", "verifications")),
+    "load": Group("load", _load_sink, ("file_events", "run_events")),
+    "cache": Group("cache", _cache_sink, ("file_events",)),
+    "verify": Group("verify", _verify_sink, ("file_events",)),
+}
+MODELS: dict[str, type[Event]] = {
+    "file_events": FileEvent,
+    "run_events": RunEvent,
+    "verifications": VerificationEvent,
+}
+
+
+def groups() -> dict[str, Group]:
+    """Headrace's groups and those installed packages register (``headrace.groups``);
+    a plug-in cannot replace a built-in group."""
+    found = dict(GROUPS)
+    for entry in entry_points(group=ENTRY_POINTS):
+        if entry.name in found:
+            log.warning(
+                "the plug-in group %s (%s) is ignored: a built-in group has its name",
+                entry.name,
+                entry.value,
+            )
+            continue
+        found[entry.name] = Group(entry.name, _plugin(entry.name, entry.value), (), entry.value)
+    return found
+
+
+def _load(name: str) -> Any:
+    """The object a plug-in group's entry point names (its sink factory)."""
+    for entry in entry_points(group=ENTRY_POINTS):
+        if entry.name == name:
+            try:
+                return entry.load()
+            except (ImportError, AttributeError) as exc:
+                raise ConfigError(f"group {name}: cannot load {entry.value}: {exc}") from None
+    raise ConfigError(f"no group {name!r} is installed")
+
+
+def _plugin(name: str, value: str) -> SinkFactory:
+    def factory(settings: Settings, group_id: str, metrics: Metrics) -> Sink:
+        sink = _load(name)(settings, group_id, metrics)
+        if not isinstance(sink, Sink):
+            raise ConfigError(f"group {name}: {value} returned {type(sink).__name__}, not a Sink")
+        return sink
+
+    return factory
+
+
+def topics_of(group: Group) -> tuple[str, ...]:
+    """The topic fields a group reads: a plug-in's factory may name them (``topics``)."""
+    if group.plugin is None:
+        return group.topics
+    wanted = tuple(getattr(_load(group.name), "topics", ("file_events",)))
+    for field in wanted:
+        if field not in MODELS:
+            raise ConfigError(f"group {group.name}: topic {field!r} is not one of {sorted(MODELS)}")
+    return wanted
+
+
+def run_group(
+    settings: Settings,
+    name: str,
+    *,
+    until_caught_up: bool = False,
+    metrics_port: int | None = None,
+) -> RuntimeStats:
+    """Run the group ``name`` until stopped (SIGTERM, SIGINT) or, with
+    ``until_caught_up``, until the end offsets seen at start are reached."""
+    known = groups()
+    if name not in known:
+        raise ConfigError(f"no group {name!r}: the groups are {', '.join(sorted(known))}")
+    group = known[name]
+    kafka, topics = settings.kafka, settings.kafka.topics
+    group_id = settings.consumer.group_prefix + name
+    names = {field: getattr(topics, field) for field in topics_of(group)}
+    ensure_topics(
+        make_admin(kafka),
+        list(names.values()),
+        partitions=kafka.partitions,
+        replication_factor=kafka.replication_factor,
+    )
+    metrics = Metrics(group_id)
+    port = settings.consumer.metrics_port if metrics_port is None else metrics_port
+    if port:
+        bound = metrics.serve(settings.consumer.metrics_host, port)
+        log.info("metrics on http://%s:%s/metrics", settings.consumer.metrics_host, bound)
+    try:
+        with make_registry_client(settings.registry) as client:
+            decoders: dict[str, Decoder] = {
+                name: EventDeserializer(client, MODELS[field]) for field, name in names.items()
+            }
+            runtime = ConsumerRuntime(
+                kafka,
+                group_id,
+                decoders,
+                group.factory(settings, group_id, metrics),
+                DeadLetterQueue(kafka, client, group_id),
+                metrics=metrics,
+                until_caught_up=until_caught_up,
+                batch_size=settings.consumer.batch_size,
+            )
+            return runtime.run()
+    finally:
+        metrics.close()

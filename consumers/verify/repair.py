@@ -1,0 +1,212 @@
+"""``verify run --repair``: fix what a report found, after a backup, with a log.
+
+What can be fixed from what the pipeline still holds:
+
+- a row missing, stale, or holding another sha256 or size than the run's event:
+  the run's event is read back from the archive and stored as the row
+  (:meth:`storage.db.Database.replace`: not order-safe, so only after the check
+  said the row is wrong);
+
+and what cannot yet, said in the plan with why: a file missing in the archive
+(re-archiving from Kafka is not built), content the store no longer holds or
+holds wrong (re-ingest the file), an event not verified yet (run the verify
+group), a run that never completed (resume it).
+
+Before the database changes, the rows of every path about to change are written
+to ``backup.jsonl`` in the repair's directory (``verify.repairs_dir``), with the
+paths that had no row; ``repair.jsonl`` records each change.
+:func:`restore` puts a backup back.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from consumers.load.content import load_row_content
+from consumers.verify.report import Discrepancy, Kind, RunReport
+from headrace.errors import HeadraceError
+from headrace.settings import Settings
+from storage.archive.backend import open_backend
+from storage.archive.reader import read
+from storage.db import ContentMode, FileRow, file_row, open_database
+
+RELOADED = {Kind.MISSING_IN_DATABASE, Kind.STALE_VERSION}
+RELOADED_IF_LOADED = {Kind.CHECKSUM_MISMATCH, Kind.SIZE_MISMATCH}
+WHY_NOT: dict[Kind, str] = {
+    Kind.MISSING_IN_ARCHIVE: "re-archiving from Kafka is not built yet",
+    Kind.EXTRA: "extra files are reported, never removed",
+    Kind.DUPLICATED: "a duplicate in the archive is reported, never removed (append-only)",
+    Kind.CONTENT_UNRESOLVABLE: "the store no longer holds the content: ingest the file again",
+    Kind.VERIFICATION_FAILED: "the store holds other bytes: ingest the file again",
+    Kind.NOT_VERIFIED: "run `headrace consume verify --until-caught-up`, then verify again",
+    Kind.RUN_INCOMPLETE: "resume the run: `headrace ingest SOURCE --resume RUN_ID`",
+    Kind.COUNT_MISMATCH: "follows from the files' discrepancies",
+    Kind.DIGEST_MISMATCH: "follows from the files' discrepancies",
+}
+
+
+@dataclass(frozen=True)
+class Unrepairable:
+    discrepancy: Discrepancy
+    why: str
+
+
+@dataclass
+class RepairPlan:
+    run_id: str
+    project: str | None
+    reload: list[str] = field(default_factory=list)  # paths whose row comes from the archive
+    cannot: list[Unrepairable] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.reload
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "reload_from_archive": self.reload,
+            "cannot_repair": [{**u.discrepancy.as_json(), "why": u.why} for u in self.cannot],
+        }
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    directory: Path
+    written: int
+    backed_up: int
+
+
+def plan_repair(report: RunReport) -> RepairPlan:
+    plan = RepairPlan(report.run_id, report.project)
+    reload: set[str] = set()
+    for d in report.discrepancies:
+        fixable = d.kind in RELOADED or (d.kind in RELOADED_IF_LOADED and d.side == "loaded")
+        if fixable and d.path is not None and report.project is not None:
+            reload.add(d.path)
+        else:
+            why = WHY_NOT.get(d.kind, "not repairable from the pipeline's own copies")
+            plan.cannot.append(Unrepairable(d, why))
+    plan.reload = sorted(reload)
+    return plan
+
+
+def apply_repair(
+    settings: Settings, plan: RepairPlan, *, now: datetime | None = None
+) -> RepairResult:
+    """Back up the rows about to change, store the run's archived events as rows, log it."""
+    if plan.project is None or plan.empty:
+        raise HeadraceError("nothing to repair")
+    project, wanted = plan.project, set(plan.reload)
+    rows = _archived_rows(settings, plan.run_id, project, wanted)
+    lost = wanted - {r.path for r in rows}
+    if lost:
+        raise HeadraceError(
+            f"{len(lost)} files of run {plan.run_id} are not in the archive any more"
+            f" ({', '.join(sorted(lost)[:3])}): nothing was changed"
+        )
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
+    directory = Path(settings.verify.repairs_dir) / f"{stamp}-{plan.run_id}"
+    directory.mkdir(parents=True, exist_ok=False)
+    with open_database(settings, migrate=True) as db:
+        before = {
+            r["path"]: r for r in db.query(project, include_deleted=True) if r["path"] in wanted
+        }
+        _write_lines(
+            directory / "backup.jsonl",
+            (
+                {"row": _row_json(before[p])} if p in before else {"absent": [project, p]}
+                for p in sorted(wanted)
+            ),
+        )
+        written = db.replace(rows)
+    _write_lines(
+        directory / "repair.jsonl",
+        (
+            {
+                "at": datetime.now(UTC).isoformat(),
+                "action": "reload_from_archive",
+                "project": project,
+                "path": row.path,
+                "before": _summary(before.get(row.path)),
+                "after": {"event_id": row.event_id, "sha256": row.sha256, "size": row.size},
+            }
+            for row in rows
+        ),
+    )
+    return RepairResult(directory, written, len(before))
+
+
+def restore(settings: Settings, directory: Path) -> int:
+    """Put the rows of a repair's backup back (and remove those that were absent)."""
+    path = directory / "backup.jsonl"
+    if not path.is_file():
+        raise HeadraceError(f"{path} does not exist: not a repair's directory")
+    rows: list[FileRow] = []
+    absent: list[tuple[str, str]] = []
+    for line in path.read_bytes().splitlines():
+        entry = orjson.loads(line)
+        if "absent" in entry:
+            absent.append((entry["absent"][0], entry["absent"][1]))
+        else:
+            rows.append(_row_of(entry["row"]))
+    with open_database(settings, migrate=True) as db:
+        db.replace(rows, absent)
+    return len(rows) + len(absent)
+
+
+def _archived_rows(settings: Settings, run_id: str, project: str, paths: set[str]) -> list[FileRow]:
+    """The run's archived events of ``paths``, as the load group would store them."""
+    content = ContentMode(settings.load.content)
+    row_content = load_row_content(settings)
+    backend = open_backend(settings.archive, settings.object_store)
+    newest: dict[str, FileRow] = {}
+    try:
+        lines = read(
+            backend,
+            topic=settings.kafka.topics.file_events,
+            predicate=lambda e: (
+                e.get("run_id") == run_id and e.get("project") == project and e.get("path") in paths
+            ),
+        )
+        for line in lines:
+            row = file_row(
+                line.event, line.topic, line.partition, line.offset, content, line.timestamp_ms
+            )
+            row = row_content.complete(row, line.event)
+            newest[row.path] = row
+    finally:
+        row_content.close()
+    return [newest[p] for p in sorted(newest)]
+
+
+def _write_lines(path: Path, entries: Iterable[dict[str, Any]]) -> None:
+    with path.open("wb") as out:
+        for entry in entries:
+            out.write(orjson.dumps(entry) + b"\n")
+
+
+def _row_json(row: dict[str, Any]) -> dict[str, Any]:
+    data = {k: v for k, v in row.items() if k in FileRow._fields}
+    if data.get("content") is not None:
+        data["content"] = base64.b64encode(data["content"]).decode()
+    return data
+
+
+def _row_of(data: dict[str, Any]) -> FileRow:
+    values = dict(data)
+    if values.get("content") is not None:
+        values["content"] = base64.b64decode(values["content"])
+    return FileRow(**values)
+
+
+def _summary(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {"event_id": row["event_id"], "sha256": row["sha256"], "size": row["size"]}

@@ -124,9 +124,7 @@ class Database(ABC):
         written, runs_written = self._write(newest_files, newest_runs, ledger)
         return WriteResult(written, len(files) - written, runs_written)
 
-    def replace(
-        self, files: Sequence[FileRow], absent: Sequence[tuple[str, str]] = ()
-    ) -> int:
+    def replace(self, files: Sequence[FileRow], absent: Sequence[tuple[str, str]] = ()) -> int:
         """Store exactly these rows, whatever is stored for their paths, and no row for
         the (project, path) keys in ``absent`` (a repair, the restore of a backup): the
         paths' rows and tombstones go first, in the same transaction. Unlike

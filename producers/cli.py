@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import re
 import sys
 import uuid
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import click
@@ -25,19 +22,10 @@ from rich.progress import (
 )
 
 from headrace.errors import HeadraceError
-from headrace.redact import REDACTOR, credentials_in, strip_credentials
 from headrace.settings import Settings
-from headrace.telemetry import set_run_id
-from producers.base import Source, SourceKind
-from producers.errors import SourceError
+from producers.command import IngestRequest, run_ingest
 from producers.ingest import Ingest, IngestOptions, StrategyChoice, Summary
-from producers.publisher import Publisher
-from producers.runs import RunStateError, RunStatus, RunStore, check_run_id
-from producers.sources import DirectorySource, GitSource
-from schemas.registry import make_registry_client
-from storage.git import GitRepo
-from storage.git_cache import GitCache
-from storage.objects import MinioObjectStore
+from producers.runs import RunStateError, check_run_id
 
 _UNITS = {
     "": 1,
@@ -53,7 +41,6 @@ _UNITS = {
     "gib": 1024**3,
 }
 log = logging.getLogger(__name__)
-_URL = re.compile(r"^[a-z][a-z0-9+.-]*://|^[\w.-]+@[\w.-]+:")
 
 
 class ByteSize(click.ParamType):  # type: ignore[type-arg]
@@ -71,37 +58,6 @@ class ByteSize(click.ParamType):  # type: ignore[type-arg]
 
 
 SIZE = ByteSize()
-
-
-def open_source(
-    settings: Settings,
-    location: str,
-    ref: str | None,
-    since: str | None,
-    project: str | None,
-    exclude: tuple[str, ...] = (),
-) -> Source:
-    if _URL.match(location) and not location.startswith("file://"):
-        clean = strip_credentials(location)
-        cached, _commit = GitCache.from_settings(settings.git).repo(location, ref)
-        name = clean.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git") or "repository"
-        return GitSource(cached, SourceKind.GIT_URL, clean, project or name, ref=ref, since=since)
-    path = Path(location.removeprefix("file://")).expanduser()
-    if not path.exists():
-        raise SourceError(f"{location} does not exist")
-    local = GitRepo.discover(path)
-    if local is not None:
-        return GitSource(
-            local,
-            SourceKind.GIT,
-            str(path.resolve()),
-            project or path.resolve().name,
-            ref=ref,
-            since=since,
-        )
-    if ref or since:
-        raise click.UsageError(f"--ref and --since need a git repository; {location} is not one")
-    return DirectorySource(path, project, exclude)
 
 
 @click.command()
@@ -228,65 +184,32 @@ def ingest(
     RunCompleted events bracket the run. Exits 1, naming the files, if any
     file could not be published.
     """
-    for secret in credentials_in(source):
-        REDACTOR.add(secret)
-    if settings.git.token is not None:
-        REDACTOR.add(settings.git.token.get_secret_value())
     _check_limits(inline_limit, max_batch_bytes, presign_expiry)
     run_id = _check_run(run_id, resume, since, incremental, dry_run)
-    set_run_id(run_id)
-    options = IngestOptions(
-        strategy=StrategyChoice(strategy),
-        inline_limit=inline_limit,
-        max_file_size=max_file_size,
-        exclude=exclude,
-        prefer_git_reference=prefer_git_reference,
-        presign_expiry=timedelta(hours=presign_expiry),
-        max_skips_listed=max_skips_listed,
-        dry_run=dry_run,
-        transaction_files=transaction_files,
-        transaction_bytes=transaction_bytes,
-        transaction_max_s=settings.ingest.transaction_max_s,
+    request = IngestRequest(
+        source=source,
+        ref=ref,
+        project=project,
+        since=since,
+        run_id=run_id,
+        resume=resume is not None,
+        incremental=incremental,
+        max_batch_bytes=max_batch_bytes,
+        options=IngestOptions(
+            strategy=StrategyChoice(strategy),
+            inline_limit=inline_limit,
+            max_file_size=max_file_size,
+            exclude=exclude,
+            prefer_git_reference=prefer_git_reference,
+            presign_expiry=timedelta(hours=presign_expiry),
+            max_skips_listed=max_skips_listed,
+            dry_run=dry_run,
+            transaction_files=transaction_files,
+            transaction_bytes=transaction_bytes,
+            transaction_max_s=settings.ingest.transaction_max_s,
+        ),
     )
-    runs = None if dry_run else RunStore(settings.ingest.state_dir)
-    earlier = runs.get(run_id) if runs is not None else None
-    if earlier is not None and earlier.status is not RunStatus.COMPLETED:
-        # A resumed git run reads the commit its first attempt read, whatever the ref says now.
-        ref, project = earlier.commit or ref, project or earlier.project
-    src = open_source(settings, source, ref, since, project, exclude)
-    project_name = project or src.info().project
-    with contextlib.ExitStack() as resources:
-        publisher = store = None
-        if runs is not None:
-            resources.enter_context(runs.lock(run_id))
-            _prune(runs, settings.ingest.checkpoint_max_age_days)
-        transactional_id = transactional_id_for(project_name, run_id)
-        if not dry_run and not (earlier is not None and earlier.status is RunStatus.COMPLETED):
-            registry = resources.enter_context(make_registry_client(settings.registry))
-            publisher = Publisher(
-                settings.kafka,
-                registry,
-                max_batch_bytes=max_batch_bytes,
-                largest_inline=inline_limit,
-                transactional_id=transactional_id if settings.ingest.transactions else None,
-                transaction_timeout_s=settings.ingest.transaction_timeout_s,
-            )
-            resources.callback(publisher.close)  # aborts a batch left open by an error
-            store = MinioObjectStore(settings.object_store)
-            resources.callback(store.close)  # its connections
-        job = Ingest(
-            src,
-            options,
-            run_id,
-            project,
-            publisher,
-            store,
-            runs=runs,
-            transactional_id=transactional_id,
-            incremental=incremental,
-            resume_only=resume is not None,
-        )
-        summary = _run_with_progress(job, quiet=as_json)
+    summary = run_ingest(settings, request, lambda job: _run_with_progress(job, quiet=as_json))
     if as_json:
         click.echo(orjson.dumps(summary.as_json(), option=orjson.OPT_INDENT_2).decode())
     elif summary.already_completed:
@@ -300,7 +223,7 @@ def ingest(
         shown = "; ".join(f"{p}: {why}" for p, why in list(summary.failed.items())[:5])
         raise HeadraceError(
             f"{len(summary.failed)} files were not published: {shown}"
-            + (f"; resume with --resume {summary.run_id}" if runs is not None else "")
+            + ("" if dry_run else f"; resume with --resume {summary.run_id}")
         )
     if summary.unavailable:
         shown = ", ".join(summary.unavailable[:5])
@@ -308,16 +231,6 @@ def ingest(
             f"run incomplete: {len(summary.unavailable)} files skipped because the object"
             f" store was unavailable ({shown}); run it again with --resume {summary.run_id}"
         )
-
-
-def transactional_id_for(project: str, run_id: str) -> str:
-    """The run's Kafka transactional id: the same for every attempt of the run, so that
-    a new attempt fences an old one still alive."""
-    readable = f"headrace.ingest.{project}.{run_id}"
-    if len(readable) <= 200 and readable.isprintable():
-        return readable
-    digest = hashlib.sha256(f"{project}\x1f{run_id}".encode()).hexdigest()[:32]
-    return f"headrace.ingest.{digest}"
 
 
 def _check_run(
@@ -339,14 +252,6 @@ def _check_run(
         return check_run_id(chosen)
     except RunStateError as exc:
         raise click.BadParameter(str(exc), param_hint="--run-id") from None
-
-
-def _prune(runs: RunStore, max_age_days: float) -> None:
-    pruned = runs.prune(timedelta(days=max_age_days))
-    if pruned:
-        log.info(
-            "removed the journals of %d runs finished over %s days ago", len(pruned), max_age_days
-        )
 
 
 def _check_limits(inline_limit: int, max_batch_bytes: int, presign_expiry: float) -> None:

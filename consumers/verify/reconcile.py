@@ -432,7 +432,7 @@ def _check_verified(sides: Sides, files: dict[str, list[Version]], report: RunRe
 
 def _check_source(settings: Settings, files: dict[str, list[Version]], report: RunReport) -> None:
     """The source as a dry run of the ingest sees it now, against the run's files."""
-    from producers.cli import open_source  # noqa: PLC0415 - the producer only when asked
+    from producers.command import open_source  # noqa: PLC0415 - the producer only when asked
     from producers.ingest import Ingest, IngestOptions  # noqa: PLC0415
 
     if report.source is None:

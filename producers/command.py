@@ -1,0 +1,152 @@
+"""One ingest as a function: the request in, the run's summary out.
+
+``headrace ingest`` parses its options into an :class:`IngestRequest` and calls
+:func:`run_ingest`; so does ``headrace sweep``. Nothing here prints or raises a
+click error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from headrace.redact import REDACTOR, credentials_in, strip_credentials
+from headrace.settings import Settings
+from headrace.telemetry import set_run_id
+from producers.base import Source, SourceKind
+from producers.errors import SourceError
+from producers.ingest import Ingest, IngestOptions, Summary
+from producers.publisher import Publisher
+from producers.runs import RunStatus, RunStore
+from producers.sources import DirectorySource, GitSource
+from schemas.registry import make_registry_client
+from storage.git import GitRepo
+from storage.git_cache import GitCache
+from storage.objects import MinioObjectStore
+
+log = logging.getLogger(__name__)
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://|^[\w.-]+@[\w.-]+:")
+
+
+@dataclass(frozen=True)
+class IngestRequest:
+    """What to ingest and how: the options of ``headrace ingest``, checked."""
+
+    source: str
+    run_id: str
+    options: IngestOptions = field(default_factory=IngestOptions)
+    ref: str | None = None
+    project: str | None = None
+    since: str | None = None
+    resume: bool = False  # the run must be recorded already
+    incremental: bool = False
+    max_batch_bytes: int = 5 * 1024 * 1024
+
+
+def open_source(
+    settings: Settings,
+    location: str,
+    ref: str | None,
+    since: str | None,
+    project: str | None,
+    exclude: tuple[str, ...] = (),
+) -> Source:
+    if _URL.match(location) and not location.startswith("file://"):
+        clean = strip_credentials(location)
+        cached, _commit = GitCache.from_settings(settings.git).repo(location, ref)
+        name = clean.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git") or "repository"
+        return GitSource(cached, SourceKind.GIT_URL, clean, project or name, ref=ref, since=since)
+    path = Path(location.removeprefix("file://")).expanduser()
+    if not path.exists():
+        raise SourceError(f"{location} does not exist")
+    local = GitRepo.discover(path)
+    if local is not None:
+        return GitSource(
+            local,
+            SourceKind.GIT,
+            str(path.resolve()),
+            project or path.resolve().name,
+            ref=ref,
+            since=since,
+        )
+    if ref or since:
+        raise SourceError(f"--ref and --since need a git repository; {location} is not one")
+    return DirectorySource(path, project, exclude)
+
+
+def run_ingest(
+    settings: Settings,
+    request: IngestRequest,
+    runner: Callable[[Ingest], Summary] = Ingest.run,
+) -> Summary:
+    """Run one ingest (or resume one); the summary says what happened, failures too."""
+    for secret in credentials_in(request.source):
+        REDACTOR.add(secret)
+    if settings.git.token is not None:
+        REDACTOR.add(settings.git.token.get_secret_value())
+    run_id, options, dry_run = request.run_id, request.options, request.options.dry_run
+    set_run_id(run_id)
+    ref, project = request.ref, request.project
+    runs = None if dry_run else RunStore(settings.ingest.state_dir)
+    earlier = runs.get(run_id) if runs is not None else None
+    if earlier is not None and earlier.status is not RunStatus.COMPLETED:
+        # A resumed git run reads the commit its first attempt read, whatever the ref says now.
+        ref, project = earlier.commit or ref, project or earlier.project
+    src = open_source(settings, request.source, ref, request.since, project, options.exclude)
+    project_name = project or src.info().project
+    with contextlib.ExitStack() as resources:
+        publisher = store = None
+        if runs is not None:
+            resources.enter_context(runs.lock(run_id))
+            _prune(runs, settings.ingest.checkpoint_max_age_days)
+        transactional_id = transactional_id_for(project_name, run_id)
+        if not dry_run and not (earlier is not None and earlier.status is RunStatus.COMPLETED):
+            registry = resources.enter_context(make_registry_client(settings.registry))
+            publisher = Publisher(
+                settings.kafka,
+                registry,
+                max_batch_bytes=request.max_batch_bytes,
+                largest_inline=options.inline_limit,
+                transactional_id=transactional_id if settings.ingest.transactions else None,
+                transaction_timeout_s=settings.ingest.transaction_timeout_s,
+            )
+            resources.callback(publisher.close)  # aborts a batch left open by an error
+            store = MinioObjectStore(settings.object_store)
+            resources.callback(store.close)  # its connections
+        job = Ingest(
+            src,
+            options,
+            run_id,
+            project,
+            publisher,
+            store,
+            runs=runs,
+            transactional_id=transactional_id,
+            incremental=request.incremental,
+            resume_only=request.resume,
+        )
+        return runner(job)
+
+
+def transactional_id_for(project: str, run_id: str) -> str:
+    """The run's Kafka transactional id: the same for every attempt of the run, so that
+    a new attempt fences an old one still alive."""
+    readable = f"headrace.ingest.{project}.{run_id}"
+    if len(readable) <= 200 and readable.isprintable():
+        return readable
+    digest = hashlib.sha256(f"{project}\x1f{run_id}".encode()).hexdigest()[:32]
+    return f"headrace.ingest.{digest}"
+
+
+def _prune(runs: RunStore, max_age_days: float) -> None:
+    pruned = runs.prune(timedelta(days=max_age_days))
+    if pruned:
+        log.info(
+            "removed the journals of %d runs finished over %s days ago", len(pruned), max_age_days
+        )

@@ -6,6 +6,7 @@ import logging
 import re
 import sys
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -60,104 +61,103 @@ class ByteSize(click.ParamType):  # type: ignore[type-arg]
 SIZE = ByteSize()
 
 
-@click.command()
-@click.argument("source")
-@click.option("--ref", help="Branch, tag or commit to ingest (git sources; default HEAD).")
-@click.option("--project", help="Project name (default: derived from the source).")
-@click.option(
-    "--content-strategy",
-    "strategy",
-    default=StrategyChoice.AUTO.value,
-    type=click.Choice([c.value for c in StrategyChoice]),
-    show_default=True,
-    help="How content travels.",
-)
-@click.option(
-    "--inline-limit",
-    type=SIZE,
-    default="100KiB",
-    show_default=True,
-    help="Largest file sent inline.",
-)
-@click.option(
-    "--max-file-size",
-    type=SIZE,
-    default="1GiB",
-    show_default=True,
-    help="Larger files are skipped.",
-)
-@click.option(
-    "--max-batch-bytes",
-    type=SIZE,
-    default="5MiB",
-    show_default=True,
-    help="Largest producer batch.",
-)
-@click.option(
-    "--exclude",
-    multiple=True,
-    metavar="PATTERN",
-    help="gitignore-style pattern to skip (repeatable).",
-)
-@click.option(
-    "--prefer-git-reference",
-    is_flag=True,
-    help="With auto and a git URL: send git references, not content.",
-)
-@click.option("--since", metavar="REF", help="Only files changed since REF; deletes as events.")
-@click.option(
-    "--run-id",
-    help="Run id (default: a new one). The id of an unfinished run resumes it; of a"
-    " completed run, does nothing.",
-)
-@click.option(
-    "--resume",
-    "resume",
-    metavar="RUN_ID",
-    help="Resume this interrupted run: its committed files are not published again.",
-)
-@click.option(
-    "--incremental",
-    is_flag=True,
-    help="Only what changed since the last completed run of this project and source.",
-)
-@click.option(
-    "--transaction-files",
-    type=click.IntRange(min=1),
-    default=1000,
-    show_default=True,
-    metavar="N",
-    help="Files per Kafka transaction (a batch).",
-)
-@click.option(
-    "--transaction-bytes",
-    type=SIZE,
-    default="64MiB",
-    show_default=True,
-    help="Event bytes per Kafka transaction.",
-)
-@click.option(
-    "--presign-expiry",
-    type=click.FloatRange(min=1 / 3600, max=7 * 24),  # S3 signs for 1 second to 7 days
-    default=24.0,
-    show_default=True,
-    metavar="HOURS",
-    help="Lifetime of presigned URLs.",
-)
-@click.option(
-    "--max-skips-listed",
-    type=click.IntRange(min=0),
-    default=1000,
-    show_default=True,
-    metavar="N",
-    help="Skipped paths per reason listed in the RunCompleted event (all are counted).",
-)
-@click.option("--dry-run", is_flag=True, help="Decide everything, publish and upload nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-@click.pass_obj
-def ingest(
+_CONTENT_OPTIONS = [
+    click.option("--ref", help="Branch, tag or commit to ingest (git sources; default HEAD)."),
+    click.option("--project", help="Project name (default: derived from the source)."),
+    click.option(
+        "--content-strategy",
+        "strategy",
+        default=StrategyChoice.AUTO.value,
+        type=click.Choice([c.value for c in StrategyChoice]),
+        show_default=True,
+        help="How content travels.",
+    ),
+    click.option(
+        "--inline-limit",
+        type=SIZE,
+        default="100KiB",
+        show_default=True,
+        help="Largest file sent inline.",
+    ),
+    click.option(
+        "--max-file-size",
+        type=SIZE,
+        default="1GiB",
+        show_default=True,
+        help="Larger files are skipped.",
+    ),
+    click.option(
+        "--max-batch-bytes",
+        type=SIZE,
+        default="5MiB",
+        show_default=True,
+        help="Largest producer batch.",
+    ),
+    click.option(
+        "--exclude",
+        multiple=True,
+        metavar="PATTERN",
+        help="gitignore-style pattern to skip (repeatable).",
+    ),
+    click.option(
+        "--prefer-git-reference",
+        is_flag=True,
+        help="With auto and a git URL: send git references, not content.",
+    ),
+    click.option("--since", metavar="REF", help="Only files changed since REF; deletes as events."),
+    click.option(
+        "--incremental",
+        is_flag=True,
+        help="Only what changed since the last completed run of this project and source.",
+    ),
+    click.option(
+        "--transaction-files",
+        type=click.IntRange(min=1),
+        default=1000,
+        show_default=True,
+        metavar="N",
+        help="Files per Kafka transaction (a batch).",
+    ),
+    click.option(
+        "--transaction-bytes",
+        type=SIZE,
+        default="64MiB",
+        show_default=True,
+        help="Event bytes per Kafka transaction.",
+    ),
+    click.option(
+        "--presign-expiry",
+        type=click.FloatRange(min=1 / 3600, max=7 * 24),  # S3 signs for 1 second to 7 days
+        default=24.0,
+        show_default=True,
+        metavar="HOURS",
+        help="Lifetime of presigned URLs.",
+    ),
+    click.option(
+        "--max-skips-listed",
+        type=click.IntRange(min=0),
+        default=1000,
+        show_default=True,
+        metavar="N",
+        help="Skipped paths per reason listed in the RunCompleted event (all are counted).",
+    ),
+]
+
+
+def content_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """What to read and how it travels: the options ``ingest`` and ``sweep`` share."""
+    for option in reversed(_CONTENT_OPTIONS):
+        command = option(command)
+    return command
+
+
+def make_request(
     settings: Settings,
     source: str,
+    *,
+    run_id: str | None,
+    resume: str | None,
+    dry_run: bool,
     ref: str | None,
     project: str | None,
     strategy: str,
@@ -167,31 +167,20 @@ def ingest(
     exclude: tuple[str, ...],
     prefer_git_reference: bool,
     since: str | None,
-    run_id: str | None,
-    resume: str | None,
     incremental: bool,
     transaction_files: int,
     transaction_bytes: int,
     presign_expiry: float,
     max_skips_listed: int,
-    dry_run: bool,
-    as_json: bool,
-) -> None:
-    """Publish one FileEvent per file of SOURCE: a directory, a git repository or a git URL.
-
-    Content travels inline (small files), as an object-storage URL (larger
-    files, uploaded once by sha256) or as a git reference. RunStarted and
-    RunCompleted events bracket the run. Exits 1, naming the files, if any
-    file could not be published.
-    """
+) -> IngestRequest:
+    """The options, checked against each other (one line naming the option if not)."""
     _check_limits(inline_limit, max_batch_bytes, presign_expiry)
-    run_id = _check_run(run_id, resume, since, incremental, dry_run)
-    request = IngestRequest(
+    return IngestRequest(
         source=source,
         ref=ref,
         project=project,
         since=since,
-        run_id=run_id,
+        run_id=_check_run(run_id, resume, since, incremental, dry_run),
         resume=resume is not None,
         incremental=incremental,
         max_batch_bytes=max_batch_bytes,
@@ -208,6 +197,45 @@ def ingest(
             transaction_bytes=transaction_bytes,
             transaction_max_s=settings.ingest.transaction_max_s,
         ),
+    )
+
+
+@click.command()
+@click.argument("source")
+@content_options
+@click.option(
+    "--run-id",
+    help="Run id (default: a new one). The id of an unfinished run resumes it; of a"
+    " completed run, does nothing.",
+)
+@click.option(
+    "--resume",
+    "resume",
+    metavar="RUN_ID",
+    help="Resume this interrupted run: its committed files are not published again.",
+)
+@click.option("--dry-run", is_flag=True, help="Decide everything, publish and upload nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@click.pass_obj
+def ingest(
+    settings: Settings,
+    /,
+    source: str,
+    run_id: str | None,
+    resume: str | None,
+    dry_run: bool,
+    as_json: bool,
+    **content: Any,
+) -> None:
+    """Publish one FileEvent per file of SOURCE: a directory, a git repository or a git URL.
+
+    Content travels inline (small files), as an object-storage URL (larger
+    files, uploaded once by sha256) or as a git reference. RunStarted and
+    RunCompleted events bracket the run. Exits 1, naming the files, if any
+    file could not be published.
+    """
+    request = make_request(
+        settings, source, run_id=run_id, resume=resume, dry_run=dry_run, **content
     )
     summary = run_ingest(settings, request, lambda job: _run_with_progress(job, quiet=as_json))
     if as_json:

@@ -34,6 +34,7 @@ SUBCOMMANDS = {
     "db": "storage.db.cli:db",
     "cache": "consumers.cache.cli:cache",
     "verify": "consumers.verify.cli:verify",
+    "sweep": "headrace.sweep_cli:sweep_command",
 }
 
 

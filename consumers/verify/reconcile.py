@@ -343,18 +343,22 @@ def _check_database(settings: Settings, files: dict[str, list[Version]], report:
     assert report.project is not None  # noqa: S101 - the caller checked
     loaded = empty_counts()
     seen: set[str] = set()
-    with open_database(settings, migrate=False) as db:
-        for row in db.query(report.project, include_deleted=True):
-            path = row["path"]
-            versions = files.get(path)
-            if versions is None:
-                if row["run_id"] == report.run_id:
-                    report.add(
-                        Kind.EXTRA, "loaded", path, "a row of the run the archive does not hold"
-                    )
-                continue
-            seen.add(path)
-            _check_row(row, versions[0], report, loaded)
+    try:
+        with open_database(settings, migrate=False) as db:
+            for row in db.query(report.project, include_deleted=True):
+                path = row["path"]
+                versions = files.get(path)
+                if versions is None:
+                    if row["run_id"] == report.run_id:
+                        report.add(
+                            Kind.EXTRA, "loaded", path, "a row of the run the archive does not hold"
+                        )
+                    continue
+                seen.add(path)
+                _check_row(row, versions[0], report, loaded)
+    except HeadraceError as exc:  # no database yet (nothing loaded), or unreachable
+        report.add(Kind.MISSING_IN_DATABASE, "loaded", None, f"the database cannot be read: {exc}")
+        seen.update(files)  # said once for all, not once a file
     for path, versions in sorted(files.items()):
         if path not in seen and versions[0].op == "UPSERT":
             report.add(Kind.MISSING_IN_DATABASE, "loaded", path, f"event {versions[0].event_id}")

@@ -101,7 +101,7 @@ def run_(
             raise click.UsageError(
                 "--repair changes the database: confirm on a terminal or give --yes"
             )
-        click.confirm(f"reload {len(plan.reload)} rows from the archive?", abort=True)
+        click.confirm(f"reload {len(plan.reload)} row(s) from the archive?", abort=True)
     result = apply_repair(settings, plan)
     after = verify_run(settings, run_id, against_source=against_source)
     if as_json:
@@ -119,7 +119,7 @@ def run_(
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(
-            f"repaired: {result.written} rows reloaded from the archive; the rows they replaced"
+            f"repaired: {result.written} row(s) reloaded from the archive; the rows they replaced"
             f" are in {result.directory / 'backup.jsonl'} (restore with `headrace verify restore"
             f" {result.directory}`), the changes in {result.directory / 'repair.jsonl'}"
         )
@@ -158,12 +158,15 @@ def print_plan(plan: RepairPlan) -> None:
     console = Console(width=max(100, Console().width), highlight=False)
     if plan.reload:
         shown = ", ".join(plan.reload[:10]) + (" ..." if len(plan.reload) > 10 else "")
-        console.print(f"[bold]repair[/]: reload {len(plan.reload)} rows from the archive: {shown}")
+        rows = f"{len(plan.reload)} row" + ("s" if len(plan.reload) != 1 else "")
+        console.print(f"[bold]repair[/]: reload {rows} from the archive: {shown}")
     else:
         console.print("[bold]repair[/]: nothing this repair can fix")
-    for item in plan.cannot[:SHOWN]:
+    # Counts and digests follow from the files: listed in --json, not on the terminal.
+    files = [item for item in plan.cannot if item.discrepancy.path is not None]
+    for item in files[:SHOWN]:
         d = item.discrepancy
-        console.print(f"  cannot repair {d.kind.value} {d.path or ''}: {item.why}")
+        console.print(f"  cannot repair {d.kind.value} {d.path}: {item.why}")
 
 
 class _nothing:  # noqa: N801 - a context manager that shows nothing

@@ -94,6 +94,7 @@ def _verify_sink(settings: Settings, group_id: str, metrics: Metrics) -> Sink:
         group_id=group_id,
         parallel=settings.cache.parallel_downloads,
         metrics=VerifyMetrics(metrics.registry, group_id),
+        instances=settings.verify.instances_dir,
     )
 
 

@@ -195,6 +195,8 @@ class VerifySettings(_Section):
     """``headrace verify``: where repairs keep their backups and logs."""
 
     repairs_dir: Path = PROJECT_ROOT / ".headrace" / "repairs"
+    # The verify group's instance slots (lock files): its transactional ids.
+    instances_dir: Path = PROJECT_ROOT / ".headrace" / "instances"
 
 
 class StackSettings(_Section):

@@ -17,11 +17,13 @@ Deletes have no content and get no verification.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import socket
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message
@@ -33,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter
 from consumers.base import Decoded, Sink, SinkCapabilities, TopicPartition
 from headrace import __version__
 from headrace.errors import ProduceError, Transient
+from headrace.failpoints import failpoint
 from headrace.kafka import ensure_topics, make_admin, make_producer
 from headrace.settings import KafkaSettings
 from schemas.catalog import EventType
@@ -68,9 +71,42 @@ class VerifyMetrics:
         )
 
 
-def transactional_id_for(group_id: str) -> str:
-    """One id per process: the group's generation fences a zombie (KIP-447)."""
-    return f"{group_id}.{socket.gethostname()}.{os.getpid()}"
+class InstanceSlot:
+    """The lowest free instance number of a group on this host, held by a lock file for
+    the life of the process. The transactional id is made of it, so a process that
+    restarts after a crash takes its predecessor's id and, at ``init_transactions``,
+    aborts what the predecessor left open at once (instead of after the transaction
+    timeout, with the group's committed offsets unreadable until then); two live
+    processes on one host hold two slots."""
+
+    def __init__(self, directory: Path, group_id: str) -> None:
+        self.directory, self.group_id = directory, group_id
+        self._fd: int | None = None
+        self.number = -1
+
+    def acquire(self, most: int = 1024) -> int:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for number in range(most):
+            path = self.directory / f"{self.group_id}.{number}.lock"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            self._fd, self.number = fd, number
+            return number
+        raise ProduceError(f"{most} instances of {self.group_id} hold every slot on this host")
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def transactional_id_for(group_id: str, slot: int) -> str:
+    """One id per live process: the host and the process's slot on it."""
+    return f"{group_id}.{socket.gethostname()}.{slot}"
 
 
 class VerifySink(Sink):
@@ -87,12 +123,14 @@ class VerifySink(Sink):
         parallel: int = 4,
         metrics: VerifyMetrics | None = None,
         transaction_timeout_s: float = 60.0,
+        instances: Path = Path(".headrace") / "instances",
     ) -> None:
         self.resolver, self.parallel, self.metrics = resolver, parallel, metrics
         self.file_topic = kafka.topics.file_events
         self.topic = kafka.topics.verifications
         self._kafka, self._registry = kafka, registry
-        self._transactional_id = transactional_id_for(group_id)
+        self._slot = InstanceSlot(instances, group_id)
+        self._group_id = group_id
         self._timeout_s = transaction_timeout_s
         self._producer: Any = None  # made on the first batch: the constructor does no I/O
         self._serialize = EventSerializer(registry, EventType.VERIFICATION_EVENT)
@@ -103,8 +141,11 @@ class VerifySink(Sink):
         self._undelivered: str | None = None  # the first failed delivery of the batch
 
     def bind(self, group_metadata: Callable[[], Any]) -> None:
-        """The runtime's consumer, for the offsets each transaction commits."""
+        """The runtime's consumer, for the offsets each transaction commits. Before the
+        group is joined: the producer starts its transactions, which aborts what a
+        crashed predecessor of this slot left open (its offsets would block the join)."""
         self._group_metadata = group_metadata
+        self._ready()
 
     def _ready(self) -> Any:
         if self._producer is None:
@@ -115,10 +156,12 @@ class VerifySink(Sink):
                 partitions=kafka.partitions,
                 replication_factor=kafka.replication_factor,
             )
+            if self._slot.number < 0:
+                self._slot.acquire()
             self._producer = make_producer(
                 self._kafka,
                 **{
-                    "transactional.id": self._transactional_id,
+                    "transactional.id": transactional_id_for(self._group_id, self._slot.number),
                     "transaction.timeout.ms": int(self._timeout_s * 1000),
                 },
             )
@@ -166,6 +209,8 @@ class VerifySink(Sink):
                 self._group_metadata(),
                 self._timeout_s,
             )
+            producer.flush(self._timeout_s)  # delivered, not yet visible
+            failpoint("verify.before_commit")  # tests: die with the verifications in flight
             producer.commit_transaction(self._timeout_s)
         except KafkaException as exc:
             self._abort(exc)
@@ -239,3 +284,4 @@ class VerifySink(Sink):
             self._producer.flush(10)
         self.resolver.close()
         self._registry.close()
+        self._slot.release()

@@ -325,3 +325,35 @@ def test_a_run_that_never_completed_is_reported_incomplete(
     assert code == 1 and report["completed"] is False
     assert ("run_incomplete", None) in kinds(report)
     assert report["counts"]["archived"]["files"] == 5  # the one batch that committed
+
+
+def test_a_verify_group_killed_before_its_commit_verifies_each_event_once(
+    tmp_path: Path,
+    env: dict[str, str],
+    kafka: KafkaSettings,
+    registry: RegistrySettings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(9):
+        (tree / f"f{i}.txt").write_text(f"{i}\n")
+    code, _out, err = run(["ingest", str(tree)], capsys)
+    assert code == 0, err
+    argv = [sys.executable, "-m", "headrace", "consume", "verify", "--until-caught-up"]
+    environment = {
+        **os.environ,
+        "HEADRACE_CONSUMER__BATCH_SIZE": "3",
+        "HEADRACE_FAILPOINTS": "verify.before_commit=2",  # the second batch, delivered
+        # the dead member leaves the group when its session expires: the shortest
+        "HEADRACE_KAFKA__EXTRA": '{"session.timeout.ms": "6000"}',
+    }
+    killed = subprocess.run(
+        argv, env=environment, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert killed.returncode == -9, killed.stderr
+    code, _out, err = run(["consume", "verify", "--until-caught-up"], capsys)
+    assert code == 0, err
+    found = verifications(kafka, registry, env)  # read_committed: the aborted batch is gone
+    assert sorted(v.path for v in found) == [f"f{i}.txt" for i in range(9)]
+    assert {v.status for v in found} == {VerificationStatus.OK}

@@ -25,12 +25,14 @@ from types import FrameType
 from typing import Any, Protocol
 
 import orjson
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Consumer, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaPartition
 from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
     stop_after_delay,
     wait_exponential_jitter,
 )
@@ -39,7 +41,7 @@ from consumers.base import Decoded, Record, Sink, TopicPartition
 from consumers.dlq import REASON_OF, DeadLetterQueue
 from consumers.errors import RecordsRefused, StopConsuming
 from consumers.metrics import Metrics
-from headrace.errors import HeadraceError, Terminal, is_transient
+from headrace.errors import ConsumeError, HeadraceError, Terminal, is_transient
 from headrace.kafka import make_consumer
 from headrace.settings import KafkaSettings
 from schemas.errors import DeserializationError
@@ -328,7 +330,7 @@ class ConsumerRuntime:
         # own position only skips dead-lettered records (or transaction markers).
         committed = {
             (tp.topic, tp.partition): tp.offset
-            for tp in consumer.committed(partitions, timeout=10)
+            for tp in committed_offsets(consumer, partitions, self.group)
             if tp.offset >= 0
         }
         for tp in partitions:
@@ -403,6 +405,43 @@ def _headers(
 ) -> tuple[tuple[str, bytes | None], ...]:
     pairs = raw.items() if isinstance(raw, dict) else raw
     return tuple((k, v.encode() if isinstance(v, str) else v) for k, v in pairs)
+
+
+def committed_offsets(
+    consumer: Any,
+    partitions: list[KafkaPartition],
+    group: str,
+    *,
+    attempts: int = 7,
+    timeout_s: float = 10.0,
+    backoff_s: float = 1.0,
+) -> list[KafkaPartition]:
+    """The group's committed offsets, asked again while Kafka cannot give them yet: an
+    offset committed in a transaction that is still open (a crashed producer's, until
+    its transaction times out) is unstable, and the broker answers with a timeout. After
+    ``attempts`` tries (about a minute, a transaction's default timeout), one line."""
+    try:
+        for attempt in Retrying(
+            retry=retry_if_exception_type(KafkaException),
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential_jitter(multiplier=backoff_s, max=8 * backoff_s, jitter=backoff_s),
+            before_sleep=lambda state: log.warning(
+                "committed offsets of %s not readable yet (attempt %d), asking again",
+                group,
+                state.attempt_number,
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                found: list[KafkaPartition] = consumer.committed(partitions, timeout=timeout_s)
+                return found
+    except KafkaException as exc:
+        raise ConsumeError(
+            f"cannot read the committed offsets of group {group} after {attempts} tries"
+            f" ({exc.args[0].str()}): an open transaction holding them (another producer's)"
+            " is aborted at the latest after its transaction timeout"
+        ) from None
+    raise AssertionError("unreachable: tenacity returns or raises")
 
 
 def describe_partitions(partitions: Iterable[TopicPartition]) -> str:

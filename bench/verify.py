@@ -228,6 +228,8 @@ def main() -> None:
         f"  (verify run: {wall / base_s:.1f}x its time)"
     )
     net = max(wall - startup, 1e-9)
+    if n >= 1_000_000:
+        return
     print(
         f"  1,000,000 events by linear extrapolation (an extrapolation, not a measurement):"
         f" verify run ~{startup + net * 1_000_000 / n:.0f}s"

@@ -20,11 +20,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException
 from confluent_kafka import TopicPartition as KafkaPartition
+from confluent_kafka.admin import AdminClient
 
 from consumers.groups import groups, run_group, topics_of
 from consumers.verify.reconcile import verify_run
@@ -34,7 +36,7 @@ from headrace.kafka import make_admin, make_consumer
 from headrace.settings import Settings
 from producers.command import IngestRequest, run_ingest
 from producers.ingest import Ingest, Summary
-from producers.runs import RunStore, check_run_id
+from producers.runs import RunStore, check_run_id, write_atomically
 
 GROUP_STEPS = ("archive", "load", "cache", "verify")
 STEPS = ("ingest", *GROUP_STEPS, "report")
@@ -171,17 +173,17 @@ def _step(
 def _catch_up(settings: Settings, name: str, timeout_s: float) -> str:
     """Run the group to the end of its topics here, or wait for its deployment."""
     group_id = settings.consumer.group_prefix + name
-    if _members(settings, group_id) and _wait_committed(
-        settings, group_id, topics_of(groups()[name]), timeout_s
+    admin = make_admin(settings.kafka)
+    if _members(admin, group_id) and _wait_committed(
+        settings, admin, group_id, topics_of(groups()[name]), timeout_s
     ):
         return f"caught up by its running deployment ({group_id})"
     stats = run_group(settings, name, until_caught_up=True, metrics_port=0)
     return f"{stats.processed} records written, {stats.dead_lettered} dead-lettered"
 
 
-def _members(settings: Settings, group_id: str) -> int:
+def _members(admin: AdminClient, group_id: str) -> int:
     """How many consumers are in the group now (0 for none, or no such group)."""
-    admin = make_admin(settings.kafka)
     try:
         described = admin.describe_consumer_groups([group_id])[group_id].result(timeout=10)
     except KafkaException:
@@ -190,13 +192,16 @@ def _members(settings: Settings, group_id: str) -> int:
 
 
 def _wait_committed(
-    settings: Settings, group_id: str, fields: tuple[str, ...], timeout_s: float
+    settings: Settings,
+    admin: AdminClient,
+    group_id: str,
+    fields: tuple[str, ...],
+    timeout_s: float,
 ) -> bool:
     """Until the group's committed offsets reach the end offsets seen now: True; False
     if the group empties first (its members left, or a dead one's session expired)."""
     topics = [getattr(settings.kafka.topics, f) for f in fields]
     probe = make_consumer(settings.kafka, f"headrace-sweep-probe-{group_id}")
-    admin = make_admin(settings.kafka)
     try:
         ends: dict[tuple[str, int], int] = {}
         for topic in topics:
@@ -213,7 +218,7 @@ def _wait_committed(
             behind = [tp for tp, end in ends.items() if committed.get(tp, -1) < end and end > 0]
             if not behind:
                 return True
-            if not _members(settings, group_id):
+            if not _members(admin, group_id):
                 return False
             if time.monotonic() > deadline:
                 raise HeadraceError(
@@ -228,7 +233,7 @@ def _wait_committed(
 class _State:
     """The steps a sweep of this run finished, kept beside the run's state."""
 
-    def __init__(self, path: Any) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
 
     def _read(self) -> dict[str, Any]:
@@ -245,6 +250,4 @@ class _State:
         data = self._read()
         data["done"] = sorted({*data.get("done", []), step}, key=STEPS.index)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_bytes(orjson.dumps(data))
-        temporary.replace(self.path)
+        write_atomically(self.path, orjson.dumps(data))

@@ -24,7 +24,6 @@ import errno
 import fcntl
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -178,7 +177,8 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: a temporary file, fsync, rename, fsync of the directory."""
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -299,7 +299,7 @@ class RunStore:
         folder = self._dir(record.run_id)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            _write_atomically(
+            write_atomically(
                 folder / "record.json", orjson.dumps(record.as_json(), option=orjson.OPT_INDENT_2)
             )
         except OSError as exc:
@@ -352,7 +352,7 @@ class RunStore:
 
     def write_manifest(self, run_id: str, entries: Iterable[ManifestEntry]) -> int:
         lines = [orjson.dumps([e.path, e.size, e.mtime_ns, e.sha256]) for e in entries]
-        _write_atomically(self._dir(run_id) / "manifest.jsonl", b"\n".join(lines) + b"\n")
+        write_atomically(self._dir(run_id) / "manifest.jsonl", b"\n".join(lines) + b"\n")
         return len(lines)
 
     def manifest(self, run_id: str) -> dict[str, ManifestEntry] | None:
@@ -398,6 +398,3 @@ class RunStore:
             if removed:
                 pruned.append(record.run_id)
         return pruned
-
-    def remove(self, run_id: str) -> None:
-        shutil.rmtree(self._dir(run_id), ignore_errors=True)

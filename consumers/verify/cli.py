@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,7 +71,7 @@ def run_(
         run_id = latest_run(settings, project)
     console = Console(stderr=True)
     show = not as_json and sys.stderr.isatty()
-    with console.status("verifying", spinner="dots") if show else _nothing() as status:
+    with console.status("verifying", spinner="dots") if show else nullcontext() as status:
 
         def progress(step: str) -> None:
             if status is not None:
@@ -167,14 +168,6 @@ def print_plan(plan: RepairPlan) -> None:
     for item in files[:SHOWN]:
         d = item.discrepancy
         console.print(f"  cannot repair {d.kind.value} {d.path}: {item.why}")
-
-
-class _nothing:  # noqa: N801 - a context manager that shows nothing
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_exc: object) -> None:
-        return None
 
 
 def print_report(report: RunReport) -> None:

@@ -85,9 +85,12 @@ def run_(
         if not report.ok:
             raise SystemExit(1)
         return
+    from consumers.archive.rebuild import find_damage  # noqa: PLC0415
     from consumers.verify.repair import apply_repair, plan_repair  # noqa: PLC0415
 
-    plan = plan_repair(report)
+    with console.status("checking the archive's segments") if show else nullcontext():
+        damage = find_damage(settings)
+    plan = plan_repair(report, damage)
     if as_json and (dry_run or plan.empty):
         data = {**report.as_json(), "repair": plan.as_json()}
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
@@ -102,28 +105,32 @@ def run_(
             raise click.UsageError(
                 "--repair changes the database: confirm on a terminal or give --yes"
             )
-        click.confirm(f"reload {len(plan.reload)} row(s) from the archive?", abort=True)
+        click.confirm(f"{_actions(plan)}?", abort=True)
     result = apply_repair(settings, plan)
     after = verify_run(settings, run_id, against_source=against_source)
     if as_json:
         data = {
             **after.as_json(),
             "before": report.as_json(),
-            "repair": {
-                **plan.as_json(),
-                "written": result.written,
-                "directory": str(result.directory),
-                "backup": str(result.directory / "backup.jsonl"),
-                "log": str(result.directory / "repair.jsonl"),
-            },
+            "repair": {**plan.as_json(), **result.as_json()},
         }
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
     else:
-        click.echo(
-            f"repaired: {result.written} row(s) reloaded from the archive; the rows they replaced"
-            f" are in {result.directory / 'backup.jsonl'} (restore with `headrace verify restore"
-            f" {result.directory}`), the changes in {result.directory / 'repair.jsonl'}"
-        )
+        where = result.directory
+        if result.rearchived:
+            click.echo(
+                f"repaired: {len(result.rearchived)} segment(s) rebuilt from Kafka, byte for byte"
+                f" as listed; the damaged files are in {where / 'archive'}"
+            )
+        for item in result.not_rearchived:
+            click.echo(f"not rebuilt: {item.where}: {item.why}")
+        if plan.reload:
+            click.echo(
+                f"repaired: {result.written} row(s) reloaded from the archive; the rows they"
+                f" replaced are in {where / 'backup.jsonl'} (restore with `headrace verify"
+                f" restore {where}`)"
+            )
+        click.echo(f"what changed: {where / 'repair.jsonl'}")
         click.echo("verified again:")
         print_report(after)
     if not after.ok:
@@ -155,14 +162,32 @@ def _show(report: RunReport, as_json: bool) -> None:
         print_report(report)
 
 
+def _actions(plan: RepairPlan) -> str:
+    """``re-archive 1 segment from Kafka and reload 2 rows from the archive``."""
+    done = []
+    if plan.rearchive:
+        done.append(f"re-archive {_n(len(plan.rearchive), 'segment')} from Kafka")
+    if plan.reload:
+        done.append(f"reload {_n(len(plan.reload), 'row')} from the archive")
+    return " and ".join(done)
+
+
+def _n(count: int, what: str) -> str:
+    return f"{count} {what}" + ("s" if count != 1 else "")
+
+
 def print_plan(plan: RepairPlan) -> None:
     console = Console(width=max(100, Console().width), highlight=False)
+    if plan.empty:
+        console.print("[bold]repair[/]: nothing this repair can fix")
+    else:
+        console.print(f"[bold]repair[/]: {_actions(plan)}")
+    for damage in plan.rearchive[:SHOWN]:
+        records = _n(damage.segment.records, "record")
+        console.print(f"  rebuild {damage.where} ({records}): {damage.reason}")
     if plan.reload:
         shown = ", ".join(plan.reload[:10]) + (" ..." if len(plan.reload) > 10 else "")
-        rows = f"{len(plan.reload)} row" + ("s" if len(plan.reload) != 1 else "")
-        console.print(f"[bold]repair[/]: reload {rows} from the archive: {shown}")
-    else:
-        console.print("[bold]repair[/]: nothing this repair can fix")
+        console.print(f"  reload {shown}")
     # Counts and digests follow from the files: listed in --json, not on the terminal.
     files = [item for item in plan.cannot if item.discrepancy.path is not None]
     for item in files[:SHOWN]:

@@ -2,20 +2,26 @@
 
 What can be fixed from what the pipeline still holds:
 
+- an archive segment that is missing or damaged (records deleted, bytes changed,
+  truncated) while the topic still holds its offsets: rebuilt from Kafka and put
+  back only if its bytes are the ones its manifest lists
+  (:mod:`consumers.archive.rebuild`); the damaged file is moved into the
+  repair's directory (``archive/``) first. This comes first: the rows below are
+  read back from the archive;
 - a row missing, stale, or holding another sha256 or size than the run's event:
   the run's event is read back from the archive and stored as the row
   (:meth:`storage.db.Database.replace`: not order-safe, so only after the check
   said the row is wrong);
 
-and what cannot yet, said in the plan with why: a file missing in the archive
-(re-archiving from Kafka is not built), content the store no longer holds or
-holds wrong (re-ingest the file), an event not verified yet (run the verify
-group), a run that never completed (resume it).
+and what cannot, said in the plan with why: a file missing in the archive with
+no damaged segment to rebuild (the archive group has not archived it yet),
+content the store no longer holds or holds wrong (re-ingest the file), an event
+not verified yet (run the verify group), a run that never completed (resume it).
 
 Before the database changes, the rows of every path about to change are written
 to ``backup.jsonl`` in the repair's directory (``verify.repairs_dir``), with the
-paths that had no row; ``repair.jsonl`` records each change.
-:func:`restore` puts a backup back.
+paths that had no row; ``repair.jsonl`` records each change, segments put back
+included. :func:`restore` puts a backup of rows back.
 """
 
 from __future__ import annotations
@@ -29,18 +35,23 @@ from typing import Any
 
 import orjson
 
+from consumers.archive.rebuild import NotRebuilt, Rebuilt, rebuild
 from consumers.load.content import load_row_content
 from consumers.verify.report import Discrepancy, Kind, RunReport
 from headrace.errors import HeadraceError
 from headrace.settings import Settings
 from storage.archive.backend import open_backend
 from storage.archive.reader import read
+from storage.archive.verify import Damage
 from storage.db import ContentMode, FileRow, file_row, open_database
 
 RELOADED = {Kind.MISSING_IN_DATABASE, Kind.STALE_VERSION}
 RELOADED_IF_LOADED = {Kind.CHECKSUM_MISMATCH, Kind.SIZE_MISMATCH}
 WHY_NOT: dict[Kind, str] = {
-    Kind.MISSING_IN_ARCHIVE: "re-archiving from Kafka is not built yet",
+    Kind.MISSING_IN_ARCHIVE: (
+        "no damaged segment holds it: not archived yet, run"
+        " `headrace consume archive --until-caught-up`"
+    ),
     Kind.EXTRA: "extra files are reported, never removed",
     Kind.DUPLICATED: "a duplicate in the archive is reported, never removed (append-only)",
     Kind.CONTENT_UNRESOLVABLE: "the store no longer holds the content: ingest the file again",
@@ -63,14 +74,19 @@ class RepairPlan:
     run_id: str
     project: str | None
     reload: list[str] = field(default_factory=list)  # paths whose row comes from the archive
+    rearchive: list[Damage] = field(default_factory=list)  # segments rebuilt from Kafka
     cannot: list[Unrepairable] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not self.reload
+        return not self.reload and not self.rearchive
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "rearchive_from_kafka": [
+                {"segment": d.where, "records": d.segment.records, "damage": d.reason}
+                for d in self.rearchive
+            ],
             "reload_from_archive": self.reload,
             "cannot_repair": [{**u.discrepancy.as_json(), "why": u.why} for u in self.cannot],
         }
@@ -81,15 +97,31 @@ class RepairResult:
     directory: Path
     written: int
     backed_up: int
+    rearchived: list[Rebuilt] = field(default_factory=list)
+    not_rearchived: list[NotRebuilt] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "written": self.written,
+            "directory": str(self.directory),
+            "backup": str(self.directory / "backup.jsonl"),
+            "log": str(self.directory / "repair.jsonl"),
+            "rearchived": [r.where for r in self.rearchived],
+            "not_rearchived": [{"segment": n.where, "why": n.why} for n in self.not_rearchived],
+        }
 
 
-def plan_repair(report: RunReport) -> RepairPlan:
-    plan = RepairPlan(report.run_id, report.project)
+def plan_repair(report: RunReport, damage: Iterable[Damage] = ()) -> RepairPlan:
+    """What a repair would do about ``report``; ``damage``: the archive's damaged segments
+    (:func:`consumers.archive.rebuild.find_damage`), rebuilt from Kafka."""
+    plan = RepairPlan(report.run_id, report.project, rearchive=list(damage))
     reload: set[str] = set()
     for d in report.discrepancies:
         fixable = d.kind in RELOADED or (d.kind in RELOADED_IF_LOADED and d.side == "loaded")
         if fixable and d.path is not None and report.project is not None:
             reload.add(d.path)
+        elif d.kind is Kind.MISSING_IN_ARCHIVE and plan.rearchive:
+            continue  # the segments to rebuild are in the plan
         else:
             why = WHY_NOT.get(d.kind, "not repairable from the pipeline's own copies")
             plan.cannot.append(Unrepairable(d, why))
@@ -100,20 +132,54 @@ def plan_repair(report: RunReport) -> RepairPlan:
 def apply_repair(
     settings: Settings, plan: RepairPlan, *, now: datetime | None = None
 ) -> RepairResult:
-    """Back up the rows about to change, store the run's archived events as rows, log it."""
-    if plan.project is None or plan.empty:
+    """Rebuild damaged segments from Kafka, then back up the rows about to change, store
+    the run's archived events as rows; log it all in the repair's directory."""
+    if plan.empty:
         raise HeadraceError("nothing to repair")
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
+    directory = Path(settings.verify.repairs_dir) / f"{stamp}-{plan.run_id}"
+    directory.mkdir(parents=True, exist_ok=False)
+    rebuilt: list[Rebuilt] = []
+    refused: list[NotRebuilt] = []
+    if plan.rearchive:
+        aside = directory / "archive"
+        aside.mkdir()
+        rebuilt, refused = rebuild(settings, plan.rearchive, aside)
+        _write_lines(
+            directory / "repair.jsonl",
+            [
+                *(
+                    {
+                        "at": datetime.now(UTC).isoformat(),
+                        "action": "rearchive_from_kafka",
+                        "segment": r.where,
+                        "records": r.segment.records,
+                        "sha256": r.segment.sha256,
+                        "set_aside": None if r.set_aside is None else str(r.set_aside),
+                    }
+                    for r in rebuilt
+                ),
+                *(
+                    {
+                        "at": datetime.now(UTC).isoformat(),
+                        "action": "not_rearchived",
+                        "segment": n.where,
+                        "why": n.why,
+                    }
+                    for n in refused
+                ),
+            ],
+        )
+    if plan.project is None or not plan.reload:
+        return RepairResult(directory, 0, 0, rebuilt, refused)
     project, wanted = plan.project, set(plan.reload)
     rows = _archived_rows(settings, plan.run_id, project, wanted)
     lost = wanted - {r.path for r in rows}
     if lost:
         raise HeadraceError(
             f"{len(lost)} files of run {plan.run_id} are not in the archive any more"
-            f" ({', '.join(sorted(lost)[:3])}): nothing was changed"
+            f" ({', '.join(sorted(lost)[:3])}): no row was changed"
         )
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
-    directory = Path(settings.verify.repairs_dir) / f"{stamp}-{plan.run_id}"
-    directory.mkdir(parents=True, exist_ok=False)
     with open_database(settings, migrate=True) as db:
         before = {
             r["path"]: r for r in db.query(project, include_deleted=True) if r["path"] in wanted
@@ -140,7 +206,7 @@ def apply_repair(
             for row in rows
         ),
     )
-    return RepairResult(directory, written, len(before))
+    return RepairResult(directory, written, len(before), rebuilt, refused)
 
 
 def restore(settings: Settings, directory: Path) -> int:
@@ -187,7 +253,7 @@ def _archived_rows(settings: Settings, run_id: str, project: str, paths: set[str
 
 
 def _write_lines(path: Path, entries: Iterable[dict[str, Any]]) -> None:
-    with path.open("wb") as out:
+    with path.open("ab") as out:
         for entry in entries:
             out.write(orjson.dumps(entry) + b"\n")
 

@@ -63,6 +63,7 @@ from storage.archive.manifest import (
     SegmentInfo,
     adopt,
     check_entry,
+    fsync_dir,
     manifest_bytes,
     parse_manifest,
     publish,
@@ -138,6 +139,13 @@ class Backend(ABC):
         """The day's cold-tier marker (see :mod:`.retention`): only local days move."""
         return None
 
+    @abstractmethod
+    def set_aside(self, topic: str, day: str, name: str, into: Path) -> Path | None:
+        """Move a published segment file out of the archive into the local directory
+        ``into`` (its manifest entry stays); None if there is no such file. Only a repair
+        does this, before it publishes the segment again from its records (the one way a
+        published segment is ever replaced)."""
+
 
 class LocalBackend(Backend):
     """The archive under a local directory (the default)."""
@@ -193,6 +201,19 @@ class LocalBackend(Backend):
 
     def cold_marker(self, topic: str, day: str) -> ColdMarker | None:
         return read_cold_marker(self.dir(topic, day))
+
+    def set_aside(self, topic: str, day: str, name: str, into: Path) -> Path | None:
+        source = self.dir(topic, day) / name
+        target = into / name
+        try:
+            source.rename(target)
+        except FileNotFoundError:
+            return None
+        except OSError:  # another file system: copy, then remove
+            target.write_bytes(source.read_bytes())
+            source.unlink()
+        fsync_dir(self.dir(topic, day))
+        return target
 
 
 # --- object storage ------------------------------------------------------------------
@@ -302,6 +323,19 @@ class ObjectBackend(Backend):
 
     def adopt(self, info: SegmentInfo) -> bool:
         return self._add(info)
+
+    def set_aside(self, topic: str, day: str, name: str, into: Path) -> Path | None:
+        key = self._key(topic, day, name)
+        try:
+            with self._errors("read", key):
+                data = self._ready().get(key)
+        except ObjectNotFound:
+            return None
+        target = into / name
+        target.write_bytes(data)
+        with self._errors("delete", key):
+            self._ready().delete(key)
+        return target
 
     def _add(self, info: SegmentInfo) -> bool:
         """Add ``info`` to its day's manifest by compare-and-swap; False if it was there."""

@@ -292,6 +292,44 @@ def _scan_file(file: BinaryIO, where: str, parsed: SegmentName, topic: str, day:
     return facts
 
 
+@dataclass(frozen=True)
+class Damage:
+    """A listed segment whose file is gone or does not hold what its entry says."""
+
+    segment: SegmentInfo
+    where: str
+    reason: str
+
+
+def damaged(root: Path | Backend, topic: str) -> list[Damage]:
+    """The listed segments of ``topic`` (days in place, not cold ones) that are missing or
+    whose file differs from its manifest entry or does not read back whole: what
+    re-archiving can rebuild, entry by entry. Unreadable manifests are not here (there is
+    no entry to rebuild by); :func:`verify` reports them."""
+    backend = as_backend(root)
+    found: list[Damage] = []
+    if topic not in backend.topics():
+        return found
+    for day in backend.days(topic):
+        try:
+            listed = backend.read_manifest(topic, day)
+        except ArchiveCorrupt:
+            continue
+        on_disk = dict(backend.segment_files(topic, day))
+        for s in listed:
+            where = backend.where(topic, day, s.name)
+            parsed = on_disk.get(s.name)
+            if parsed is None:
+                if backend.cold_marker(topic, day) is None:
+                    found.append(Damage(s, where, "listed, not on disk"))
+                continue
+            facts = _scan(backend, topic, day, s.name, parsed)
+            wrong = [p.message for p in facts.problems] + _differences(s, facts)
+            if wrong:
+                found.append(Damage(s, where, "; ".join(wrong)))
+    return found
+
+
 def describe(
     backend: Backend, topic: str, day: str, name: str, others: Sequence[SegmentInfo] = ()
 ) -> SegmentInfo:

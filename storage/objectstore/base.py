@@ -145,7 +145,9 @@ class ObjectStorage(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove the object; a missing one is no error. The pipeline never deletes
-        (content and archives are kept): this is for smoke checks and tests."""
+        content; a repair removes a damaged archive segment after copying it out
+        (:meth:`storage.archive.Backend.set_aside`), and smoke checks and tests
+        clean up."""
 
 
 class SourceReadError(Exception):

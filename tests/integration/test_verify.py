@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 
 from headrace.settings import (
     KafkaSettings,
@@ -245,23 +246,26 @@ def test_a_repair_asks_first_and_says_what_it_cannot_fix(
     assert code == 0 and "OK: every side agrees" in out, err  # green: nothing to ask
     with sqlite3.connect(pipeline["HEADRACE_LOAD__SQLITE_PATH"]) as db:
         db.execute("DELETE FROM files WHERE path = 'src/m3.py'")
+        # a row of the run that no side but the database holds
+        columns = [row[1] for row in db.execute("PRAGMA table_info(files)")]
+        picked = ", ".join("'ghost.txt'" if c == "path" else c for c in columns)
+        db.execute(
+            f"INSERT INTO files ({', '.join(columns)})"  # noqa: S608 - the table's own columns
+            f" SELECT {picked} FROM files WHERE path = 'src/m4.py'"
+        )
     db.close()
-    topic = pipeline["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"]
-    root = Path(pipeline["HEADRACE_ARCHIVE__ROOT"])
-    lines = list(read(root, topic=topic))
-    holding = {line.segment for line in lines if line.event["path"] == "src/m3.py"}
-    victim = next(line for line in lines if line.segment not in holding)
-    [segment] = list((root / topic).rglob(victim.segment))
-    segment.unlink()
 
     code, _out, err = run(["verify", "run", run_id, "--repair"], capsys)  # stdin: no terminal
     assert code == 2 and "confirm on a terminal or give --yes" in err
     code, planned = verify_json(capsys, run_id, "--repair", "--dry-run")
-    assert code == 1 and "src/m3.py" in planned["repair"]["reload_from_archive"]
+    assert code == 1 and planned["repair"]["reload_from_archive"] == ["src/m3.py"]
+    assert planned["repair"]["rearchive_from_kafka"] == []
     cannot = {(c["kind"], c["path"]): c["why"] for c in planned["repair"]["cannot_repair"]}
-    assert cannot[("missing_in_archive", victim.event["path"])] == (
-        "re-archiving from Kafka is not built yet"
-    )
+    assert cannot[("extra", "ghost.txt")] == "extra files are reported, never removed"
+    code, out, _err = run(["verify", "run", run_id, "--repair", "--dry-run"], capsys)
+    assert code == 1
+    assert "repair: reload 1 row from the archive" in out
+    assert "cannot repair extra ghost.txt: extra files are reported, never removed" in out
 
 
 def test_an_object_changed_in_the_store_fails_its_verification(
@@ -289,7 +293,7 @@ def test_an_object_changed_in_the_store_fails_its_verification(
     assert ("verification_failed", "a.bin") in kinds(report)
 
 
-def test_a_removed_archive_segment_is_missing_in_the_archive(
+def test_a_removed_archive_segment_is_missing_and_rebuilt_from_kafka(
     ingested: tuple[Path, str], pipeline: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     _tree, run_id = ingested
@@ -300,12 +304,54 @@ def test_a_removed_archive_segment_is_missing_in_the_archive(
     victim = lines[0].segment  # at most 4 records a segment: a part of the run
     in_victim = {line.event["path"] for line in lines if line.segment == victim}
     [segment] = [p for p in (root / topic).rglob(victim)]
+    published = segment.read_bytes()
     segment.unlink()
     code, report = verify_json(capsys, run_id)
     assert code == 1
     missing = {p for k, p in kinds(report) if k == "missing_in_archive"}
     assert missing == in_victim
     assert report["counts"]["archived"]["files"] == 10 - len(in_victim)
+
+    code, planned = verify_json(capsys, run_id, "--repair", "--dry-run")
+    assert code == 1 and not segment.exists()
+    [rebuild] = planned["repair"]["rearchive_from_kafka"]
+    assert (rebuild["segment"], rebuild["damage"]) == (str(segment), "listed, not on disk")
+    code, repaired = verify_json(capsys, run_id, "--repair", "--yes")
+    assert code == 0 and repaired["ok"], repaired["discrepancies"]
+    assert repaired["repair"]["rearchived"] == [str(segment)]
+    assert segment.read_bytes() == published  # byte for byte the segment it was
+    code, out, err = run(["archive", "verify"], capsys)
+    assert code == 0 and out.startswith("ok:"), out + err
+
+
+def test_an_event_deleted_from_its_segment_is_missing_and_put_back(
+    ingested: tuple[Path, str], pipeline: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _tree, run_id = ingested
+    topic = pipeline["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"]
+    root = Path(pipeline["HEADRACE_ARCHIVE__ROOT"])
+    lines = list(read(root, topic=topic))
+    victim = next(line for line in lines if sum(o.segment == line.segment for o in lines) > 1)
+    [segment] = [p for p in (root / topic).rglob(victim.segment)]
+    published = segment.read_bytes()
+    assert segment.suffix == ".zst"
+    plain = zstandard.ZstdDecompressor().stream_reader(published).read().splitlines(True)
+    kept = [line for line in plain if json.loads(line)["offset"] != victim.offset]
+    assert len(kept) == len(plain) - 1
+    segment.write_bytes(zstandard.ZstdCompressor().compress(b"".join(kept)))
+    code, report = verify_json(capsys, run_id)
+    assert code == 1
+    assert {p for k, p in kinds(report) if k == "missing_in_archive"} == {victim.event["path"]}
+
+    code, repaired = verify_json(capsys, run_id, "--repair", "--yes")
+    assert code == 0 and repaired["ok"], repaired["discrepancies"]
+    assert segment.read_bytes() == published
+    aside = Path(repaired["repair"]["directory"]) / "archive" / segment.name
+    assert aside.read_bytes() != published  # the damaged file, kept
+    log = [json.loads(line) for line in Path(repaired["repair"]["log"]).read_text().splitlines()]
+    assert [(e["action"], e["segment"], e["set_aside"]) for e in log] == [
+        ("rearchive_from_kafka", str(segment), str(aside))
+    ]
 
 
 def test_a_run_that_never_completed_is_reported_incomplete(

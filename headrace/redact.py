@@ -7,6 +7,27 @@ produced with it (a git error message, a traceback). A :class:`Redactor`
 holds known secrets and replaces them with ``***``; :class:`RedactingFilter`
 does that to every log record before a handler formats it.
 
+Where a known secret is masked depends on what it looks like
+(:func:`is_distinctive`):
+
+- a distinctive secret (at least 24 characters, or at least 12 mixing two
+  kinds of letters, digits and other characters: ``ghp_...``, ``tok-1f3e...``,
+  ``s3cr3t-token``) is masked wherever it stands, unless it is only part of a
+  longer word (``[A-Za-z0-9_]`` on either side): such text does not occur by
+  chance;
+- any other secret (``headrace``, ``hunter22``, ``password``) is masked only
+  where it stands as a credential: the userinfo of a URL
+  (``https://headrace@host``, ``https://u:headrace@host``; for ssh the password
+  only), the value of a key named like a secret (``password=headrace``,
+  ``?token=headrace``, ``PGPASSWORD=headrace``, ``'sasl.password': 'headrace'``,
+  ``secret_key: headrace``) and an ``Authorization:`` header's credentials. A
+  value ends at white space, a quote, a bracket or ``&;,#|``:
+  ``password=headrace1`` is not the secret ``headrace``. Elsewhere the text is
+  ordinary (``create bucket headrace-content`` stays as written).
+
+Secrets read from the environment follow the same rule: a long random value is
+masked everywhere, a short one only as a credential.
+
 Which parts of a URL are secret:
 
 - in ``http(s)://`` (and any other ``scheme://`` but ssh), the whole userinfo:
@@ -46,11 +67,43 @@ SECRET_PARAMS = frozenset(
     }
 )
 SECRET_ENV_SUFFIXES = ("TOKEN", "PASSWORD", "SECRET", "SECRET_KEY")
-MIN_SECRET_LENGTH = 4  # shorter "secrets" would shred ordinary text
+DISTINCTIVE_LENGTH = 12  # and two kinds of character: masked by value everywhere
+LONG_LENGTH = 24  # masked by value everywhere, whatever it is made of
 MASK = "***"
 
 _SSH_SCHEMES = frozenset({"ssh", "git+ssh", "ssh+git"})
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# Where a secret stands as a credential; each is followed by the secret itself.
+_USERINFO = r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<user>[^\s/?#@:]*:)?"
+_KEY = (  # "key" and "sig" only as a whole segment: not "monkey", "hotkey"
+    r"(?<![\w.-])(?:[\w.-]*?(?:token|password|passwd|pwd|secret|signature|credentials?)"
+    r"|(?:[\w.-]*[_.-])?(?:key|sig))"
+)
+_PAIR = rf"(?i:{_KEY})[\"']?\s*[:=]\s*[\"']?"
+_HEADER = r"(?i:authorization)[\"']?\s*[:=]\s*[\"']?(?:[A-Za-z]+\s+)?"
+_VALUE_END = r"(?=[\s&;,#|'\"`<>()\[\]{}]|$)"
+
+
+def _as_credential(secrets: str) -> re.Pattern[str]:
+    """``secrets`` (an alternation) where they stand as credentials."""
+    url, key = f"(?P<url>{_USERINFO})", f"(?P<key>{_PAIR}|{_HEADER})"
+    return re.compile(f"{url}(?:{secrets})(?=@)|{key}(?:{secrets}){_VALUE_END}")
+
+
+def _anywhere(secrets: str) -> re.Pattern[str]:
+    """``secrets`` (an alternation) anywhere but inside a longer word."""
+    return re.compile(f"(?<![A-Za-z0-9_])(?:{secrets})(?![A-Za-z0-9_])")
+
+
+def is_distinctive(secret: str) -> bool:
+    """Whether ``secret`` is unlikely to occur in ordinary text, and so is masked by
+    value everywhere: 24 characters or more, or 12 or more of two kinds (letters,
+    digits, other characters). Other secrets are masked only as credentials."""
+    kinds = sum(
+        any(test(c) for c in secret)
+        for test in (str.isalpha, str.isdigit, lambda c: not c.isalnum())
+    )
+    return len(secret) >= LONG_LENGTH or (len(secret) >= DISTINCTIVE_LENGTH and kinds >= 2)
 
 
 def _split(url: str) -> tuple[str, str, str, str, str] | None:
@@ -125,7 +178,8 @@ def credentials_in(url: str) -> list[str]:
 
 
 class Redactor:
-    """Known secrets, replaced by ``***`` wherever they appear in a text.
+    """Known secrets, replaced by ``***`` where they appear in a text: everywhere if
+    distinctive, else where they stand as credentials (see the module docstring).
 
     With ``from_environ=True`` the values of environment variables whose names
     end with :data:`SECRET_ENV_SUFFIXES` are added at first use, not before.
@@ -133,20 +187,22 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = (), *, from_environ: bool = False) -> None:
         self._lock = threading.Lock()
-        self._secrets: set[str] = set()
-        self._pattern: re.Pattern[str] | None = None
+        self._secrets: dict[str, bool] = {}  # each form: whether its secret is distinctive
+        self._patterns: tuple[re.Pattern[str] | None, re.Pattern[str] | None] | None = None
         self._environ_pending = from_environ
         for secret in secrets:
             self.add(secret)
 
     def add(self, secret: str) -> None:
-        """Remember ``secret`` (and its percent-encoded form); short values are ignored."""
-        forms = {secret, quote(secret, safe="")}
+        """Remember ``secret`` (and its percent-encoded form, masked by the same rule)."""
+        distinctive = is_distinctive(secret)
+        forms = (secret, quote(secret, safe="")) if secret else ()
         with self._lock:
-            new = {s for s in forms if len(s) >= MIN_SECRET_LENGTH} - self._secrets
-            if new:
-                self._secrets |= new
-                self._pattern = None
+            for form in forms:
+                known = self._secrets.get(form)
+                if known is None or (distinctive and not known):  # new, or now distinctive
+                    self._secrets[form] = distinctive
+                    self._patterns = None
 
     def add_url(self, url: str) -> None:
         for secret in credentials_in(url):
@@ -157,23 +213,43 @@ class Redactor:
             if name.upper().endswith(SECRET_ENV_SUFFIXES) and value:
                 self.add(value)
 
-    def _compiled(self) -> re.Pattern[str] | None:
+    def _compiled(self) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
+        """(every secret where it stands as a credential, distinctive ones anywhere)."""
         if self._environ_pending:
             self._environ_pending = False
             self.add_environ(os.environ)
         with self._lock:
-            if self._pattern is None and self._secrets:
-                ordered = sorted(self._secrets, key=lambda s: (-len(s), s))  # longest first
-                self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
-            return self._pattern
+            if self._patterns is None:
+                every = _alternation(self._secrets)
+                distinctive = _alternation(s for s, d in self._secrets.items() if d)
+                self._patterns = (
+                    _as_credential(every) if every else None,
+                    _anywhere(distinctive) if distinctive else None,
+                )
+            return self._patterns
 
     def redact(self, text: str) -> str:
-        pattern = self._compiled()
-        return pattern.sub(MASK, text) if pattern is not None else text
+        as_credential, anywhere = self._compiled()
+        if as_credential is not None:
+            text = as_credential.sub(_mask_credential, text)
+        return anywhere.sub(MASK, text) if anywhere is not None else text
 
     def __len__(self) -> int:
         self._compiled()
         return len(self._secrets)
+
+
+def _alternation(secrets: Iterable[str]) -> str:
+    ordered = sorted(secrets, key=lambda s: (-len(s), s))  # longest first
+    return "|".join(re.escape(s) for s in ordered)
+
+
+def _mask_credential(match: re.Match[str]) -> str:
+    if match.group("url") is None:
+        return match.group("key") + MASK
+    if match.group("user") is None and match.group("scheme").lower() in _SSH_SCHEMES:
+        return match.group(0)  # an ssh user name is not a secret
+    return match.group("url") + MASK
 
 
 class RedactingFilter(logging.Filter):

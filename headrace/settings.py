@@ -13,8 +13,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -92,12 +103,55 @@ class PostgresSettings(_Section):
         return f"{self.host}:{self.port}"
 
 
+class GitCredential(_Section):
+    """A token for the git remotes under one URL prefix (``https://host[:port][/path]``).
+
+    Sent as HTTP basic auth (user ``username``, ``x-access-token`` when unset) to
+    URLs under ``url_prefix`` only (storage/git_credentials.py), never stored in
+    a URL, an event or a log line. An ``http://`` prefix needs ``allow_http``:
+    the token would travel in clear text.
+    """
+
+    url_prefix: str
+    token: SecretStr
+    username: str | None = None
+    allow_http: bool = False
+
+    @field_validator("url_prefix")
+    @classmethod
+    def _a_prefix(cls, value: str) -> str:
+        try:
+            split = urlsplit(value)
+            split.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError as exc:
+            raise ValueError(f"not a URL ({exc})") from None
+        if split.scheme.lower() not in ("http", "https") or not split.hostname:
+            raise ValueError("must be https://host[:port][/path] (or http:// with allow_http)")
+        if "@" in split.netloc or split.query or split.fragment:
+            raise ValueError("must carry no user, password, query or fragment")
+        return value
+
+    @model_validator(mode="after")
+    def _http_allowed(self) -> GitCredential:
+        if urlsplit(self.url_prefix).scheme.lower() == "http" and not self.allow_http:
+            why = f"{self.url_prefix} is plain http: set allow_http = true to send the token"
+            raise ValueError(why + " in clear text, or use https")
+        return self
+
+
+SCOPE_YOUR_CREDENTIAL = (
+    "git.token is no longer read, a token is sent only to the remotes it is for: give it "
+    'a [[git.credentials]] entry with url_prefix = "https://host/" and token, or '
+    """HEADRACE_GIT__CREDENTIALS='[{"url_prefix": "https://host/", "token": "..."}]'"""
+)
+
+
 class GitSettings(_Section):
-    """Git sources: where clones are cached, and a token for private repositories."""
+    """Git sources: where clones are cached, and the credentials of private remotes."""
 
     cache_dir: Path = PROJECT_ROOT / ".headrace" / "cache" / "git"
-    # Sent as HTTP basic auth, never stored in a URL, an event or a log line.
-    token: SecretStr | None = None
+    # Tokens, each sent only to URLs under its url_prefix (the longest prefix wins).
+    credentials: tuple[GitCredential, ...] = ()
     # The clone cache's bound: whole repositories are evicted, least recently used first.
     cache_max_size: ByteSize = Field(default=ByteSize(50 * 1024**3), ge=0)
     clone_timeout_s: float = Field(default=300.0, gt=0)  # a clone, a fetch of many blobs
@@ -105,6 +159,13 @@ class GitSettings(_Section):
     # Schemes a git reference in an event may use; anything else is refused. Local
     # paths and file:// are for tests and single-host setups only.
     allowed_schemes: tuple[Literal["https", "ssh", "http", "file"], ...] = ("https", "ssh")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unscoped_token(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "token" in data:
+            raise PydanticCustomError("unscoped_token", SCOPE_YOUR_CREDENTIAL)
+        return data
 
 
 class IngestSettings(_Section):

@@ -88,8 +88,8 @@ def run_ingest(
     """Run one ingest (or resume one); the summary says what happened, failures too."""
     for secret in credentials_in(request.source):
         REDACTOR.add(secret)
-    if settings.git.token is not None:
-        REDACTOR.add(settings.git.token.get_secret_value())
+    for credential in settings.git.credentials:
+        REDACTOR.add(credential.token.get_secret_value())
     run_id, options, dry_run = request.run_id, request.options, request.options.dry_run
     set_run_id(run_id)
     ref, project = request.ref, request.project

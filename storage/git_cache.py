@@ -24,10 +24,14 @@ by renaming it away and then deleting it, so that no reader sees half a clone.
 The bound can be passed by the one clone in use.
 
 Credentials never reach the command line, the stored ``remote.origin.url``
-or any file in the cache: for http(s) the token (from settings, ``token=``, or
-for producers the URL's userinfo) travels as an ``Authorization`` header set
-through ``GIT_CONFIG_COUNT`` environment variables, scoped to the remote's
-origin, with credential helpers and prompts off. Every message is redacted.
+or any file in the cache. For http(s) the token travels as an ``Authorization``
+header set through ``GIT_CONFIG_COUNT`` environment variables, scoped to the
+remote's origin, redirects not followed, credential helpers and prompts off.
+Which token, first found first: a call's ``token=``; for producers, the URL's
+userinfo; the configured credential whose URL prefix the URL falls under
+(:mod:`storage.git_credentials`: that host only, http only if allowed); the
+constructor's ``token=``, for programs that read remotes they name themselves.
+Every message is redacted.
 Network commands are killed with their children after ``clone_timeout``
 (clones and blob fetches) or ``timeout`` (everything else).
 """
@@ -46,7 +50,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
-from headrace.redact import REDACTOR, Redactor, strip_credentials
+from headrace.redact import REDACTOR, Redactor, credentials_in, strip_credentials
 from storage.git import (
     FULL_ID,
     OFFLINE,
@@ -60,13 +64,14 @@ from storage.git import (
     check_url,
     url_scheme,
 )
+from storage.git_credentials import credential_for
 from storage.git_locks import Lease, disk_usage, flock_within
 from storage.git_remote import RemoteCall, auth_environment
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-    from headrace.settings import GitSettings
+    from headrace.settings import GitCredential, GitSettings
 
 __all__ = [  # what consumers and producers use; check_reference is storage.git's
     "GitCache",
@@ -103,35 +108,37 @@ class GitCache:
         lock_timeout: float = 600.0,
         max_size: int | None = None,
         allowed_schemes: Collection[str] = ("https", "ssh"),
+        credentials: Sequence[GitCredential] = (),
         token: str | None = None,
     ) -> None:
         """``clone_timeout`` defaults to ``timeout``; ``max_size`` None: unbounded;
-        ``allowed_schemes`` and ``token`` are for the reading API (references from
-        events); ``token`` is also the default of :meth:`repo`'s."""
+        ``allowed_schemes`` is for the reading API (references from events);
+        ``credentials`` are scoped by URL prefix; ``token`` is sent to any http(s)
+        URL without one (settings never give it: only code that names its remotes)."""
         self.root = Path(root).absolute()
         self.timeout = timeout
         self.clone_timeout = timeout if clone_timeout is None else clone_timeout
         self.lock_timeout = lock_timeout
         self.max_size = max_size
         self.allowed_schemes = tuple(allowed_schemes)
+        self._credentials = tuple(credentials)
         self._token = token
         self._readers: dict[Path, _Reader] = {}
         self._guard = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: GitSettings) -> GitCache:
-        token = settings.token.get_secret_value() if settings.token else None
         return cls(
             settings.cache_dir,
             timeout=settings.timeout_s,
             clone_timeout=settings.clone_timeout_s,
             max_size=int(settings.cache_max_size),
             allowed_schemes=settings.allowed_schemes,
-            token=token,
+            credentials=settings.credentials,
         )
 
     def __repr__(self) -> str:
-        return f"GitCache({str(self.root)!r}, max_size={self.max_size})"  # never the token
+        return f"GitCache({str(self.root)!r}, max_size={self.max_size})"  # never a token
 
     def location(self, url: str) -> Path:
         """Where the clone of ``url`` is (or would be) kept."""
@@ -359,7 +366,14 @@ class GitCache:
     # -- clones, fetches ---------------------------------------------------------------
 
     def _call(self, url: str, token: str | None) -> RemoteCall:
-        env, secrets = auth_environment(url, self._token if token is None else token)
+        username = None
+        if token is None and not credentials_in(url):
+            credential = credential_for(url, self._credentials)
+            if credential is not None:
+                token, username = credential.token.get_secret_value(), credential.username
+            else:
+                token = self._token
+        env, secrets = auth_environment(url, token, username=username)
         for secret in secrets:
             REDACTOR.add(secret)  # any later log line that quotes it is scrubbed
         return RemoteCall(

@@ -3,11 +3,16 @@
 :func:`auth_environment` turns a token into an ``Authorization`` header passed
 through ``GIT_CONFIG_COUNT`` environment variables, scoped to the remote's
 origin, with credential helpers and prompts off: it never reaches a command
-line, a stored URL or a file. :class:`RemoteCall` runs ``git`` for one URL with
-a timeout (``clone_timeout`` for clones and blob fetches), and turns git's
-stderr into a one-line, redacted :class:`GitError` (terminal: missing or refused
-credentials, an unknown ref) or :class:`GitUnavailable` (transient: the remote
-down or slow).
+line, a stored URL or a file. Redirects are not followed while a header is set:
+with git's default (``http.followRedirects=initial``) a remote that redirects
+to another host gets every later request there, header included (measured with
+git 2.39: the ``git-upload-pack`` POST carried it). Which token a URL gets is
+decided by the caller (:mod:`storage.git_credentials`).
+
+:class:`RemoteCall` runs ``git`` for one URL with a timeout (``clone_timeout``
+for clones and blob fetches), and turns git's stderr into a one-line, redacted
+:class:`GitError` (terminal: missing or refused credentials, an unknown ref, a
+redirect) or :class:`GitUnavailable` (transient: the remote down or slow).
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ _UNAVAILABLE = (  # ... and when the remote is down or slow: worth retrying
 )  # fmt: skip
 
 
-def auth_environment(url: str, token: str | None = None) -> tuple[dict[str, str], list[str]]:
+def auth_environment(
+    url: str, token: str | None = None, *, username: str | None = None
+) -> tuple[dict[str, str], list[str]]:
     """The git environment that authenticates to ``url``, and the secrets it holds.
 
     ``user:secret@`` in an http(s) URL is used as is; a lone ``token@`` or the
-    ``token`` argument becomes the password of user ``x-access-token`` (or of
-    the URL's user name, when both are given). Other schemes get no header.
+    ``token`` argument becomes the password of ``username`` (else the URL's user
+    name, else ``x-access-token``). Other schemes get no header.
     """
     env = {"GIT_HTTP_LOW_SPEED_LIMIT": "1", "GIT_HTTP_LOW_SPEED_TIME": "60"}
     env = {k: os.environ.get(k, v) for k, v in env.items()}
@@ -49,17 +56,19 @@ def auth_environment(url: str, token: str | None = None) -> tuple[dict[str, str]
     if token is None and split.password is None and user:
         user, password = "x-access-token", user  # the lone user name is the token
     elif token is not None:
-        user, password = user or "x-access-token", token
+        user, password = username or user or "x-access-token", token
     if split.scheme.lower() not in ("http", "https") or not password:
         return env, secrets
     basic = base64.b64encode(f"{user}:{password}".encode()).decode()
     origin = f"{split.scheme}://{split.netloc.rpartition('@')[2]}/"
     env.update(
-        GIT_CONFIG_COUNT="2",
+        GIT_CONFIG_COUNT="3",
         GIT_CONFIG_KEY_0=f"http.{origin}.extraHeader",
         GIT_CONFIG_VALUE_0=f"Authorization: Basic {basic}",
         GIT_CONFIG_KEY_1="credential.helper",  # none: nothing else answers, nothing is stored
         GIT_CONFIG_VALUE_1="",
+        GIT_CONFIG_KEY_2="http.followRedirects",  # the header must not follow one elsewhere
+        GIT_CONFIG_VALUE_2="false",
         GIT_ASKPASS="",  # set but empty: no askpass program either
     )
     return env, [*secrets, basic]
@@ -110,6 +119,8 @@ class RemoteCall:
         if any(sign in text for sign in _AUTH_FAILED):
             return GitError(f"{prefix}: authentication failed (credentials missing or refused)")
         reason = self.redactor.redact(REDACTOR.redact(error_line(stderr)))
+        if "returned error: 30" in text:  # a redirect, not followed with a token set
+            reason += " (a redirect: not followed with credentials; use the URL it points to)"
         if any(sign in text for sign in _UNAVAILABLE):
             return GitUnavailable(f"{prefix}: {reason}")
         return GitError(f"{prefix}: {reason}")

@@ -95,7 +95,6 @@ def open_resolver(settings: Settings, *, cache: bool = True) -> ContentResolver:
     )
     git = GitCache.from_settings(settings.git)
     schemes = tuple(settings.git.allowed_schemes)
-    token = settings.git.token.get_secret_value() if settings.git.token else None
 
     def git_check(ref: ContentRef) -> None:
         try:
@@ -114,5 +113,4 @@ def open_resolver(settings: Settings, *, cache: bool = True) -> ContentResolver:
         signer=signer(settings),
         git=git,
         git_check=git_check,
-        git_token=token,
     )

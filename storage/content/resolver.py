@@ -66,8 +66,6 @@ class GitBlobs(Protocol):
         url: str,
         commit: str,
         items: Sequence[tuple[str, str | None]],
-        *,
-        token: str | None = None,
     ) -> Iterator[tuple[tuple[str, str | None], bytes]]: ...
 
 
@@ -96,7 +94,6 @@ class ContentResolver:
         signer: Signer | None = None,
         git: GitBlobs | None = None,
         git_check: GitCheck | None = None,
-        git_token: str | None = None,
         on_fetch: OnFetch | None = None,
         spool_dir: Path | None = None,
     ) -> None:
@@ -106,7 +103,6 @@ class ContentResolver:
         self.signer = signer
         self.git = git
         self.git_check = git_check
-        self._git_token = git_token
         self.on_fetch = on_fetch
         self.spool_dir = spool_dir
         self.counts: Counter[str] = Counter()  # outcomes: inline, local, cache, fetched, errors
@@ -315,7 +311,7 @@ class ContentResolver:
         items = [(r.git_path or "", r.blob_id) for r in refs]
         found: dict[tuple[str, str | None], bytes] = {}
         try:
-            for item, data in self.git.read_blobs(url, commit, items, token=self._git_token):
+            for item, data in self.git.read_blobs(url, commit, items):
                 found[item] = data
         except ContentError:
             raise

@@ -284,9 +284,10 @@ def test_a_token_for_a_private_remote_shows_up_nowhere(
     token = "tok-" + uuid.uuid4().hex
     data = b"private content\n"
     repo, commit = make_repo(tmp_path / "work", {"secret.txt": data})
-    monkeypatch.setenv("HEADRACE_GIT__TOKEN", token)
     with serving(repo, tmp_path / "served", token) as server:
         url = f"http://127.0.0.1:{server.server_address[1]}/repo.git"
+        credential = {"url_prefix": url, "token": token, "allow_http": True}
+        monkeypatch.setenv("HEADRACE_GIT__CREDENTIALS", json.dumps([credential]))
         settings = load_settings()
         resolver = open_resolver(settings)
         try:

@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 import storage.git_remote
 from headrace.errors import is_transient
-from headrace.settings import PROJECT_ROOT, GitSettings
+from headrace.settings import PROJECT_ROOT, GitCredential, GitSettings
 from storage.git import GitError, GitRefused, GitUnavailable, Ran, check_reference
 from storage.git_cache import GitCache
 from tests.gitserver import commit_all, git, hermetic_git, serving
@@ -90,7 +90,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
 def test_from_settings_does_no_io(tmp_path: Path) -> None:
     settings = GitSettings(
         cache_dir=tmp_path / "not-yet",
-        token=SecretStr(TOKEN),
+        credentials=[GitCredential(url_prefix="https://host/", token=SecretStr(TOKEN))],
         cache_max_size=1024,
         clone_timeout_s=9,
         timeout_s=3,
@@ -462,8 +462,9 @@ def test_a_token_in_settings_is_stored_and_shown_nowhere(
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
+    credential = GitCredential(url_prefix=http_url, token=SecretStr(TOKEN), allow_http=True)
     settings = GitSettings(
-        cache_dir=tmp_path / "cache", token=SecretStr(TOKEN), allowed_schemes=("http",)
+        cache_dir=tmp_path / "cache", credentials=[credential], allowed_schemes=("http",)
     )
     cache = GitCache.from_settings(settings)
     commit = git(remote, "rev-parse", "HEAD")

@@ -13,6 +13,7 @@ from headrace.redact import (
     RedactingFilter,
     Redactor,
     credentials_in,
+    is_distinctive,
     strip_credentials,
 )
 
@@ -61,12 +62,64 @@ def test_credentials_in(url: str, secrets: list[str]) -> None:
     assert credentials_in(url) == secrets
 
 
-def test_redactor_replaces_longest_first_and_ignores_short_values() -> None:
-    redactor = Redactor(["abcd", "abcdefgh", "xyz"])
-    assert redactor.redact("k=abcdefgh j=abcd z=xyz") == f"k={MASK} j={MASK} z=xyz"
-    redactor.add("p@ss/word")
-    assert redactor.redact("p@ss/word and p%40ss%2Fword") == f"{MASK} and {MASK}"
+def test_redactor_replaces_longest_first() -> None:
+    redactor = Redactor(["abcd-1234-efgh", "abcd-1234-efgh-5678"])
+    text = "k=abcd-1234-efgh-5678 j=abcd-1234-efgh"
+    assert redactor.redact(text) == f"k={MASK} j={MASK}"
+    redactor.add("p@ss/word-2024")
+    assert redactor.redact("p@ss/word-2024 and p%40ss%2Fword-2024") == f"{MASK} and {MASK}"
     assert Redactor().redact("nothing to hide") == "nothing to hide"
+
+
+@pytest.mark.parametrize(
+    ("secret", "distinctive"),
+    [
+        ("headrace", False),  # a word
+        ("hunter22", False),  # short
+        ("administrator", False),  # long, but one kind of character
+        ("headrace-secret", True),  # 12 or more, letters and other characters
+        ("s3cr3t-token", True),
+        ("ghp_" + "a" * 36, True),
+        ("a" * 24, True),  # 24 or more, whatever it is made of
+    ],
+)
+def test_which_secrets_are_distinctive(secret: str, distinctive: bool) -> None:
+    assert is_distinctive(secret) is distinctive
+
+
+def test_a_secret_that_is_a_word_is_masked_only_as_a_credential() -> None:
+    redactor = Redactor(["headrace"])
+    ordinary = [
+        "create bucket headrace-content",
+        "consumer group headrace.archive joined",
+        "user headrace connected to database headrace",
+        "password=headrace1",  # another value
+        "ssh://headrace@host/x",  # an ssh user name is not a secret
+        "monkey=headrace",
+    ]
+    for text in ordinary:
+        assert redactor.redact(text) == text
+    as_credential = {
+        "https://headrace@host/x": f"https://{MASK}@host/x",
+        "fatal: 'https://user:headrace@host/x'": f"fatal: 'https://user:{MASK}@host/x'",
+        "ssh://git:headrace@host/x": f"ssh://git:{MASK}@host/x",
+        "password=headrace": f"password={MASK}",
+        "user=headrace password=headrace dbname=x": f"user=headrace password={MASK} dbname=x",
+        "https://h/x?a=1&token=headrace#f": f"https://h/x?a=1&token={MASK}#f",
+        "HEADRACE_POSTGRES__PASSWORD=headrace": f"HEADRACE_POSTGRES__PASSWORD={MASK}",
+        "{'sasl.password': 'headrace'}": f"{{'sasl.password': '{MASK}'}}",
+        '"secret_key": "headrace",': f'"secret_key": "{MASK}",',
+        "api_key = headrace": f"api_key = {MASK}",
+        "Authorization: Bearer headrace": f"Authorization: Bearer {MASK}",
+    }
+    for text, masked in as_credential.items():
+        assert redactor.redact(text) == masked, text
+
+
+def test_a_distinctive_secret_is_masked_everywhere_but_inside_a_word() -> None:
+    redactor = Redactor(["s3cr3t-token"])
+    text = "a s3cr3t-token, (s3cr3t-token) s3cr3t-token-2 xs3cr3t-token s3cr3t-tokens"
+    assert redactor.redact(text) == f"a {MASK}, ({MASK}) {MASK}-2 xs3cr3t-token s3cr3t-tokens"
 
 
 def test_redactor_learns_url_credentials() -> None:
@@ -80,13 +133,16 @@ def test_redactor_learns_url_credentials() -> None:
 def test_redactor_reads_environment_at_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HEADRACE_TEST_API_TOKEN", raising=False)
     redactor = Redactor(from_environ=True)  # nothing is read yet
-    monkeypatch.setenv("HEADRACE_TEST_API_TOKEN", "env-token-1")
-    monkeypatch.setenv("DB_PASSWORD", "env-pass-2")
-    monkeypatch.setenv("APP_SECRET", "env-secret-3")
-    monkeypatch.setenv("AWS_SECRET_KEY", "env-key-4")
+    monkeypatch.setenv("HEADRACE_TEST_API_TOKEN", "env-token-0001")
+    monkeypatch.setenv("DB_PASSWORD", "env-pass-0002")
+    monkeypatch.setenv("APP_SECRET", "env-secret-0003")
+    monkeypatch.setenv("AWS_SECRET_KEY", "env-key-00004")
     monkeypatch.setenv("PLAIN_SETTING", "not-a-secret")
-    text = "env-token-1 env-pass-2 env-secret-3 env-key-4 not-a-secret"
-    assert redactor.redact(text) == f"{MASK} {MASK} {MASK} {MASK} not-a-secret"
+    monkeypatch.setenv("SHORT_PASSWORD", "swordfish")  # a word: only as a credential
+    text = "env-token-0001 env-pass-0002 env-secret-0003 env-key-00004 not-a-secret swordfish"
+    masked = f"{MASK} {MASK} {MASK} {MASK} not-a-secret swordfish"
+    assert redactor.redact(text) == masked
+    assert redactor.redact("https://swordfish@host/") == f"https://{MASK}@host/"
     assert Redactor(from_environ=False).redact(text) == text
 
 
@@ -135,6 +191,17 @@ def test_filter_on_a_handler_covers_child_loggers_and_tracebacks() -> None:
 
 
 def test_filter_survives_a_bad_format_string() -> None:
-    record = logging.makeLogRecord({"msg": "%d tokens", "args": ("secret-arg",)})
-    assert RedactingFilter(Redactor(["secret-arg"])).filter(record)
-    assert "secret-arg" not in record.getMessage()
+    record = logging.makeLogRecord({"msg": "%d tokens", "args": ("secret-arg-1234",)})
+    assert RedactingFilter(Redactor(["secret-arg-1234"])).filter(record)
+    assert "secret-arg-1234" not in record.getMessage()
+
+
+def test_a_log_line_keeps_a_word_that_is_also_a_short_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HEADRACE_POSTGRES__PASSWORD", "headrace")  # the local stack's
+    record = logging.makeLogRecord(
+        {"msg": "create bucket %s (%s)", "args": ("headrace-content", "password=headrace")}
+    )
+    assert RedactingFilter(Redactor(from_environ=True)).filter(record)
+    assert record.getMessage() == f"create bucket headrace-content (password={MASK})"

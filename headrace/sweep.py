@@ -167,10 +167,10 @@ def _step(
             return "every side agrees"
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(report.by_kind().items()))
         return f"{len(report.discrepancies)} discrepancies ({kinds})"
-    return _catch_up(settings, name, deployed_timeout_s)
+    return catch_up(settings, name, deployed_timeout_s)
 
 
-def _catch_up(settings: Settings, name: str, timeout_s: float) -> str:
+def catch_up(settings: Settings, name: str, timeout_s: float = 600.0) -> str:
     """Run the group to the end of its topics here, or wait for its deployment."""
     group_id = settings.consumer.group_prefix + name
     admin = make_admin(settings.kafka)

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 import orjson
+from click.core import ParameterSource
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -25,7 +26,7 @@ from rich.progress import (
 from headrace.errors import HeadraceError
 from headrace.settings import Settings
 from producers.command import IngestRequest, run_ingest
-from producers.ingest import Ingest, IngestOptions, StrategyChoice, Summary
+from producers.ingest import CONTENT_OPTIONS, Ingest, IngestOptions, StrategyChoice, Summary
 from producers.runs import RunStateError, check_run_id
 
 _UNITS = {
@@ -175,6 +176,12 @@ def make_request(
 ) -> IngestRequest:
     """The options, checked against each other (one line naming the option if not)."""
     _check_limits(inline_limit, max_batch_bytes, presign_expiry)
+    context = click.get_current_context()
+    given = frozenset(
+        name
+        for name in CONTENT_OPTIONS
+        if context.get_parameter_source(name) is not ParameterSource.DEFAULT
+    )
     return IngestRequest(
         source=source,
         ref=ref,
@@ -196,6 +203,7 @@ def make_request(
             transaction_files=transaction_files,
             transaction_bytes=transaction_bytes,
             transaction_max_s=settings.ingest.transaction_max_s,
+            given=given,
         ),
     )
 

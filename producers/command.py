@@ -21,7 +21,7 @@ from headrace.settings import Settings
 from headrace.telemetry import set_run_id
 from producers.base import Source, SourceKind
 from producers.errors import SourceError
-from producers.ingest import Ingest, IngestOptions, Summary
+from producers.ingest import Ingest, IngestOptions, Summary, resumed_options
 from producers.publisher import Publisher
 from producers.runs import RunStatus, RunStore
 from producers.sources import DirectorySource, GitSource
@@ -98,6 +98,8 @@ def run_ingest(
     if earlier is not None and earlier.status is not RunStatus.COMPLETED:
         # A resumed git run reads the commit its first attempt read, whatever the ref says now.
         ref, project = earlier.commit or ref, project or earlier.project
+        # ... and publishes its files with the options it started with.
+        options = resumed_options(options, earlier)
     src = open_source(settings, request.source, ref, request.since, project, options.exclude)
     project_name = project or src.info().project
     with contextlib.ExitStack() as resources:

@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -107,6 +107,66 @@ class IngestOptions:
     transaction_files: int = 1000  # a batch (one Kafka transaction) holds at most these
     transaction_bytes: int = 64 * 1024 * 1024  # ... and about this many bytes of events
     transaction_max_s: float = 10.0  # ... and is committed once it is this old
+    # The content options (CONTENT_OPTIONS) set explicitly, None for all: a resumed run
+    # takes the others from its record (see resumed_options).
+    given: frozenset[str] | None = None
+
+
+CONTENT_OPTIONS = ("strategy", "inline_limit", "max_file_size", "exclude", "prefer_git_reference")
+
+
+def content_options(options: IngestOptions) -> dict[str, Any]:
+    """The options that decide what a run's events are: kept in its record, so that a
+    resumed run publishes its files as its first attempt would have."""
+    return {
+        "strategy": options.strategy.value,
+        "inline_limit": options.inline_limit,
+        "max_file_size": options.max_file_size,
+        "exclude": list(options.exclude),
+        "prefer_git_reference": options.prefer_git_reference,
+    }
+
+
+def resumed_options(options: IngestOptions, record: RunRecord) -> IngestOptions:
+    """``options`` for resuming ``record``'s run: the content options not given are the
+    ones the run started with; RunStateError if a given one differs from those."""
+    if record.options is None:
+        return options  # recorded before options were kept: as given
+    started = options_of(record)
+    given = set(CONTENT_OPTIONS) if options.given is None else options.given
+    taken = {k: getattr(started, k) for k in CONTENT_OPTIONS if k not in given}
+    merged = replace(options, **taken)
+    _check_same(record, merged)
+    return merged
+
+
+def _check_same(record: RunRecord, options: IngestOptions) -> None:
+    wanted = content_options(options)
+    if record.options is None or record.options == wanted:
+        return
+    changed = ", ".join(
+        f"{k} {record.options.get(k)!r}, not {v!r}"
+        for k, v in wanted.items()
+        if record.options.get(k) != v
+    )
+    raise RunStateError(
+        f"run {record.run_id} was started with other options ({changed}):"
+        " resume it with the options it started with, or without them"
+    )
+
+
+def options_of(record: RunRecord) -> IngestOptions:
+    """The options a recorded run was started with (the defaults for a record without)."""
+    kept = record.options or {}
+    defaults = IngestOptions()
+    return replace(
+        defaults,
+        strategy=StrategyChoice(kept.get("strategy", defaults.strategy.value)),
+        inline_limit=int(kept.get("inline_limit", defaults.inline_limit)),
+        max_file_size=int(kept.get("max_file_size", defaults.max_file_size)),
+        exclude=tuple(kept.get("exclude", defaults.exclude)),
+        prefer_git_reference=bool(kept.get("prefer_git_reference", False)),
+    )
 
 
 @dataclass
@@ -398,6 +458,7 @@ class Ingest:
                 transactional_id=self.transactional_id,
                 started_at=now_iso(),
                 incremental=self.incremental,
+                options=content_options(self.options),
             )
             self.runs.save(record)
             return record, Checkpoint(), self.runs.journal(self.run_id)
@@ -413,6 +474,7 @@ class Ingest:
             )
         if record.status is RunStatus.COMPLETED:
             return record, Checkpoint(), None
+        _check_same(record, self.options)  # run_ingest took them from the record
         journal = self.runs.journal(self.run_id)
         checkpoint = journal.replay()
         if checkpoint.pending is not None:

@@ -147,6 +147,7 @@ class RunRecord:
     skip_counts: dict[str, int] = field(default_factory=dict)
     digest: str | None = None
     manifest_files: int | None = None  # a directory run's cursor: files in its manifest
+    options: dict[str, Any] | None = None  # what decides its events (ingest.content_options)
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)

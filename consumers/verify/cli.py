@@ -87,10 +87,11 @@ def run_(
         return
     from consumers.archive.rebuild import find_damage  # noqa: PLC0415
     from consumers.verify.repair import apply_repair, plan_repair  # noqa: PLC0415
+    from producers.runs import RunStore  # noqa: PLC0415
 
     with console.status("checking the archive's segments") if show else nullcontext():
         damage = find_damage(settings)
-    plan = plan_repair(report, damage)
+    plan = plan_repair(report, damage, RunStore(settings.ingest.state_dir).get(run_id))
     if as_json and (dry_run or plan.empty):
         data = {**report.as_json(), "repair": plan.as_json()}
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
@@ -106,7 +107,8 @@ def run_(
                 "--repair changes the database: confirm on a terminal or give --yes"
             )
         click.confirm(f"{_actions(plan)}?", abort=True)
-    result = apply_repair(settings, plan)
+    source = None if report.source is None else (report.source, report.commit)
+    result = apply_repair(settings, plan, source=source)
     after = verify_run(settings, run_id, against_source=against_source)
     if as_json:
         data = {
@@ -129,6 +131,23 @@ def run_(
                 f"repaired: {result.written} row(s) reloaded from the archive; the rows they"
                 f" replaced are in {where / 'backup.jsonl'} (restore with `headrace verify"
                 f" restore {where}`)"
+            )
+        if result.source is not None:
+            fixed = result.source
+            if fixed.resupplied:
+                click.echo(
+                    f"repaired: {len(fixed.resupplied)} object(s) uploaded again from the"
+                    f" source; the objects they replaced are in {where / 'objects'}"
+                )
+            for refused in fixed.refused:
+                click.echo(f"not from the source: {refused.path}: {refused.why}")
+            statuses = ", ".join(f"{v.path} {v.status.value}" for v in fixed.verified[:10])
+            click.echo(f"verified again: {statuses}")
+        if result.resumed is not None:
+            summary = result.resumed["ingest"]
+            click.echo(
+                f"repaired: run {run_id} resumed ({summary['counts']['files']} file events"
+                " in all), then the archive, load and verify groups caught up"
             )
         click.echo(f"what changed: {where / 'repair.jsonl'}")
         click.echo("verified again:")
@@ -169,7 +188,11 @@ def _actions(plan: RepairPlan) -> str:
         done.append(f"re-archive {_n(len(plan.rearchive), 'segment')} from Kafka")
     if plan.reload:
         done.append(f"reload {_n(len(plan.reload), 'row')} from the archive")
-    return " and ".join(done)
+    if plan.from_source:
+        done.append(f"upload and verify {_n(len(plan.from_source), 'file')} from the source")
+    if plan.resume is not None:
+        done.append(f"resume the run from {plan.resume.source}")
+    return ", ".join(done[:-1]) + (" and " if len(done) > 1 else "") + done[-1]
 
 
 def _n(count: int, what: str) -> str:
@@ -185,9 +208,10 @@ def print_plan(plan: RepairPlan) -> None:
     for damage in plan.rearchive[:SHOWN]:
         records = _n(damage.segment.records, "record")
         console.print(f"  rebuild {damage.where} ({records}): {damage.reason}")
-    if plan.reload:
-        shown = ", ".join(plan.reload[:10]) + (" ..." if len(plan.reload) > 10 else "")
-        console.print(f"  reload {shown}")
+    for verb, paths in (("reload", plan.reload), ("from the source", plan.from_source)):
+        if paths:
+            shown = ", ".join(paths[:10]) + (" ..." if len(paths) > 10 else "")
+            console.print(f"  {verb}: {shown}")
     # Counts and digests follow from the files: listed in --json, not on the terminal.
     files = [item for item in plan.cannot if item.discrepancy.path is not None]
     for item in files[:SHOWN]:

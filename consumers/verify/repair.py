@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,9 +37,14 @@ import orjson
 
 from consumers.archive.rebuild import NotRebuilt, Rebuilt, rebuild
 from consumers.load.content import load_row_content
+from consumers.verify.from_source import SourceRepair, repair_from_source
 from consumers.verify.report import Discrepancy, Kind, RunReport
 from headrace.errors import HeadraceError
 from headrace.settings import Settings
+from headrace.sweep import catch_up
+from producers.command import IngestRequest, run_ingest
+from producers.ingest import options_of
+from producers.runs import RunRecord
 from storage.archive.backend import open_backend
 from storage.archive.reader import read
 from storage.archive.verify import Damage
@@ -47,6 +52,7 @@ from storage.db import ContentMode, FileRow, file_row, open_database
 
 RELOADED = {Kind.MISSING_IN_DATABASE, Kind.STALE_VERSION}
 RELOADED_IF_LOADED = {Kind.CHECKSUM_MISMATCH, Kind.SIZE_MISMATCH}
+FROM_SOURCE = {Kind.CONTENT_UNRESOLVABLE, Kind.VERIFICATION_FAILED}
 WHY_NOT: dict[Kind, str] = {
     Kind.MISSING_IN_ARCHIVE: (
         "no damaged segment holds it: not archived yet, run"
@@ -54,10 +60,13 @@ WHY_NOT: dict[Kind, str] = {
     ),
     Kind.EXTRA: "extra files are reported, never removed",
     Kind.DUPLICATED: "a duplicate in the archive is reported, never removed (append-only)",
-    Kind.CONTENT_UNRESOLVABLE: "the store no longer holds the content: ingest the file again",
-    Kind.VERIFICATION_FAILED: "the store holds other bytes: ingest the file again",
+    Kind.CONTENT_UNRESOLVABLE: "the run's source is not known: ingest the file again",
+    Kind.VERIFICATION_FAILED: "the run's source is not known: ingest the file again",
     Kind.NOT_VERIFIED: "run `headrace consume verify --until-caught-up`, then verify again",
-    Kind.RUN_INCOMPLETE: "resume the run: `headrace ingest SOURCE --resume RUN_ID`",
+    Kind.RUN_INCOMPLETE: (
+        "the run's state is not on this machine: resume it where it ran"
+        " (`headrace sweep SOURCE --run-id RUN_ID`)"
+    ),
     Kind.COUNT_MISMATCH: "follows from the files' discrepancies",
     Kind.DIGEST_MISMATCH: "follows from the files' discrepancies",
 }
@@ -75,14 +84,18 @@ class RepairPlan:
     project: str | None
     reload: list[str] = field(default_factory=list)  # paths whose row comes from the archive
     rearchive: list[Damage] = field(default_factory=list)  # segments rebuilt from Kafka
+    from_source: list[str] = field(default_factory=list)  # content uploaded again, verified
+    resume: RunRecord | None = None  # an unfinished run, resumed and swept
     cannot: list[Unrepairable] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not self.reload and not self.rearchive
+        return not (self.reload or self.rearchive or self.from_source or self.resume)
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "resume_run": None if self.resume is None else self.resume.source,
+            "from_source": self.from_source,
             "rearchive_from_kafka": [
                 {"segment": d.where, "records": d.segment.records, "damage": d.reason}
                 for d in self.rearchive
@@ -92,16 +105,20 @@ class RepairPlan:
         }
 
 
-@dataclass(frozen=True)
+@dataclass
 class RepairResult:
     directory: Path
     written: int
     backed_up: int
     rearchived: list[Rebuilt] = field(default_factory=list)
     not_rearchived: list[NotRebuilt] = field(default_factory=list)
+    source: SourceRepair | None = None
+    resumed: dict[str, Any] | None = None  # the resumed ingest's summary, the groups' work
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "source": None if self.source is None else self.source.as_json(),
+            "resumed": self.resumed,
             "written": self.written,
             "directory": str(self.directory),
             "backup": str(self.directory / "backup.jsonl"),
@@ -111,29 +128,46 @@ class RepairResult:
         }
 
 
-def plan_repair(report: RunReport, damage: Iterable[Damage] = ()) -> RepairPlan:
+def plan_repair(
+    report: RunReport, damage: Iterable[Damage] = (), record: RunRecord | None = None
+) -> RepairPlan:
     """What a repair would do about ``report``; ``damage``: the archive's damaged segments
-    (:func:`consumers.archive.rebuild.find_damage`), rebuilt from Kafka."""
+    (:func:`consumers.archive.rebuild.find_damage`), rebuilt from Kafka; ``record``: the
+    run's state on this machine, if it is here (an unfinished run is resumed from it)."""
     plan = RepairPlan(report.run_id, report.project, rearchive=list(damage))
     reload: set[str] = set()
+    from_source: set[str] = set()
+    known = report.project is not None and report.source is not None
     for d in report.discrepancies:
         fixable = d.kind in RELOADED or (d.kind in RELOADED_IF_LOADED and d.side == "loaded")
         if fixable and d.path is not None and report.project is not None:
             reload.add(d.path)
         elif d.kind is Kind.MISSING_IN_ARCHIVE and plan.rearchive:
             continue  # the segments to rebuild are in the plan
+        elif d.kind in FROM_SOURCE and d.path is not None and known:
+            from_source.add(d.path)
+        elif d.kind is Kind.RUN_INCOMPLETE and record is not None and not record.finished:
+            plan.resume = record
         else:
             why = WHY_NOT.get(d.kind, "not repairable from the pipeline's own copies")
             plan.cannot.append(Unrepairable(d, why))
     plan.reload = sorted(reload)
+    plan.from_source = sorted(from_source)
     return plan
 
 
 def apply_repair(
-    settings: Settings, plan: RepairPlan, *, now: datetime | None = None
+    settings: Settings,
+    plan: RepairPlan,
+    *,
+    source: tuple[str, str | None] | None = None,
+    now: datetime | None = None,
 ) -> RepairResult:
-    """Rebuild damaged segments from Kafka, then back up the rows about to change, store
-    the run's archived events as rows; log it all in the repair's directory."""
+    """In this order: rebuild damaged segments from Kafka; back up the rows about to
+    change and store the run's archived events as rows; upload content again from the
+    run's ``source`` (its location and commit) and verify it again; resume an unfinished
+    run and bring the groups up to it. Everything done is logged in the repair's
+    directory."""
     if plan.empty:
         raise HeadraceError("nothing to repair")
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
@@ -170,8 +204,74 @@ def apply_repair(
                 ),
             ],
         )
-    if plan.project is None or not plan.reload:
-        return RepairResult(directory, 0, 0, rebuilt, refused)
+    result = RepairResult(directory, 0, 0, rebuilt, refused)
+    if plan.project is not None and plan.reload:
+        result = _reload(settings, plan, directory, result)
+    if plan.project is not None and plan.from_source and source is not None:
+        result.source = repair_from_source(
+            settings, plan.run_id, plan.project, source[0], source[1], plan.from_source, directory
+        )
+        _write_lines(
+            directory / "repair.jsonl",
+            [
+                *(
+                    {
+                        "at": datetime.now(UTC).isoformat(),
+                        "action": "upload_from_source",
+                        "path": r.path,
+                        "key": r.key,
+                        "set_aside": None if r.set_aside is None else str(r.set_aside),
+                    }
+                    for r in result.source.resupplied
+                ),
+                *(
+                    {"at": datetime.now(UTC).isoformat(), "action": "not_from_source", **asdict(n)}
+                    for n in result.source.refused
+                ),
+                *(
+                    {
+                        "at": datetime.now(UTC).isoformat(),
+                        "action": "verified_again",
+                        "path": v.path,
+                        "status": v.status.value,
+                    }
+                    for v in result.source.verified
+                ),
+            ],
+        )
+    if plan.resume is not None:
+        result.resumed = _resume(settings, plan.resume)
+        _write_lines(
+            directory / "repair.jsonl",
+            [{"at": datetime.now(UTC).isoformat(), "action": "resume_run", **result.resumed}],
+        )
+    return result
+
+
+def _resume(settings: Settings, record: RunRecord) -> dict[str, Any]:
+    """Resume an unfinished run with the options it started with, then bring the groups
+    that the proof reads up to the end of their topics (or wait for their deployments)."""
+    request = IngestRequest(
+        source=record.source,
+        run_id=record.run_id,
+        options=options_of(record),
+        ref=record.commit,
+        project=record.project,
+        resume=True,
+    )
+    summary = run_ingest(settings, request)
+    if not summary.ok:
+        raise HeadraceError(
+            f"resuming run {record.run_id}: {len(summary.failed)} files were not published"
+        )
+    groups = {name: catch_up(settings, name) for name in ("archive", "load", "verify")}
+    return {"ingest": summary.as_json(), "groups": groups}
+
+
+def _reload(
+    settings: Settings, plan: RepairPlan, directory: Path, result: RepairResult
+) -> RepairResult:
+    assert plan.project is not None  # noqa: S101 - the caller checked
     project, wanted = plan.project, set(plan.reload)
     rows = _archived_rows(settings, plan.run_id, project, wanted)
     lost = wanted - {r.path for r in rows}
@@ -206,7 +306,7 @@ def apply_repair(
             for row in rows
         ),
     )
-    return RepairResult(directory, written, len(before), rebuilt, refused)
+    return replace(result, written=written, backed_up=len(before))
 
 
 def restore(settings: Settings, directory: Path) -> int:

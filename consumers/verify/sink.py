@@ -71,6 +71,45 @@ class VerifyMetrics:
         )
 
 
+def verification_of(
+    event: dict[str, Any],
+    outcome: Any,
+    where: tuple[str, int, int],
+    verified_at: datetime,
+) -> VerificationEvent:
+    """The VerificationEvent of a file event (a dict) whose content resolved to
+    ``outcome`` (the resolved content, or the ContentError); ``where``: its topic,
+    partition and offset."""
+    common: dict[str, Any] = {
+        "event_id": event.get("event_id") or "",
+        "run_id": event.get("run_id"),
+        "project": event["project"],
+        "path": event["path"],
+        "expected_checksum": event.get("checksum") or "",
+        "expected_size": event["size"],
+        "source_topic": where[0],
+        "source_partition": where[1],
+        "source_offset": where[2],
+        "verifier": VERIFIER,
+        "verified_at": verified_at,
+    }
+    if isinstance(outcome, ContentError):
+        actual = getattr(outcome, "actual_sha256", None), getattr(outcome, "actual_size", None)
+        return VerificationEvent(
+            **common,
+            status=status_of(outcome),
+            actual_checksum=actual[0],
+            actual_size=actual[1],
+            detail=str(outcome),
+        )
+    return VerificationEvent(
+        **common,
+        status=VerificationStatus.OK,
+        actual_checksum=outcome.sha256,
+        actual_size=outcome.size,
+    )
+
+
 class InstanceSlot:
     """The lowest free instance number of a group on this host, held by a lock file for
     the life of the process. The transactional id is made of it, so a process that
@@ -233,33 +272,8 @@ class VerifySink(Sink):
         verified_at: datetime,
     ) -> VerificationEvent:
         record = decoded.record
-        common: dict[str, Any] = {
-            "event_id": event.get("event_id") or "",
-            "run_id": event.get("run_id"),
-            "project": event["project"],
-            "path": event["path"],
-            "expected_checksum": event.get("checksum") or "",
-            "expected_size": event["size"],
-            "source_topic": record.topic,
-            "source_partition": record.partition,
-            "source_offset": record.offset,
-            "verifier": VERIFIER,
-            "verified_at": verified_at,
-        }
-        if isinstance(outcome, ContentError):
-            actual = getattr(outcome, "actual_sha256", None), getattr(outcome, "actual_size", None)
-            return VerificationEvent(
-                **common,
-                status=status_of(outcome),
-                actual_checksum=actual[0],
-                actual_size=actual[1],
-                detail=str(outcome),
-            )
-        return VerificationEvent(
-            **common,
-            status=VerificationStatus.OK,
-            actual_checksum=outcome.sha256,
-            actual_size=outcome.size,
+        return verification_of(
+            event, outcome, (record.topic, record.partition, record.offset), verified_at
         )
 
     def _abort(self, exc: KafkaException) -> None:

@@ -292,6 +292,20 @@ def test_an_object_changed_in_the_store_fails_its_verification(
     assert code == 1
     assert ("verification_failed", "a.bin") in kinds(report)
 
+    # The source still holds the file: the repair uploads it again and verifies it again.
+    code, repaired = verify_json(capsys, run_id, "--repair", "--yes")
+    assert code == 0 and repaired["ok"], repaired["discrepancies"]
+    fixed = repaired["repair"]["source"]
+    assert fixed["resupplied"] == [{"path": "a.bin", "key": ref.key}]
+    assert fixed["verified_again"] == {"a.bin": "OK"}
+    aside = Path(repaired["repair"]["directory"]) / "objects" / ref.key
+    assert aside.read_bytes() == other  # the bytes it replaced, kept
+    storage = open_storage(load_settings().object_store)
+    try:
+        assert storage.get(ref.key) == (_tree / "a.bin").read_bytes()
+    finally:
+        storage.close()
+
 
 def test_a_removed_archive_segment_is_missing_and_rebuilt_from_kafka(
     ingested: tuple[Path, str], pipeline: dict[str, str], capsys: pytest.CaptureFixture[str]
@@ -371,6 +385,14 @@ def test_a_run_that_never_completed_is_reported_incomplete(
     assert code == 1 and report["completed"] is False
     assert ("run_incomplete", None) in kinds(report)
     assert report["counts"]["archived"]["files"] == 5  # the one batch that committed
+
+    # The run's state is on this machine: the repair resumes it and brings the groups up.
+    code, repaired = verify_json(capsys, "half", "--repair", "--yes")
+    assert code == 0 and repaired["ok"], repaired["discrepancies"]
+    resumed = repaired["repair"]["resumed"]
+    assert resumed["ingest"]["resumed"] == 5  # the committed batch was not read again
+    assert repaired["counts"]["archived"]["files"] == 12
+    assert repaired["counts"]["verified"]["files"] == 12
 
 
 def test_a_verify_group_killed_before_its_commit_verifies_each_event_once(

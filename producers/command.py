@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -19,12 +19,13 @@ from pathlib import Path
 from headrace.redact import REDACTOR, credentials_in, strip_credentials
 from headrace.settings import Settings
 from headrace.telemetry import set_run_id
-from producers.base import Source, SourceKind
+from producers.base import Candidate, Source, SourceInfo, SourceKind
 from producers.errors import SourceError
 from producers.ingest import Ingest, IngestOptions, Summary, resumed_options
 from producers.publisher import Publisher
-from producers.runs import RunStatus, RunStore
+from producers.runs import Probe, RunStatus, RunStore
 from producers.sources import DirectorySource, GitSource
+from schemas.models import FileEvent, RunEvent
 from schemas.registry import make_registry_client
 from storage.git import GitRepo
 from storage.git_cache import GitCache
@@ -136,14 +137,95 @@ def run_ingest(
         return runner(job)
 
 
-def transactional_id_for(project: str, run_id: str) -> str:
+def republish(
+    settings: Settings,
+    location: str,
+    commit: str | None,
+    project: str,
+    run_id: str,
+    options: IngestOptions,
+    paths: Iterable[str],
+) -> Summary:
+    """Publish again, under the run's own id, the file events of ``paths`` as the source
+    holds them now (a repair, for events that neither Kafka nor the archive holds any
+    more): the same ingest reads, uploads and publishes them, in transactions of their
+    own; the run's RunStarted and RunCompleted are not published again, and the run's
+    record and journal are not touched. An event of a file whose bytes are the run's has
+    the run's event id again (it is derived from them)."""
+    src = _Only(open_source(settings, location, commit, None, project, options.exclude), paths)
+    with contextlib.ExitStack() as resources:
+        registry = resources.enter_context(make_registry_client(settings.registry))
+        publisher = Publisher(
+            settings.kafka,
+            registry,
+            largest_inline=options.inline_limit,
+            transactional_id=transactional_id_for(project, run_id, "repair")
+            if settings.ingest.transactions
+            else None,
+            transaction_timeout_s=settings.ingest.transaction_timeout_s,
+        )
+        resources.callback(publisher.close)
+        store = MinioObjectStore(settings.object_store)
+        resources.callback(store.close)
+        job = Ingest(src, options, run_id, project, _FilesOnly(publisher), store)
+        return job.run()
+
+
+class _Only:
+    """A source offering only some of its files."""
+
+    def __init__(self, source: Source, paths: Iterable[str]) -> None:
+        self.source, self.paths = source, frozenset(paths)
+
+    def info(self) -> SourceInfo:
+        return self.source.info()
+
+    def candidates(self) -> Iterator[Candidate]:
+        return (c for c in self.source.candidates() if c.path in self.paths)
+
+    def deleted(self) -> list[str]:
+        return []
+
+    def changes_since(self, commit: str) -> bool:
+        return False
+
+
+class _FilesOnly:
+    """The publisher, for file events only: a repair's run events are the run's own."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+
+    def file(self, event: FileEvent) -> None:
+        self.publisher.file(event)
+
+    def run(self, event: RunEvent) -> None:
+        pass
+
+    def flush(self, timeout_s: float = 120.0) -> dict[str, str]:
+        return self.publisher.flush(timeout_s)
+
+    def prepare(self, timeout_s: float = 120.0) -> tuple[dict[str, str], Probe | None]:
+        return self.publisher.prepare(timeout_s)
+
+    def commit(self) -> None:
+        self.publisher.commit()
+
+    def abort(self) -> None:
+        self.publisher.abort()
+
+    def committed(self, probe: Probe, timeout_s: float = 60.0) -> bool:
+        return self.publisher.committed(probe, timeout_s)
+
+
+def transactional_id_for(project: str, run_id: str, role: str = "ingest") -> str:
     """The run's Kafka transactional id: the same for every attempt of the run, so that
-    a new attempt fences an old one still alive."""
-    readable = f"headrace.ingest.{project}.{run_id}"
+    a new attempt fences an old one still alive (``role`` "repair": a repair's own)."""
+    readable = f"headrace.{role}.{project}.{run_id}"
     if len(readable) <= 200 and readable.isprintable():
         return readable
     digest = hashlib.sha256(f"{project}\x1f{run_id}".encode()).hexdigest()[:32]
-    return f"headrace.ingest.{digest}"
+    return f"headrace.{role}.{digest}"
 
 
 def _prune(runs: RunStore, max_age_days: float) -> None:

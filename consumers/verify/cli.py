@@ -143,6 +143,14 @@ def run_(
                 click.echo(f"not from the source: {refused.path}: {refused.why}")
             statuses = ", ".join(f"{v.path} {v.status.value}" for v in fixed.verified[:10])
             click.echo(f"verified again: {statuses}")
+        if result.republished is not None:
+            again = result.republished["paths"]
+            click.echo(
+                f"repaired: {_n(len(again), 'file')} published again from the source, then the"
+                " archive, load and verify groups caught up"
+                if again
+                else "publish again: the rebuilt segments hold every file"
+            )
         if result.resumed is not None:
             summary = result.resumed["ingest"]
             click.echo(
@@ -190,6 +198,8 @@ def _actions(plan: RepairPlan) -> str:
         done.append(f"reload {_n(len(plan.reload), 'row')} from the archive")
     if plan.from_source:
         done.append(f"upload and verify {_n(len(plan.from_source), 'file')} from the source")
+    if plan.republish:
+        done.append(f"publish {_n(len(plan.republish), 'file')} again from the source")
     if plan.resume is not None:
         done.append(f"resume the run from {plan.resume.source}")
     return ", ".join(done[:-1]) + (" and " if len(done) > 1 else "") + done[-1]
@@ -208,7 +218,11 @@ def print_plan(plan: RepairPlan) -> None:
     for damage in plan.rearchive[:SHOWN]:
         records = _n(damage.segment.records, "record")
         console.print(f"  rebuild {damage.where} ({records}): {damage.reason}")
-    for verb, paths in (("reload", plan.reload), ("from the source", plan.from_source)):
+    for verb, paths in (
+        ("reload", plan.reload),
+        ("from the source", plan.from_source),
+        ("publish again", plan.republish),
+    ):
         if paths:
             shown = ", ".join(paths[:10]) + (" ..." if len(paths) > 10 else "")
             console.print(f"  {verb}: {shown}")

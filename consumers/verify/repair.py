@@ -42,8 +42,8 @@ from consumers.verify.report import Discrepancy, Kind, RunReport
 from headrace.errors import HeadraceError
 from headrace.settings import Settings
 from headrace.sweep import catch_up
-from producers.command import IngestRequest, run_ingest
-from producers.ingest import options_of
+from producers.command import IngestRequest, republish, run_ingest
+from producers.ingest import IngestOptions, options_of
 from producers.runs import RunRecord
 from storage.archive.backend import open_backend
 from storage.archive.reader import read
@@ -85,17 +85,22 @@ class RepairPlan:
     reload: list[str] = field(default_factory=list)  # paths whose row comes from the archive
     rearchive: list[Damage] = field(default_factory=list)  # segments rebuilt from Kafka
     from_source: list[str] = field(default_factory=list)  # content uploaded again, verified
+    republish: list[str] = field(default_factory=list)  # in the source, not archived
+    record: RunRecord | None = None  # the run's state here, if it is here: its options
     resume: RunRecord | None = None  # an unfinished run, resumed and swept
     cannot: list[Unrepairable] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not (self.reload or self.rearchive or self.from_source or self.resume)
+        return not (
+            self.reload or self.rearchive or self.from_source or self.resume or self.republish
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {
             "resume_run": None if self.resume is None else self.resume.source,
             "from_source": self.from_source,
+            "republish_from_source": self.republish,
             "rearchive_from_kafka": [
                 {"segment": d.where, "records": d.segment.records, "damage": d.reason}
                 for d in self.rearchive
@@ -114,11 +119,13 @@ class RepairResult:
     not_rearchived: list[NotRebuilt] = field(default_factory=list)
     source: SourceRepair | None = None
     resumed: dict[str, Any] | None = None  # the resumed ingest's summary, the groups' work
+    republished: dict[str, Any] | None = None  # the paths published again, the groups' work
 
     def as_json(self) -> dict[str, Any]:
         return {
             "source": None if self.source is None else self.source.as_json(),
             "resumed": self.resumed,
+            "republished": self.republished,
             "written": self.written,
             "directory": str(self.directory),
             "backup": str(self.directory / "backup.jsonl"),
@@ -134,14 +141,30 @@ def plan_repair(
     """What a repair would do about ``report``; ``damage``: the archive's damaged segments
     (:func:`consumers.archive.rebuild.find_damage`), rebuilt from Kafka; ``record``: the
     run's state on this machine, if it is here (an unfinished run is resumed from it)."""
-    plan = RepairPlan(report.run_id, report.project, rearchive=list(damage))
+    plan = RepairPlan(report.run_id, report.project, rearchive=list(damage), record=record)
     reload: set[str] = set()
     from_source: set[str] = set()
     known = report.project is not None and report.source is not None
+    # Missing in the archive but in Kafka: re-archived (or the archive group is behind),
+    # never published again; missing in both, found against the source: published again.
+    in_kafka = {
+        d.path
+        for d in report.discrepancies
+        if d.kind is Kind.MISSING_IN_ARCHIVE and d.side == "archived"
+    }
+    republish: set[str] = set()
     for d in report.discrepancies:
         fixable = d.kind in RELOADED or (d.kind in RELOADED_IF_LOADED and d.side == "loaded")
         if fixable and d.path is not None and report.project is not None:
             reload.add(d.path)
+        elif (
+            d.kind is Kind.MISSING_IN_ARCHIVE
+            and d.side == "source"
+            and d.path is not None
+            and d.path not in in_kafka
+            and known
+        ):
+            republish.add(d.path)
         elif d.kind is Kind.MISSING_IN_ARCHIVE and plan.rearchive:
             continue  # the segments to rebuild are in the plan
         elif d.kind in FROM_SOURCE and d.path is not None and known:
@@ -153,6 +176,7 @@ def plan_repair(
             plan.cannot.append(Unrepairable(d, why))
     plan.reload = sorted(reload)
     plan.from_source = sorted(from_source)
+    plan.republish = sorted(republish)
     return plan
 
 
@@ -239,6 +263,12 @@ def apply_repair(
                 ),
             ],
         )
+    if plan.project is not None and plan.republish and source is not None:
+        result.republished = _republish(settings, plan, source)
+        _write_lines(
+            directory / "repair.jsonl",
+            [{"at": datetime.now(UTC).isoformat(), "action": "republish", **result.republished}],
+        )
     if plan.resume is not None:
         result.resumed = _resume(settings, plan.resume)
         _write_lines(
@@ -246,6 +276,37 @@ def apply_repair(
             [{"at": datetime.now(UTC).isoformat(), "action": "resume_run", **result.resumed}],
         )
     return result
+
+
+def _republish(
+    settings: Settings, plan: RepairPlan, source: tuple[str, str | None]
+) -> dict[str, Any]:
+    """Publish again from the source the files the archive still lacks (after the
+    segments were rebuilt), then bring the groups up to them."""
+    assert plan.project is not None  # noqa: S101 - the caller checked
+    project, wanted = plan.project, set(plan.republish)
+    backend = open_backend(settings.archive, settings.object_store)
+    lines = read(
+        backend,
+        topic=settings.kafka.topics.file_events,
+        predicate=lambda e: (
+            e.get("run_id") == plan.run_id
+            and e.get("project") == project
+            and e.get("path") in wanted
+        ),
+    )
+    still = wanted - {line.event["path"] for line in lines}
+    if not still:
+        return {"paths": [], "groups": {}}
+    options = IngestOptions() if plan.record is None else options_of(plan.record)
+    summary = republish(settings, *source, project, plan.run_id, options, sorted(still))
+    if not summary.ok:
+        raise HeadraceError(
+            f"publishing again from {source[0]}: {len(summary.failed)} files were not"
+            f" published ({next(iter(summary.failed.values()))})"
+        )
+    groups = {name: catch_up(settings, name) for name in ("archive", "load", "verify")}
+    return {"paths": sorted(still), "counts": summary.counts.model_dump(), "groups": groups}
 
 
 def _resume(settings: Settings, record: RunRecord) -> dict[str, Any]:

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 import zstandard
+from confluent_kafka import TopicPartition
 
+from headrace.kafka import make_admin
 from headrace.settings import (
     KafkaSettings,
     ObjectStoreSettings,
@@ -366,6 +368,43 @@ def test_an_event_deleted_from_its_segment_is_missing_and_put_back(
     assert [(e["action"], e["segment"], e["set_aside"]) for e in log] == [
         ("rearchive_from_kafka", str(segment), str(aside))
     ]
+
+
+def test_events_gone_from_kafka_and_the_archive_are_published_again_from_the_source(
+    ingested: tuple[Path, str], pipeline: dict[str, str], kafka: KafkaSettings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    _tree, run_id = ingested
+    topic = pipeline["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"]
+    root = Path(pipeline["HEADRACE_ARCHIVE__ROOT"])
+    lines = list(read(root, topic=topic))
+    victim = lines[0]
+    lost = {line.event["path"] for line in lines if line.segment == victim.segment}
+    [segment] = [p for p in (root / topic).rglob(victim.segment)]
+    segment.unlink()
+    # ... and retention took the partition's records up to the end of that segment.
+    last = max(line.offset for line in lines if line.segment == victim.segment)
+    admin = make_admin(kafka)
+    [done] = admin.delete_records([TopicPartition(topic, victim.partition, last + 1)]).values()
+    done.result(timeout=30)
+
+    code, report = verify_json(capsys, run_id, "--against-source")
+    assert code == 1
+    assert {p for k, p in kinds(report) if k == "missing_in_archive"} == lost
+    code, planned = verify_json(capsys, run_id, "--against-source", "--repair", "--dry-run")
+    assert planned["repair"]["republish_from_source"] == sorted(lost)
+
+    code, repaired = verify_json(capsys, run_id, "--against-source", "--repair", "--yes")
+    assert code == 0 and repaired["ok"], repaired["discrepancies"]
+    [refused] = repaired["repair"]["not_rearchived"]
+    assert refused["segment"] == str(segment) and "gone from Kafka" in refused["why"]
+    assert repaired["repair"]["republished"]["paths"] == sorted(lost)
+    assert repaired["counts"]["archived"] == repaired["counts"]["manifest"]
+    # the files' events are the run's own again: the same event ids
+    again = {line.event["path"]: line.event["event_id"] for line in read(root, topic=topic)}
+    assert {p: again[p] for p in lost} == {
+        line.event["path"]: line.event["event_id"] for line in lines if line.event["path"] in lost
+    }
 
 
 def test_a_run_that_never_completed_is_reported_incomplete(

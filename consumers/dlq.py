@@ -26,15 +26,18 @@ from schemas.errors import DeserializationReason
 from schemas.models import DeadLetter, DeadLetterReason, Header
 from schemas.serde import EventSerializer
 
-# Bytes that do not decode are a deserialization problem; bytes that decode
-# under a schema the reader cannot use are a schema problem.
+# Bytes that do not decode (a tombstone, an empty value included) are a
+# deserialization problem; bytes that decode under a schema the reader cannot use
+# are a schema problem; an event that decodes and is impossible or hostile is an
+# invalid event (schemas.validation), one too far in the future its own reason.
 REASON_OF: dict[DeserializationReason, DeadLetterReason] = {
     DeserializationReason.EMPTY: DeadLetterReason.DESERIALIZATION,
     DeserializationReason.BAD_MAGIC_BYTE: DeadLetterReason.DESERIALIZATION,
     DeserializationReason.CORRUPT_PAYLOAD: DeadLetterReason.DESERIALIZATION,
     DeserializationReason.UNKNOWN_SCHEMA_ID: DeadLetterReason.SCHEMA,
     DeserializationReason.UNRESOLVABLE_SCHEMA: DeadLetterReason.SCHEMA,
-    DeserializationReason.INVALID_EVENT: DeadLetterReason.SCHEMA,
+    DeserializationReason.INVALID_EVENT: DeadLetterReason.INVALID_EVENT,
+    DeserializationReason.EVENT_TIME_SKEW: DeadLetterReason.EVENT_TIME_SKEW,
 }
 MAX_ERROR_TEXT = 2000
 

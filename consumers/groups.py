@@ -212,6 +212,7 @@ def run_group(
                 metrics=metrics,
                 until_caught_up=until_caught_up,
                 batch_size=settings.consumer.batch_size,
+                max_event_time_skew_s=settings.consumer.max_event_time_skew_s,
             )
             return runtime.run()
     finally:

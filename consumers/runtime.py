@@ -4,10 +4,13 @@
 - On assignment each partition starts where the sink's own durable state says
   (Kafka's committed offset is the fallback); on revocation the sink makes
   what it holds durable and that is committed before the partitions go.
-- A record that cannot be decoded, or that the sink refuses as terminal, goes
-  to the dead-letter topic; the group goes on. Transient failures are
-  retried with exponential backoff and jitter while the partitions are
-  paused; nothing is dropped.
+- Every record is decoded and then checked (schemas.validation: safe project and
+  path names, a size and checksum that can be, an event time not too far after
+  the record's timestamp), the same for every group.
+- A record that cannot be decoded, that fails the checks, or that the sink
+  refuses as terminal, goes to the dead-letter topic; the group goes on.
+  Transient failures are retried with exponential backoff and jitter while
+  the partitions are paused; nothing is dropped.
 - SIGTERM and SIGINT stop the loop after the batch in hand; what is durable
   is committed and the consumer leaves the group.
 """
@@ -47,6 +50,7 @@ from headrace.settings import KafkaSettings
 from schemas.errors import DeserializationError
 from schemas.models import DeadLetterReason, Event
 from schemas.serde import HEADER_SIZE
+from schemas.validation import DEFAULT_MAX_SKEW_S, check_for
 
 log = logging.getLogger(__name__)
 # _process builds Records and Decodeds by position, with tuple.__new__: in this order.
@@ -58,6 +62,9 @@ if Decoded._fields != ("record", "event", "schema_id", "fields"):
 
 class Decoder(Protocol):
     """What the runtime needs of a deserializer (schemas.serde.EventDeserializer)."""
+
+    @property
+    def model(self) -> type[Event]: ...
 
     def __call__(self, data: bytes | None) -> Event: ...
 
@@ -86,9 +93,12 @@ class ConsumerRuntime:
         poll_timeout_s: float = 0.5,
         retry_for_s: float = 120.0,
         consumer_config: Mapping[str, Any] | None = None,  # librdkafka keys, over the defaults
+        max_event_time_skew_s: float = DEFAULT_MAX_SKEW_S,  # consumer.max_event_time_skew_s
     ) -> None:
         self.group, self.sink, self.dlq = group, sink, dlq
         self.decoders = dict(decoders)
+        skew_ms = int(max_event_time_skew_s * 1000)
+        self.checks = {topic: check_for(d.model, skew_ms) for topic, d in self.decoders.items()}
         self.metrics = metrics or Metrics(group)
         self.until_caught_up = until_caught_up
         self.batch_size = min(batch_size, sink.capabilities.max_batch)
@@ -158,6 +168,7 @@ class ConsumerRuntime:
             topic: decoder if needs_models else decoder.decode
             for topic, decoder in self.decoders.items()
         }
+        checks = self.checks
         # The wire-format header seen last and its schema id; six bytes match no header.
         header, schema_id = b"\xff" * (HEADER_SIZE + 1), 0
         for msg in messages:
@@ -166,8 +177,12 @@ class ConsumerRuntime:
                 continue
             topic = msg.topic() or ""
             value = msg.value()
+            timestamp_ms = msg.timestamp()[1]
             try:
                 decoded = decoders[topic](value)
+                check = checks[topic]
+                if check is not None:
+                    check(decoded.__dict__ if needs_models else decoded, timestamp_ms)
             except DeserializationError as exc:
                 self._dead_letter(_record(msg), REASON_OF[exc.reason], str(exc))
                 continue
@@ -184,7 +199,7 @@ class ConsumerRuntime:
                     topic,
                     partition,
                     offset,
-                    msg.timestamp()[1],
+                    timestamp_ms,
                     msg.key(),
                     value,
                     _headers(headers) if headers else (),

@@ -212,6 +212,9 @@ class ConsumerSettings(_Section):
     batch_size: int = Field(default=5000, ge=1)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9400, ge=0)  # 0: no /metrics and /healthz endpoint
+    # An event whose own time lies more than this after its Kafka record's timestamp is
+    # dead-lettered EVENT_TIME_SKEW: a time in the future would win every comparison.
+    max_event_time_skew_s: float = Field(default=86_400.0, gt=0)
 
 
 class ArchiveSettings(_Section):

@@ -3,7 +3,8 @@
 ::
 
     SchemaError (headrace.errors)
-     ├── DeserializationError   bytes that cannot become an event   (terminal: dead-letter)
+     ├── DeserializationError   bytes that cannot become an event, or an event that
+     │                          schemas.validation refuses          (terminal: dead-letter)
      ├── RegistryUnavailable    the registry did not answer         (transient: retry)
      └── RegistryRefused        the registry answered no: 401/403, 409 incompatible,
                                 422 invalid schema, 404 unknown subject  (terminal)
@@ -24,7 +25,8 @@ class DeserializationReason(StrEnum):
     UNKNOWN_SCHEMA_ID = "unknown_schema_id"  # the registry has no such schema id
     UNRESOLVABLE_SCHEMA = "unresolvable_schema"  # the reader schema cannot read the writer's
     CORRUPT_PAYLOAD = "corrupt_payload"  # truncated or malformed Avro
-    INVALID_EVENT = "invalid_event"  # decoded, but not a valid event
+    INVALID_EVENT = "invalid_event"  # decoded, but not a valid event (schemas.validation)
+    EVENT_TIME_SKEW = "event_time_skew"  # its time lies too far after the record's timestamp
 
 
 class DeserializationError(SchemaError, Terminal):

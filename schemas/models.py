@@ -66,6 +66,8 @@ class DeadLetterReason(StrEnum):
     CHECKSUM_MISMATCH = "CHECKSUM_MISMATCH"
     STORAGE_CONSTRAINT = "STORAGE_CONSTRAINT"
     REFUSED = "REFUSED"  # v2: a hostile or disallowed content reference
+    INVALID_EVENT = "INVALID_EVENT"  # v3: decodes, but a field is impossible or hostile
+    EVENT_TIME_SKEW = "EVENT_TIME_SKEW"  # v3: the event's time is too far in the future
 
 
 def _to_millis(value: datetime) -> datetime:

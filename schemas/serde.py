@@ -144,9 +144,12 @@ class EventDeserializer(Generic[E]):
     def decode(self, data: bytes | None) -> dict[str, Any]:
         """The record as the reader schema's dict, without building the model: for sinks
         that store what was published as it is (the archive)."""
-        if data is None or len(data) <= HEADER_SIZE:
-            size = "no value" if data is None else f"{len(data)} bytes"
-            raise DeserializationError(Reason.EMPTY, f"{size}: shorter than the wire-format header")
+        if data is None:
+            raise DeserializationError(Reason.EMPTY, "no value (a tombstone): not an event")
+        if len(data) <= HEADER_SIZE:
+            raise DeserializationError(
+                Reason.EMPTY, f"{len(data)} bytes: no more than the wire-format header"
+            )
         compiled = self._compiled_by_header.get(data[:HEADER_SIZE])
         if compiled is not None:  # a header seen before, of the reader's own schema
             return self._read_compiled(compiled, data)

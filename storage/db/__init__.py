@@ -10,7 +10,8 @@ decoded events into rows, :mod:`.migrations` holds the schema. Errors::
           ├── ConstraintViolation  a row the schema refuses                         (terminal)
           │    └── LedgerConflict   a ledger entry for offsets loaded already        (terminal)
           └── UnresolvableEvent    an event that cannot become a row                (terminal)
-               └── WrongContent     content that is not the event's                (terminal)
+               ├── WrongContent     content that is not the event's                (terminal)
+               └── InvalidEvent     a field no event can have                      (terminal)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from storage.db.errors import (
     ConstraintViolation,
     DatabaseError,
     DatabaseUnavailable,
+    InvalidEvent,
     LedgerConflict,
     UnresolvableEvent,
     WrongContent,
@@ -48,6 +50,7 @@ __all__ = [
     "LedgerEntry",
     "RunRow",
     "TopicPartition",
+    "InvalidEvent",
     "UnresolvableEvent",
     "WrongContent",
     "WriteResult",

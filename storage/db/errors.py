@@ -8,7 +8,8 @@
           ├── ConstraintViolation  a row the schema refuses                         (terminal)
           │    └── LedgerConflict   a ledger entry for offsets loaded already        (terminal)
           └── UnresolvableEvent    an event that cannot become a row                (terminal)
-               └── WrongContent     content that is not the event's (bytes, size)    (terminal)
+               ├── WrongContent     content that is not the event's (bytes, size)    (terminal)
+               └── InvalidEvent     a field no event can have (size, checksum, NUL)  (terminal)
 
 Every message is one line. It never holds SQL, row data or a connection
 string: the backends build it from the driver's primary message and the
@@ -77,3 +78,11 @@ class WrongContent(UnresolvableEvent):
     """The event's content does not match its own checksum or size: never loaded."""
 
     dead_letter_reason = "CHECKSUM_MISMATCH"
+
+
+class InvalidEvent(UnresolvableEvent):
+    """A field no event can have: a negative size, a checksum that is not a sha256, a NUL
+    in a text. The consumer runtime refuses these before any sink (schemas.validation);
+    this is the row builder's own line, for callers that bypass the runtime."""
+
+    dead_letter_reason = "INVALID_EVENT"

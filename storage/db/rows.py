@@ -21,7 +21,7 @@ import orjson
 
 from headrace.redact import strip_credentials
 from schemas.models import ContentStrategy, Op, derive_event_id
-from storage.db.errors import UnresolvableEvent, WrongContent
+from storage.db.errors import InvalidEvent, UnresolvableEvent, WrongContent
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 _HEX = "0123456789abcdef"
@@ -160,6 +160,10 @@ class _Wrong(ValueError):
     """Content that is not what the event says it is."""
 
 
+class _Invalid(ValueError):
+    """A field no event can have."""
+
+
 def file_row(
     fields: dict[str, Any],
     topic: str,
@@ -176,6 +180,8 @@ def file_row(
         return _file_row(fields, topic, partition, offset, mode, timestamp_ms)
     except _Wrong as exc:
         raise WrongContent(topic, partition, offset, str(exc)) from None
+    except _Invalid as exc:
+        raise InvalidEvent(topic, partition, offset, str(exc)) from None
     except (ValueError, KeyError, TypeError) as exc:
         reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
         raise UnresolvableEvent(topic, partition, offset, reason) from None
@@ -197,7 +203,7 @@ def _file_row(
     if event_time_ms is None:
         raise ValueError("no event_time: versions of the file cannot be ordered")
     if not isinstance(size, int) or size < 0:
-        raise ValueError(f"size {size!r} is not a byte count")
+        raise _Invalid(f"size {size!r} is not a byte count")
     op_value = fields.get("op")  # the Avro enum's symbol, as a str
     op = Op.UPSERT if op_value in (None, "UPSERT") else Op(str(op_value))
     strategy = fields.get("content_strategy")
@@ -206,7 +212,7 @@ def _file_row(
         strategy = None
     else:
         if len(checksum) != 64 or checksum.strip(_HEX):  # SHA256, without a regex call
-            raise ValueError("checksum is not a sha256 (64 lowercase hex digits)")
+            raise _Invalid("checksum is not a sha256 (64 lowercase hex digits)")
         if strategy is not None:
             strategy = str(strategy)
             content, content_ref, encoding, commit = _content(fields, strategy, size, mode)
@@ -247,6 +253,8 @@ def run_row(fields: dict[str, Any], topic: str, partition: int, offset: int) -> 
         )
         _no_nul(row.run_id, row.kind, row.project, row.source, row.commit, row.digest)
         return row
+    except _Invalid as exc:
+        raise InvalidEvent(topic, partition, offset, str(exc)) from None
     except (ValueError, KeyError, TypeError) as exc:
         reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
         raise UnresolvableEvent(topic, partition, offset, reason) from None
@@ -256,4 +264,4 @@ def _no_nul(*texts: str | None) -> None:
     """PostgreSQL text cannot hold NUL: refuse it here, for every backend alike."""
     for text in texts:
         if text is not None and "\x00" in text:
-            raise ValueError(f"a NUL character in {text[:40]!r}")
+            raise _Invalid(f"a NUL character in {text[:40]!r}")

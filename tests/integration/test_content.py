@@ -132,12 +132,15 @@ def make_repo(root: Path, files: dict[str, bytes]) -> tuple[Path, str]:
     return root, git("rev-parse", "HEAD", cwd=root)
 
 
-def git_event(url: str, commit: str, path: str, data: bytes) -> FileEvent:
+def git_event(
+    url: str, commit: str, path: str, data: bytes, event_path: str | None = None
+) -> FileEvent:
+    """``event_path``: the event's own path when it is not the path in the commit."""
     blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # noqa: S324 - git's id
     return FileEvent.model_validate(
         {
             "project": "p",
-            "path": path,
+            "path": event_path or path,
             "size": len(data),
             "checksum": sha(data),
             "content_strategy": "GIT_REFERENCE",
@@ -349,8 +352,10 @@ def test_hostile_events_are_dead_lettered_with_their_reason_and_the_group_goes_o
         git_event(f"ext::sh -c touch% {pwned}", commit, "ok.txt", b"ok\n"),
         git_event("ssh://127.0.0.1/r.git", commit, "ok.txt", b"ok\n"),  # ssh: not allowed here
         git_event(repo.as_uri(), f"--upload-pack=touch {pwned}", "ok.txt", b"ok\n"),
-        git_event(repo.as_uri(), commit, "../../etc/passwd", b"ok\n"),
-        git_event(repo.as_uri(), commit, "/etc/passwd", b"ok\n"),
+        # A git path that leaves the tree, under an event path that does not (one that
+        # does is an invalid event, tests/integration/test_hostile_events.py).
+        git_event(repo.as_uri(), commit, "../../etc/passwd", b"ok\n", event_path="a.txt"),
+        git_event(repo.as_uri(), commit, "/etc/passwd", b"ok\n", event_path="b.txt"),
     ]
     too_big = object_event(objects, os.urandom(100), "big.bin").model_copy(update={"size": 10**13})
     publish(settings, [hostile[0], good, *hostile[1:], too_big])

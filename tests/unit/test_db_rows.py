@@ -186,6 +186,25 @@ def test_an_event_that_cannot_become_a_row_says_why(changes: dict[str, Any], why
     assert (error.topic, error.partition, error.offset) == ("headrace.file-events", 3, 42)
 
 
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"size": -1}, "INVALID_EVENT"),
+        ({"path": "a\x00b"}, "INVALID_EVENT"),
+        ({"checksum": "AB" * 32}, "INVALID_EVENT"),
+        ({"size": 6}, "CHECKSUM_MISMATCH"),
+        ({"event_time": None}, "PAYLOAD_MISSING"),
+        ({"inline": None}, "PAYLOAD_MISSING"),
+    ],
+)
+def test_each_refusal_names_its_dead_letter_reason(changes: dict[str, Any], reason: str) -> None:
+    """A negative size or a NUL is not a missing payload (the runtime's checks refuse
+    them first; this is the row builder's own line)."""
+    with pytest.raises(UnresolvableEvent) as refused:
+        row({**decoded(event()), **changes})
+    assert refused.value.dead_letter_reason == reason
+
+
 def test_a_missing_field_is_unresolvable() -> None:
     fields = decoded(event())
     del fields["project"]

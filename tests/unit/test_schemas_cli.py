@@ -23,7 +23,7 @@ def test_offline_check_of_the_local_schemas_passes(capsys: pytest.CaptureFixture
         "ok    file_event v2",
         "ok    run_event v2",
         "ok    verification_event v1",
-        "ok    dead_letter v2",
+        "ok    dead_letter v3",
     ]
 
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import base64
 import fnmatch
 import sys
+from datetime import date as Date
 from typing import Any
 
 import click
 import orjson
+from rich.table import Table
 
+from consumers.archive.check import COUNTS, check_archive
+from consumers.report import console, print_findings
 from headrace.settings import Settings
 from storage.archive import (
     ColdStore,
@@ -18,7 +22,6 @@ from storage.archive import (
     read,
     request_deletion,
     retain,
-    verify,
 )
 from storage.archive.backend import Backend, open_backend
 from storage.objectstore import open_storage
@@ -49,20 +52,38 @@ def archive() -> None:
 @archive.command("verify")
 @click.option("--date", metavar="YYYY-MM-DD", help="Only this day (default: every day).")
 @click.option("--all", "all_days", is_flag=True, help="Every day (the default).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
-def verify_(settings: Settings, date: str | None, all_days: bool) -> None:
+def verify_(settings: Settings, date: str | None, all_days: bool, as_json: bool) -> None:
     """Every line parses, manifests match files (count, size, sha256), no offset
-    gaps or overlaps, compressed files decompress. Exit 1 on any problem."""
+    gaps or overlaps, compressed files decompress. Exit 1 on any problem; the report
+    has the shape of `headrace verify run`'s."""
     if date and all_days:
         raise click.UsageError("give --date or --all, not both")
-    backend = _backend(settings)
-    root = backend.location
-    problems = verify(backend, date=date, cold=cold_store(settings))
-    for problem in problems:
-        click.echo(f"{problem.kind}: {problem.path}: {problem.message}")
-    if problems:
-        raise click.ClickException(f"{len(problems)} problems in the archive at {root}")
-    click.echo(f"ok: the archive at {root} verifies" + (f" for {date}" if date else ""))
+    if date is not None:
+        try:
+            Date.fromisoformat(date)
+        except ValueError:
+            raise click.BadParameter(
+                f"{date!r} is not a YYYY-MM-DD date", param_hint="--date"
+            ) from None
+    report = check_archive(_backend(settings), date, cold_store(settings))
+    if as_json:
+        click.echo(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        out = console()
+        day = f" on {date}" if date else ""
+        out.print(f"[bold]the archive at {report.location}[/]{day}", soft_wrap=True)
+        table = Table(title="listed in the manifests, per topic", title_justify="left")
+        table.add_column("topic")
+        for name in COUNTS:
+            table.add_column(name, justify="right")
+        for topic, counts in sorted(report.counts.items()):
+            table.add_row(topic, *(f"{counts[name]:,}" for name in COUNTS))
+        out.print(table)
+        print_findings(out, report, f"the archive at {report.location} verifies{day}")
+    if not report.ok:
+        raise SystemExit(1)
 
 
 def _json_default(value: Any) -> str:

@@ -12,13 +12,12 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from consumers.report import SHOWN, console, print_findings
 from consumers.verify.report import SIDES, STRATEGIES, RunReport
 
 if TYPE_CHECKING:
     from consumers.verify.repair import RepairPlan
 from headrace.settings import Settings
-
-SHOWN = 50  # discrepancies listed on a terminal; --json has them all
 
 
 @click.group()
@@ -69,9 +68,9 @@ def run_(
     if run_id is None:
         assert project is not None  # noqa: S101 - checked above
         run_id = latest_run(settings, project)
-    console = Console(stderr=True)
+    status_line = Console(stderr=True)
     show = not as_json and sys.stderr.isatty()
-    with console.status("verifying", spinner="dots") if show else nullcontext() as status:
+    with status_line.status("verifying", spinner="dots") if show else nullcontext() as status:
 
         def progress(step: str) -> None:
             if status is not None:
@@ -89,7 +88,7 @@ def run_(
     from consumers.verify.repair import apply_repair, plan_repair  # noqa: PLC0415
     from producers.runs import RunStore  # noqa: PLC0415
 
-    with console.status("checking the archive's segments") if show else nullcontext():
+    with status_line.status("checking the archive's segments") if show else nullcontext():
         damage = find_damage(settings)
     plan = plan_repair(report, damage, RunStore(settings.ingest.state_dir).get(run_id))
     if as_json and (dry_run or plan.empty):
@@ -210,14 +209,14 @@ def _n(count: int, what: str) -> str:
 
 
 def print_plan(plan: RepairPlan) -> None:
-    console = Console(width=max(100, Console().width), highlight=False)
+    out = console()
     if plan.empty:
-        console.print("[bold]repair[/]: nothing this repair can fix")
+        out.print("[bold]repair[/]: nothing this repair can fix")
     else:
-        console.print(f"[bold]repair[/]: {_actions(plan)}")
+        out.print(f"[bold]repair[/]: {_actions(plan)}")
     for damage in plan.rearchive[:SHOWN]:
         records = _n(damage.segment.records, "record")
-        console.print(f"  rebuild {damage.where} ({records}): {damage.reason}")
+        out.print(f"  rebuild {damage.where} ({records}): {damage.reason}")
     for verb, paths in (
         ("reload", plan.reload),
         ("from the source", plan.from_source),
@@ -225,19 +224,19 @@ def print_plan(plan: RepairPlan) -> None:
     ):
         if paths:
             shown = ", ".join(paths[:10]) + (" ..." if len(paths) > 10 else "")
-            console.print(f"  {verb}: {shown}")
+            out.print(f"  {verb}: {shown}")
     # Counts and digests follow from the files: listed in --json, not on the terminal.
     files = [item for item in plan.cannot if item.discrepancy.path is not None]
     for item in files[:SHOWN]:
         d = item.discrepancy
-        console.print(f"  cannot repair {d.kind.value} {d.path}: {item.why}")
+        out.print(f"  cannot repair {d.kind.value} {d.path}: {item.why}")
 
 
 def print_report(report: RunReport) -> None:
-    console = Console(width=max(100, Console().width), highlight=False)
+    out = console()
     where = f"{report.project} from {report.source}" if report.project else "project unknown"
     at = f" at {report.commit[:12]}" if report.commit else ""
-    console.print(f"[bold]run {report.run_id}[/]: {where}{at}")
+    out.print(f"[bold]run {report.run_id}[/]: {where}{at}")
     sides = [s for s in SIDES if s in report.counts]
     table = Table(title="files by strategy, per side", title_justify="left")
     table.add_column("")
@@ -251,23 +250,8 @@ def print_report(report: RunReport) -> None:
             agrees = not manifest or manifest[key] == value or side == "manifest"
             cells.append(f"{value:,}" if agrees else f"[red]{value:,}[/]")
         table.add_row(key, *cells)
-    console.print(table)
+    out.print(table)
     if report.skipped:
         shown = ", ".join(f"{n} {reason}" for reason, n in sorted(report.skipped.items()))
-        console.print(f"skipped by the run: {shown}")
-    for note in report.notes:
-        console.print(f"[yellow]note[/]: {note}")
-    if report.ok:
-        console.print(f"[green]OK[/]: every side agrees with run {report.run_id}")
-        return
-    problems = Table(title="discrepancies", title_justify="left")
-    for name in ("kind", "side", "path", "detail"):
-        problems.add_column(name, overflow="fold")
-    for d in report.discrepancies[:SHOWN]:
-        problems.add_row(d.kind.value, d.side, d.path or "", d.detail)
-    console.print(problems)
-    more = len(report.discrepancies) - SHOWN
-    if more > 0:
-        console.print(f"... and {more} more (--json lists them all)")
-    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(report.by_kind().items()))
-    console.print(f"[red]FAILED[/]: {len(report.discrepancies)} discrepancies ({kinds})")
+        out.print(f"skipped by the run: {shown}")
+    print_findings(out, report, f"every side agrees with run {report.run_id}")

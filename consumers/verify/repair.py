@@ -30,6 +30,7 @@ import base64
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ from storage.db import ContentMode, FileRow, file_row, open_database
 RELOADED = {Kind.MISSING_IN_DATABASE, Kind.STALE_VERSION}
 RELOADED_IF_LOADED = {Kind.CHECKSUM_MISMATCH, Kind.SIZE_MISMATCH}
 FROM_SOURCE = {Kind.CONTENT_UNRESOLVABLE, Kind.VERIFICATION_FAILED}
-WHY_NOT: dict[Kind, str] = {
+WHY_NOT: dict[StrEnum, str] = {
     Kind.MISSING_IN_ARCHIVE: (
         "no damaged segment holds it: not archived yet, run"
         " `headrace consume archive --until-caught-up`"

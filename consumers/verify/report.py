@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from consumers.report import Discrepancy, Report
+
+__all__ = ["SIDES", "STRATEGIES", "Discrepancy", "Kind", "RunReport", "empty_counts"]
+
 STRATEGIES = ("inline", "object_storage", "git_reference")
 SIDES = ("manifest", "source", "published", "archived", "loaded", "verified")
 
@@ -33,24 +37,8 @@ class Kind(StrEnum):
     NOT_VERIFIED = "not_verified"  # no verification of the event yet
 
 
-@dataclass(frozen=True)
-class Discrepancy:
-    kind: Kind
-    side: str  # where it was found: source, published, archived, loaded, verified
-    path: str | None  # None for a count or digest
-    detail: str
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind.value,
-            "side": self.side,
-            "path": self.path,
-            "detail": self.detail,
-        }
-
-
 @dataclass
-class RunReport:
+class RunReport(Report):
     run_id: str
     project: str | None = None
     source: str | None = None
@@ -60,36 +48,20 @@ class RunReport:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)  # the run's skips, by reason
     digest: dict[str, str | None] = field(default_factory=dict)  # side -> digest
-    discrepancies: list[Discrepancy] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # what was not checked, and why
-
-    @property
-    def ok(self) -> bool:
-        return not self.discrepancies
-
-    def add(self, kind: Kind, side: str, path: str | None, detail: str) -> None:
-        self.discrepancies.append(Discrepancy(kind, side, path, detail))
-
-    def by_kind(self) -> dict[str, int]:
-        found: dict[str, int] = {}
-        for d in self.discrepancies:
-            found[d.kind.value] = found.get(d.kind.value, 0) + 1
-        return found
 
     def as_json(self) -> dict[str, Any]:
+        findings = self.findings_json()
         return {
             "run_id": self.run_id,
             "project": self.project,
             "source": self.source,
             "commit": self.commit,
             "completed": self.completed,
-            "ok": self.ok,
+            "ok": findings.pop("ok"),
             "counts": self.counts,
             "skipped": self.skipped,
             "digest": self.digest,
-            "discrepancies_by_kind": self.by_kind(),
-            "discrepancies": [d.as_json() for d in self.discrepancies],
-            "notes": self.notes,
+            **findings,
         }
 
 

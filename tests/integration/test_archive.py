@@ -243,7 +243,11 @@ def test_archive_read_and_verify_commands(
     publish(env, kafka, registry, 0, 120)
     drain(capsys)
     code, out, _ = run(["archive", "verify", "--all"], capsys)
-    assert code == 0 and out.startswith("ok: the archive at ")
+    assert code == 0 and "OK: the archive at " in out
+    code, out, _ = run(["archive", "verify", "--json"], capsys)
+    clean = json.loads(out)
+    assert (code, clean["ok"], clean["discrepancies"]) == (0, True, [])
+    assert clean["counts"][env["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"]]["records"] == 120
     code, out, _ = run(["archive", "read", "--project", "p", "--path", "f001*.txt"], capsys)
     assert code == 0
     paths = sorted(json.loads(line)["event"]["path"] for line in out.splitlines())
@@ -254,7 +258,13 @@ def test_archive_read_and_verify_commands(
     code, out, err = run(["archive", "verify"], capsys)
     assert code == 1
     assert "decompression_error" in out or "manifest_mismatch" in out
-    assert err.strip().splitlines()[-1].startswith("headrace: error: 2 problems in the archive")
+    assert out.strip().splitlines()[-1].startswith("FAILED: 2 discrepancies")
+    # ... in the shape `verify run` reports in: kind, side, path, detail
+    code, out, err = run(["archive", "verify", "--json"], capsys)
+    found = json.loads(out)
+    assert code == 1 and not found["ok"] and sum(found["discrepancies_by_kind"].values()) == 2
+    assert {d["side"] for d in found["discrepancies"]} == {"archive"}
+    assert {d["path"] for d in found["discrepancies"]} == {str(segment)}
 
 
 def test_status_reports_lag_commit_time_and_dead_letters(
@@ -312,7 +322,7 @@ def test_retention_moves_old_days_to_the_cold_tier_and_reading_goes_on(
     )
     assert after == before and len(after) == 50
     code, out, _ = run(["archive", "verify"], capsys)
-    assert code == 0 and out.startswith("ok")
+    assert code == 0 and "OK: the archive at " in out
     code, out, _ = run(["archive", "retain", "--older-than", "30"], capsys)
     assert out.strip() == "moved 0 days to the cold tier"
 
@@ -388,7 +398,7 @@ def test_the_archive_in_object_storage_holds_each_event_once_and_verifies(
     assert in_bucket() == expected(2500)
     assert verify(store) == []
     code, out, _ = run(["archive", "verify"], capsys)
-    assert code == 0 and out.startswith(f"ok: the archive at s3://headrace-test-archive/{prefix}")
+    assert code == 0 and f"OK: the archive at s3://headrace-test-archive/{prefix}" in out
     code, out, _ = run(["archive", "read", "--path", "f0249*.txt"], capsys)
     assert code == 0
     assert sorted(json.loads(line)["event"]["path"] for line in out.splitlines()) == [

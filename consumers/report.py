@@ -88,6 +88,6 @@ def print_findings(out: Console, report: Report, ok_line: str) -> None:
     if more > 0:
         out.print(f"... and {more} more (--json lists them all)")
     kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(report.by_kind().items()))
-    out.print(
-        f"[red]FAILED[/]: {len(report.discrepancies)} discrepancies ({kinds})", soft_wrap=True
-    )
+    count = len(report.discrepancies)
+    found = f"{count} discrepanc" + ("y" if count == 1 else "ies")
+    out.print(f"[red]FAILED[/]: {found} ({kinds})", soft_wrap=True)

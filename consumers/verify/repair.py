@@ -166,8 +166,10 @@ def plan_repair(
             and known
         ):
             republish.add(d.path)
-        elif d.kind is Kind.MISSING_IN_ARCHIVE and plan.rearchive:
-            continue  # the segments to rebuild are in the plan
+        elif plan.rearchive and (
+            d.kind is Kind.MISSING_IN_ARCHIVE or (d.kind is Kind.EXTRA and d.path in in_kafka)
+        ):
+            continue  # the segments to rebuild are in the plan; a row they hold is no extra
         elif d.kind in FROM_SOURCE and d.path is not None and known:
             from_source.add(d.path)
         elif d.kind is Kind.RUN_INCOMPLETE and record is not None and not record.finished:

@@ -102,7 +102,7 @@ def verify(
                 problems += _verify_day(backend, topic, day, chains, cold)
         for chain in chains.values():
             problems += _check_chain(chain, whole=date is None)
-    log.info("verified %s: %s problems", backend.location, len(problems))
+    log.debug("verified %s: %s problems", backend.location, len(problems))
     return problems
 
 

@@ -16,7 +16,7 @@ from consumers.report import SHOWN, console, print_findings
 from consumers.verify.report import SIDES, STRATEGIES, RunReport
 
 if TYPE_CHECKING:
-    from consumers.verify.repair import RepairPlan
+    from consumers.verify.repair import RepairPlan, RepairResult
 from headrace.settings import Settings
 
 
@@ -117,46 +117,7 @@ def run_(
         }
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
     else:
-        where = result.directory
-        if result.rearchived:
-            click.echo(
-                f"repaired: {len(result.rearchived)} segment(s) rebuilt from Kafka, byte for byte"
-                f" as listed; the damaged files are in {where / 'archive'}"
-            )
-        for item in result.not_rearchived:
-            click.echo(f"not rebuilt: {item.where}: {item.why}")
-        if plan.reload:
-            click.echo(
-                f"repaired: {result.written} row(s) reloaded from the archive; the rows they"
-                f" replaced are in {where / 'backup.jsonl'} (restore with `headrace verify"
-                f" restore {where}`)"
-            )
-        if result.source is not None:
-            fixed = result.source
-            if fixed.resupplied:
-                click.echo(
-                    f"repaired: {len(fixed.resupplied)} object(s) uploaded again from the"
-                    f" source; the objects they replaced are in {where / 'objects'}"
-                )
-            for refused in fixed.refused:
-                click.echo(f"not from the source: {refused.path}: {refused.why}")
-            statuses = ", ".join(f"{v.path} {v.status.value}" for v in fixed.verified[:10])
-            click.echo(f"verified again: {statuses}")
-        if result.republished is not None:
-            again = result.republished["paths"]
-            click.echo(
-                f"repaired: {_n(len(again), 'file')} published again from the source, then the"
-                " archive, load and verify groups caught up"
-                if again
-                else "publish again: the rebuilt segments hold every file"
-            )
-        if result.resumed is not None:
-            summary = result.resumed["ingest"]
-            click.echo(
-                f"repaired: run {run_id} resumed ({summary['counts']['files']} file events"
-                " in all), then the archive, load and verify groups caught up"
-            )
-        click.echo(f"what changed: {where / 'repair.jsonl'}")
+        print_result(run_id, plan, result)
         click.echo("verified again:")
         print_report(after)
     if not after.ok:
@@ -206,6 +167,52 @@ def _actions(plan: RepairPlan) -> str:
 
 def _n(count: int, what: str) -> str:
     return f"{count} {what}" + ("s" if count != 1 else "")
+
+
+def print_result(run_id: str, plan: RepairPlan, result: RepairResult) -> None:
+    """What a repair did, a line a step, on a terminal."""
+    where = result.directory
+    if result.rearchived:
+        aside = sum(r.set_aside is not None for r in result.rearchived)
+        click.echo(
+            f"repaired: {_n(len(result.rearchived), 'segment')} rebuilt from Kafka, byte for"
+            " byte as listed"
+            + (f"; the damaged files they replace are in {where / 'archive'}" if aside else "")
+        )
+    for item in result.not_rearchived:
+        click.echo(f"not rebuilt: {item.where}: {item.why}")
+    if plan.reload:
+        click.echo(
+            f"repaired: {result.written} row(s) reloaded from the archive; the rows they"
+            f" replaced are in {where / 'backup.jsonl'} (restore with `headrace verify"
+            f" restore {where}`)"
+        )
+    if result.source is not None:
+        fixed = result.source
+        if fixed.resupplied:
+            click.echo(
+                f"repaired: {len(fixed.resupplied)} object(s) uploaded again from the"
+                f" source; the objects they replaced are in {where / 'objects'}"
+            )
+        for refused in fixed.refused:
+            click.echo(f"not from the source: {refused.path}: {refused.why}")
+        statuses = ", ".join(f"{v.path} {v.status.value}" for v in fixed.verified[:10])
+        click.echo(f"verified again: {statuses}")
+    if result.republished is not None:
+        again = result.republished["paths"]
+        click.echo(
+            f"repaired: {_n(len(again), 'file')} published again from the source, then the"
+            " archive, load and verify groups caught up"
+            if again
+            else "publish again: the rebuilt segments hold every file"
+        )
+    if result.resumed is not None:
+        summary = result.resumed["ingest"]
+        click.echo(
+            f"repaired: run {run_id} resumed ({summary['counts']['files']} file events"
+            " in all), then the archive, load and verify groups caught up"
+        )
+    click.echo(f"what changed: {where / 'repair.jsonl'}")
 
 
 def print_plan(plan: RepairPlan) -> None:

@@ -172,7 +172,7 @@ class EventDeserializer(Generic[E]):
         except SchemaResolutionError as exc:
             raise DeserializationError(
                 Reason.UNRESOLVABLE_SCHEMA,
-                f"schema id {schema_id} cannot be read as {self.model.__name__}: {exc}",
+                f"schema id {schema_id} cannot be read as {self.model.__name__}: {str(exc)[:200]}",
             ) from None
         except Exception as exc:  # fastavro raises many types on garbage; all mean corrupt
             raise DeserializationError(
@@ -226,7 +226,8 @@ class EventDeserializer(Generic[E]):
             parsed = fastavro.parse_schema(orjson.loads(registered.schema_str or ""))
         except Exception as exc:  # a registered schema fastavro cannot parse
             raise DeserializationError(
-                Reason.UNRESOLVABLE_SCHEMA, f"schema id {schema_id} does not parse: {exc}"
+                Reason.UNRESOLVABLE_SCHEMA,
+                f"schema id {schema_id} does not parse: {str(exc)[:200]}",
             ) from None
         if parsed == self._reader:
             parsed = self._reader  # identical to the reader: read without resolving

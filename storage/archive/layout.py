@@ -366,6 +366,8 @@ def decode_line(line: bytes) -> ArchiveRecord:
         raw_key = None if key is None else b64decode(key, validate=True)
     except (ValueError, TypeError, ArithmeticError) as exc:  # binascii.Error is a ValueError
         raise ValueError(f"bad tagged value: {exc}") from None
+    except RecursionError:  # orjson reads 1024 levels, more than restoring them can
+        raise ValueError("event nested too deeply") from None
     return ArchiveRecord(
         topic, partition, offset, timestamp_ms, event_time_ms, raw_key, schema_id, event
     )

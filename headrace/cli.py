@@ -16,6 +16,7 @@ import orjson
 
 from headrace import __version__
 from headrace.errors import HeadraceError
+from headrace.redact import REDACTOR
 from headrace.settings import Settings, load_settings
 from headrace.telemetry import configure_logging
 
@@ -85,6 +86,8 @@ def cli(
     defaults that point at the local stack.
     """
     settings = load_settings(config)
+    for secret in settings.secrets():  # a config file's too: the environment's are known
+        REDACTOR.add(secret)
     fmt = log_format or settings.log.format
     configure_logging(
         (log_level or settings.log.level).upper(), "json" if fmt == "json" else "text", run_id
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    first, *rest = message.splitlines() or [""]
+    first, *rest = REDACTOR.redact(message).splitlines() or [""]
     click.echo(f"headrace: error: {first}", err=True)
     for line in rest:
         click.echo(f"  {line.strip()}", err=True)

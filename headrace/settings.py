@@ -91,16 +91,29 @@ class PostgresSettings(_Section):
     database: str = "headrace"
 
     def conninfo(self, database: str | None = None) -> str:
-        """A libpq connection string, password included: never log it."""
-        return (
-            f"host={self.host} port={self.port} user={self.user} "
-            f"password={self.password.get_secret_value()} dbname={database or self.database} "
-            "connect_timeout=5"
-        )
+        """A libpq connection string, password included: never log it.
+
+        Every value is quoted: a password with a space or a quote is still one
+        value, not a parse error that quotes a piece of it, nor more options.
+        """
+        values = {
+            "host": self.host,
+            "port": str(self.port),
+            "user": self.user,
+            "password": self.password.get_secret_value(),
+            "dbname": database or self.database,
+            "connect_timeout": "5",
+        }
+        return " ".join(f"{key}={_libpq_quoted(value)}" for key, value in values.items())
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+def _libpq_quoted(value: str) -> str:
+    """``value`` as a libpq conninfo value: single-quoted, ``\\`` and ``'`` escaped."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 class GitCredential(_Section):
@@ -317,6 +330,17 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def secrets(self) -> list[str]:
+        """Every secret configured, wherever it was read from: for the log redactor."""
+        values = [
+            self.kafka.sasl_password,
+            self.registry.password,
+            self.object_store.secret_key,
+            self.postgres.password,
+            *(credential.token for credential in self.git.credentials),
+        ]
+        return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
 
     def masked(self) -> dict[str, Any]:
         """The settings as plain data, every secret shown as ``**********``."""

@@ -79,3 +79,24 @@ def test_missing_or_malformed_config_file(tmp_path: Path) -> None:
     unknown.write_text("[kafka]\nnope = 1\n")
     with pytest.raises(ConfigError, match=r"kafka\.nope"):
         load_settings(unknown)
+
+
+def test_a_password_with_spaces_and_quotes_is_one_conninfo_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import psycopg.conninfo
+
+    password = "pw with space dbname=other 'quoted' back\\slash"
+    monkeypatch.setenv("HEADRACE_POSTGRES__PASSWORD", password)
+    parsed = psycopg.conninfo.conninfo_to_dict(load_settings().postgres.conninfo("db"))
+    assert (parsed["password"], parsed["dbname"]) == (password, "db")
+
+
+def test_every_configured_secret_is_listed_for_the_redactor(tmp_path: Path) -> None:
+    config = tmp_path / "headrace.toml"
+    config.write_text(
+        '[kafka]\nsasl_password = "sasl-1"\n[registry]\npassword = "reg-2"\n'
+        '[object_store]\nsecret_key = "s3-3"\n[postgres]\npassword = "pg-4"\n'
+        '[[git.credentials]]\nurl_prefix = "https://git.example/"\ntoken = "tok-5"\n'
+    )
+    assert load_settings(config).secrets() == ["sasl-1", "reg-2", "s3-3", "pg-4", "tok-5"]

@@ -2,16 +2,16 @@
 
 Two sweeps (a directory: inline and object storage; a private git remote over
 smart HTTP: git references, fetched with the token by the cache and verify
-groups), three failures (a git URL carrying a token, a wrong PostgreSQL
-password, a wrong object-store secret key), then ``verify run``, ``status``,
-``runs list``, ``dlq list`` and ``settings``, all at DEBUG. Then every place the
-run wrote to is scanned for every secret, as written, percent-encoded, in
-base64 at each of its three alignments (both alphabets) and in hex: each
-topic's raw keys, values and headers, every file and file name under the test's
-directories (archive, staging, caches, run state, repairs, instances), every
-row of the test's PostgreSQL schema, every object of its bucket, and every byte
-printed to stdout and stderr (the log). docs/reliability.md says what is not
-covered.
+groups), four failures (a git URL carrying a token, a repository the remote
+does not have, a wrong PostgreSQL password, a wrong object-store secret key),
+then ``verify run``, ``status``, ``runs list``, ``dlq list`` and ``settings``,
+all at DEBUG. Then every place the run wrote to is scanned for every secret, as
+written, percent-encoded, in base64 at each of its three alignments (both
+alphabets), in hex and by its long words: each topic's raw keys, values and
+headers, every file and file name under the test's directories (archive,
+staging, caches, run state, repairs, instances), every row of the test's
+PostgreSQL schema, every object of its bucket, and every byte printed to stdout
+and stderr (the log). docs/reliability.md says what is not covered.
 """
 
 from __future__ import annotations

@@ -140,7 +140,8 @@ _CONTENT_OPTIONS = [
         default=1000,
         show_default=True,
         metavar="N",
-        help="Skipped paths per reason listed in the RunCompleted event (all are counted).",
+        help="Skipped paths per reason listed in the RunCompleted event, 256KiB of names"
+        " at most (all are counted).",
     ),
 ]
 

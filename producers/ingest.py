@@ -82,6 +82,9 @@ from storage.objects import ObjectStore
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
+# Paths and details of the skipped files a RunCompleted event lists, at most: far below
+# Kafka's default message limit of 1 MiB, whatever the names (all are counted).
+SKIPS_LISTED_BYTES = 256 * 1024
 PRODUCER = f"headrace {__version__}"
 
 
@@ -831,13 +834,21 @@ def _already_completed(summary: Summary, record: RunRecord, started: float) -> S
     return summary
 
 
-def _bounded(skipped: list[SkippedFile], per_reason: int) -> list[SkippedFile]:
-    """At most ``per_reason`` skipped files of each reason, in their order."""
+def _bounded(
+    skipped: list[SkippedFile], per_reason: int, budget: int = SKIPS_LISTED_BYTES
+) -> list[SkippedFile]:
+    """At most ``per_reason`` skipped files of each reason, in their order, and no more
+    than ``budget`` bytes of paths and details in all: a tree of a thousand long hostile
+    names per reason would otherwise make a RunCompleted event larger than the broker
+    takes, and the run could never complete."""
     seen: Counter[SkipReason] = Counter()
     kept = []
     for entry in skipped:
         seen[entry.reason] += 1
         if seen[entry.reason] <= per_reason:
+            budget -= len(entry.path.encode()) + len((entry.detail or "").encode()) + 16
+            if budget < 0:
+                break
             kept.append(entry)
     return kept
 

@@ -6,7 +6,9 @@ shallower ones, as git does. A git repository is read at a commit (HEAD by
 default): its tracked files, as git lists them. In both, a symlink whose
 target is a regular file inside the root is ingested with that file's
 content under the link's path; one that points outside the root (or at
-nothing) is skipped with a reason, never followed.
+nothing) is skipped with a reason, never followed. A file is read only if the
+file opened lies under the root: one that became a symlink leading out after
+the walk (it, or a directory above it) is skipped as unreadable.
 """
 
 from __future__ import annotations
@@ -41,6 +43,22 @@ def _open(path: Path) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def _open_within(root: Path, path: Path) -> BinaryIO:
+    """:func:`_open`, refused unless the file opened lies under ``root``: a file, or a
+    directory above it, that became a symlink leading out since the walk's lstat would
+    otherwise be read (and, its signature then steady, published). Read from the open
+    descriptor, so no later swap can slip between the check and the read."""
+    stream = _open(path)
+    try:
+        where = os.readlink(f"/proc/self/fd/{stream.fileno()}")
+    except OSError:  # no /proc (not Linux): the walk's lstat decided alone
+        return stream
+    if not Path(where).is_relative_to(root):
+        stream.close()
+        raise OSError(errno.EXDEV, "it leads outside the source root since the walk", str(path))
+    return stream
 
 
 def _kind(mode: int) -> str:
@@ -161,7 +179,11 @@ class DirectorySource:
             if not stat.S_ISREG(found.st_mode):
                 return _skipped(rel, f"the symlink's target is {_kind(found.st_mode)}")
             return Candidate(
-                rel, found.st_size, partial(_open, target), target, signature=file_signature(found)
+                rel,
+                found.st_size,
+                partial(_open_within, self.root, target),
+                target,
+                signature=file_signature(found),
             )
         if not stat.S_ISREG(mode):
             return _skipped(rel, f"{_kind(mode)}, not a regular file")
@@ -170,7 +192,11 @@ class DirectorySource:
         except OSError as exc:
             return _skipped(rel, _reason(exc))
         return Candidate(
-            rel, found.st_size, partial(_open, path), path, signature=file_signature(found)
+            rel,
+            found.st_size,
+            partial(_open_within, self.root, path),
+            path,
+            signature=file_signature(found),
         )
 
 

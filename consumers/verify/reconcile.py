@@ -16,36 +16,60 @@ Then, per file: every archived event is in Kafka and the reverse, once each; eve
 upsert has its row (the same event, or a newer version of the file), with the
 same sha256 and size; every upsert has a verification and the newest is OK; the
 counts per strategy agree across the sides and the archive's digest is the run's.
+
+How, in bounded memory: every side is streamed into a temporary store on disk
+(:mod:`consumers.verify.store`, compact rows in SQLite files) and the checks merge
+the sides sorted by path, holding one path at a time (the database's rows come in
+path order from ``query``). The two topics are read by two child processes while
+this one reads the archive (:mod:`consumers.verify.read`); each decodes only the
+records whose bytes hold the run id. The archive's lines are read without restoring
+their tagged values (inline bytes stay base64). What is skipped: the verifications
+topic is read only past the offsets the archive provably holds (a partition's chain
+of segments from its first one, every line its manifest counts read), since a record
+there is one the archive gave already; the file-events topic is always read whole,
+the published side staying a check independent of the archive.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
+import hashlib
+import multiprocessing
+import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
+from contextlib import closing
 from dataclasses import dataclass
-from datetime import datetime
+from multiprocessing.pool import AsyncResult, Pool
+from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka import TopicPartition as KafkaPartition
-
+from consumers.verify.against_source import check_source
+from consumers.verify.read import (
+    archived_events,
+    archived_through,
+    millis,
+    outcome_row,
+    read_loaded,
+    read_published,
+    read_verifications,
+    records,
+    version_row,
+)
 from consumers.verify.report import STRATEGIES, Kind, RunReport, empty_counts
-from headrace.errors import ConsumeError, HeadraceError
-from headrace.kafka import make_consumer
+from consumers.verify.store import Row, Store
+from headrace.errors import HeadraceError
 from headrace.settings import Settings
-from schemas.models import FileEvent, RunEvent, VerificationEvent, run_digest
+from schemas.models import RunEvent
 from schemas.registry import make_registry_client
 from schemas.serde import EventDeserializer
-from storage.archive.backend import open_backend
+from storage.archive.backend import Backend, open_backend
 from storage.archive.reader import read
 
 Progress = Callable[[str], None]
 Outcomes = dict[str, list[tuple[int, str, str | None]]]  # event id: (time, status, detail)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Version:
     """One file event of the run, as a side holds it."""
 
@@ -57,35 +81,39 @@ class Version:
     event_time_ms: int
 
 
-def _millis(when: Any) -> int:
-    """An event time (a datetime, or epoch milliseconds) in milliseconds."""
-    if isinstance(when, datetime):
-        return int(when.timestamp() * 1000)
-    return int(when or 0)
-
-
-def _version(event: dict[str, Any]) -> Version:
-    strategy = event.get("content_strategy")
-    op = str(event.get("op") or "UPSERT")
-    millis = _millis(event.get("event_time"))
-    return Version(
-        event_id=str(event.get("event_id") or ""),
-        op=op,
-        sha256=str(event.get("checksum") or ""),
-        size=int(event.get("size") or 0),
-        strategy="" if op == "DELETE" else str(strategy or "INLINE").lower(),
-        event_time_ms=millis,
-    )
+def _first(row: Row) -> Version:
+    """The Version of a store row (path, event_id, op, sha256, size, strategy, time_ms)."""
+    return Version(row[1], row[2], row[3], row[4], row[5], row[6])
 
 
 @dataclass
 class Sides:
+    """The sides as read. ``store`` holds the file events and verifications; without one
+    (small sides, tests) they are given in memory and :meth:`stored` writes them to one."""
+
     run: dict[str, Any] | None = None  # the newest RunCompleted event
     started: dict[str, Any] | None = None
     published: dict[str, list[Version]] | None = None  # None: the topic was not read whole
     archived: dict[str, list[Version]] | None = None
     verified: Outcomes | None = None  # event id: outcomes
     project: str | None = None  # of the run's file events, when no run event says
+    store: Store | None = None
+    whole: bool = True  # the file-events topic was read whole
+
+    def stored(self) -> Store:
+        if self.store is None:
+            self.store = Store()
+            self.whole = self.published is not None
+            for side, files in (("archived", self.archived), ("published", self.published)):
+                rows = ((p, *_fields(v)) for p, vs in (files or {}).items() for v in vs)
+                self.store.fill(side, "versions", rows)
+            outcomes = ((e, *o) for e, found in (self.verified or {}).items() for o in found)
+            self.store.fill("archived_outcomes", "outcomes", outcomes)
+        return self.store
+
+
+def _fields(v: Version) -> Row:
+    return (v.event_id, v.op, v.sha256, v.size, v.strategy, v.event_time_ms)
 
 
 def verify_run(
@@ -97,57 +125,122 @@ def verify_run(
 ) -> RunReport:
     """The report of one run: every side read, every discrepancy named."""
     report = RunReport(run_id)
-    sides = Sides()
-    progress("reading the archive")
-    _read_archive(settings, run_id, sides)
-    progress("reading Kafka")
-    _read_kafka(settings, run_id, sides, report)
-    run = sides.run or sides.started
-    if run is None and not sides.archived and not sides.published:
-        raise HeadraceError(f"no run {run_id} in the archive or in Kafka")
-    if run is not None:
-        report.project, report.source = run["project"], run["source"]
-        report.commit = run.get("commit")
-    else:
-        report.project = sides.project
-        report.notes.append(f"no RunStarted or RunCompleted event of run {run_id} found")
-    _check_manifest(sides, report)
-    files = sides.archived or {}
-    _check_published(sides, report)
-    if report.project is not None:
-        progress("reading the database")
-        _check_database(settings, files, report)
-    _check_verified(sides, files, report)
-    if against_source:
-        progress("hashing the source")
-        _check_source(settings, files, report)
+    with (
+        tempfile.TemporaryDirectory(prefix="headrace-verify-") as scratch,
+        closing(Store(Path(scratch))) as store,
+        # spawn: fresh interpreters, whatever threads this process runs (Kafka clients, a
+        # status spinner) when it starts them
+        multiprocessing.get_context("spawn").Pool(2) as pool,
+    ):
+        sides = Sides(store=store)
+        loaded = _read(settings, run_id, sides, report, progress, pool)
+        run = sides.run or sides.started
+        published = sides.whole and store.count("published") > 0
+        if run is None and not store.count("archived") and not published:
+            raise HeadraceError(f"no run {run_id} in the archive or in Kafka")
+        if run is not None:
+            report.project, report.source = run["project"], run["source"]
+            report.commit = run.get("commit")
+        else:
+            report.project = sides.project
+            report.notes.append(f"no RunStarted or RunCompleted event of run {run_id} found")
+        _check_manifest(sides, report)
+        _check_published(sides, report)
+        if loaded is not None:
+            progress("reading the database")
+            _check_database(settings, sides, report, loaded.get())
+        _check_verified(sides, None, report)
+        if against_source:
+            progress("hashing the source")
+            check_source(settings, store, report)
     return report
 
 
 # --- reading ---------------------------------------------------------------------------
 
 
-def _read_archive(settings: Settings, run_id: str, sides: Sides) -> None:
-    topics = settings.kafka.topics
+def _read(
+    settings: Settings,
+    run_id: str,
+    sides: Sides,
+    report: RunReport,
+    progress: Progress,
+    pool: Pool,
+) -> AsyncResult[str | None] | None:
+    """The archive here, the two topics in ``pool`` meanwhile (2 cores: the decoding of
+    Avro is most of the time), then the database there too, all into ``sides.store``.
+    The database's read, once the project is known (None: it is not)."""
+    store = sides.stored()
+    files = pool.apply_async(read_published, (settings, run_id, store.file("published")))
+    progress("reading the archive")
     backend = open_backend(settings.archive, settings.object_store)
+    held = _read_archived_verifications(settings, run_id, backend, store)
+    into = store.file("published_outcomes")
+    checks = pool.apply_async(read_verifications, (settings, run_id, into, held))
+    _read_archive(settings, run_id, backend, sides)
+    progress("reading Kafka")
+    if sides.run is None:
+        _read_run_events(settings, run_id, sides)
 
-    def of_run(event: dict[str, Any]) -> bool:
-        return event.get("run_id") == run_id
+    def database() -> AsyncResult[str | None] | None:
+        run = sides.run or sides.started
+        project = run["project"] if run is not None else sides.project
+        if project is None:
+            return None
+        return pool.apply_async(read_loaded, (settings, project, store.file("loaded")))
 
-    archived: dict[str, list[Version]] = {}
-    if topics.file_events in backend.topics():
-        for line in read(backend, topic=topics.file_events, predicate=of_run):
-            archived.setdefault(line.event["path"], []).append(_version(line.event))
-            sides.project = sides.project or line.event["project"]
-    sides.archived = archived
-    if topics.run_events in backend.topics():
-        for line in read(backend, topic=topics.run_events, predicate=of_run):
+    loaded = database()  # queued: it starts when a topic is read
+    whole, project = files.get()
+    sides.whole, sides.project = whole, sides.project or project
+    if loaded is None:
+        loaded = database()
+    checks.get()
+    for side in ("published", "published_outcomes"):
+        store.attach(side)
+    if not whole:
+        report.notes.append(
+            f"{settings.kafka.topics.file_events} no longer starts at offset 0: what Kafka"
+            " published is checked against the run's counts only"
+        )
+        report.counts["published"] = _counts(store.counts("published"))
+    return loaded
+
+
+def _read_archived_verifications(
+    settings: Settings, run_id: str, backend: Backend, store: Store
+) -> dict[int, tuple[int, int]]:
+    """The run's verifications in the archive; the offsets of their topic the archive
+    provably holds (see ``archived_through``)."""
+    topic = settings.kafka.topics.verifications
+    if topic not in backend.topics():
+        return {}
+    lines: Counter[str] = Counter()
+    with closing(store.writer("archived_outcomes", "outcomes")) as outcomes:
+        for name, event in archived_events(backend, topic):
+            lines[name] += 1
+            if event.get("run_id") == run_id:
+                outcomes.add(outcome_row(event))
+    return archived_through(backend, topic, lines)
+
+
+def _read_archive(settings: Settings, run_id: str, backend: Backend, sides: Sides) -> None:
+    """The run's run events and file events in the archive."""
+    assert sides.store is not None  # noqa: S101 - the caller made it
+    topics = settings.kafka.topics
+    archived = set(backend.topics())
+    if topics.run_events in archived:
+        for line in read(backend, topic=topics.run_events, predicate=_of(run_id)):
             _run_event(line.event, sides)
-    verified: Outcomes = {}
-    if topics.verifications in backend.topics():
-        for line in read(backend, topic=topics.verifications, predicate=of_run):
-            _verification(line.event, verified)
-    sides.verified = verified
+    with closing(sides.store.writer("archived", "versions")) as versions:
+        if topics.file_events in archived:
+            for _name, event in archived_events(backend, topics.file_events):
+                if event.get("run_id") == run_id:
+                    versions.add(version_row(event))
+                    sides.project = sides.project or event["project"]
+
+
+def _of(run_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda event: event.get("run_id") == run_id
 
 
 def _run_event(event: dict[str, Any], sides: Sides) -> None:
@@ -157,119 +250,44 @@ def _run_event(event: dict[str, Any], sides: Sides) -> None:
         sides.started = event
 
 
-def _verification(event: dict[str, Any], into: Outcomes) -> None:
-    millis = _millis(event.get("verified_at"))
-    outcome = (millis, str(event["status"]), event.get("detail"))
-    into.setdefault(str(event["event_id"]), []).append(outcome)
-
-
-def _read_kafka(settings: Settings, run_id: str, sides: Sides, report: RunReport) -> None:
-    """The run's events still in Kafka: file events (if the topic is whole), its run
-    events if the archive had none, verifications the archive does not hold yet."""
-    topics = settings.kafka.topics
+def _read_run_events(settings: Settings, run_id: str, sides: Sides) -> None:
+    """The run's run events in Kafka (when the archive holds no RunCompleted of it)."""
     with make_registry_client(settings.registry) as client:
-        files = EventDeserializer(client, FileEvent)
-        runs = EventDeserializer(client, RunEvent)
-        checks = EventDeserializer(client, VerificationEvent)
-        published: dict[str, list[Version]] = {}
-        whole = True
-        for event, from_start in _topic(settings, topics.file_events, files.decode):
-            whole &= from_start
-            if event is not None and event.get("run_id") == run_id:
-                published.setdefault(event["path"], []).append(_version(event))
-                sides.project = sides.project or event["project"]
-        if whole:
-            sides.published = published
-        else:
-            report.notes.append(
-                f"{topics.file_events} no longer starts at offset 0: what Kafka published"
-                " is checked against the run's counts only"
-            )
-            sides.published = None
-            report.counts["published"] = _counts(published)
-        if sides.run is None:
-            for event, _whole in _topic(settings, topics.run_events, runs.decode):
-                if event is not None and event.get("run_id") == run_id:
-                    _run_event(event, sides)
-        verified = sides.verified if sides.verified is not None else {}
-        seen = {(e, o[0]) for e, outcomes in verified.items() for o in outcomes}
-        for event, _whole in _topic(settings, topics.verifications, checks.decode):
-            if event is None or event.get("run_id") != run_id:
-                continue
-            fresh: Outcomes = {}
-            _verification(event, fresh)
-            for event_id, outcomes in fresh.items():
-                for outcome in outcomes:
-                    if (event_id, outcome[0]) not in seen:
-                        verified.setdefault(event_id, []).append(outcome)
-        sides.verified = verified
-
-
-def _topic(
-    settings: Settings,
-    topic: str,
-    decode: Callable[[bytes | None], dict[str, Any]],
-    timeout_s: float = 60.0,
-) -> Iterator[tuple[dict[str, Any] | None, bool]]:
-    """Every committed record of ``topic`` up to the end offsets seen now, decoded (None
-    for one that does not decode), with whether its partition still starts at 0."""
-    consumer = make_consumer(settings.kafka, f"headrace-verify-read-{uuid.uuid4().hex[:12]}")
-    try:
-        try:
-            metadata = consumer.list_topics(topic, timeout=10).topics[topic]
-        except KafkaException as exc:
-            raise ConsumeError(f"cannot read {topic}: {exc.args[0].str()}") from None
-        if metadata.error is not None:
-            return  # no such topic: nothing published there
-        partitions = list(metadata.partitions)
-        ends, starts = {}, {}
-        for p in partitions:
-            low, high = consumer.get_watermark_offsets(KafkaPartition(topic, p), timeout=10)
-            starts[p], ends[p] = low, high
-        consumer.assign([KafkaPartition(topic, p, 0) for p in partitions])
-        position = dict.fromkeys(partitions, 0)
-        deadline = time.monotonic() + timeout_s
-        while any(position[p] < ends[p] for p in partitions):
-            if time.monotonic() > deadline:
-                raise ConsumeError(f"{topic}: not read to its end within {timeout_s:.0f}s")
-            msg = consumer.poll(0.5)
-            if msg is None:  # transaction markers take offsets without records
-                for tp in consumer.position([KafkaPartition(topic, p) for p in partitions]):
-                    position[tp.partition] = max(position[tp.partition], tp.offset)
-                continue
-            error = msg.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001 - librdkafka's
-                    continue
-                raise ConsumeError(f"{topic}: {error.str()}")
-            part = msg.partition() or 0
-            position[part] = (msg.offset() or 0) + 1
+        decode = EventDeserializer(client, RunEvent).decode
+        for value, _whole in records(settings, settings.kafka.topics.run_events):
             try:
-                event: dict[str, Any] | None = decode(msg.value())
+                event = decode(value)
             except HeadraceError:
-                event = None  # the dead-letter topic's business, not the run's
-            yield event, starts[part] == 0
-    finally:
-        consumer.close()
+                continue  # the dead-letter topic's business, not the run's
+            if event.get("run_id") == run_id:
+                _run_event(event, sides)
 
 
 # --- checking --------------------------------------------------------------------------
 
 
-def _counts(files: dict[str, list[Version]]) -> dict[str, int]:
+def _counts(found: Iterable[tuple[str, str, int]]) -> dict[str, int]:
+    """Files per strategy (and deleted) of a side, from (op, strategy, files) of the first
+    version of each path."""
     counts = empty_counts()
-    for versions in files.values():
-        for v in versions[:1]:
-            counts["files"] += 1
-            counts["deleted" if v.op == "DELETE" else v.strategy] += 1
+    for op, strategy, n in found:
+        counts["files"] += n
+        counts["deleted" if op == "DELETE" else strategy] += n
     return counts
 
 
+def path_digest(files: Iterable[tuple[str, str]]) -> str:
+    """``run_digest`` of (path, sha256) pairs given sorted by unique path, streamed."""
+    digest = hashlib.sha256()
+    for path, checksum in files:
+        digest.update(f"{path}\0{checksum}\n".encode())
+    return digest.hexdigest()
+
+
 def _check_manifest(sides: Sides, report: RunReport) -> None:
-    archived = sides.archived or {}
-    report.counts["archived"] = _counts(archived)
-    upserts = [(p, vs[0].sha256) for p, vs in archived.items() if vs[0].op == "UPSERT"]
-    report.digest["archived"] = run_digest(upserts)
+    store = sides.stored()
+    report.counts["archived"] = _counts(store.counts("archived"))
+    report.digest["archived"] = path_digest(store.upserts("archived"))
     run = sides.run
     if run is None:
         report.add(
@@ -307,66 +325,67 @@ def _compare_counts(report: RunReport, side: str) -> None:
 
 
 def _check_published(sides: Sides, report: RunReport) -> None:
-    archived = sides.archived or {}
-    for path, versions in sorted(archived.items()):
-        ids = Counter(v.event_id for v in versions)
-        for event_id, n in ids.items():
-            if n > 1:
-                report.add(
-                    Kind.DUPLICATED, "archived", path, f"event {event_id} archived {n} times"
-                )
-    published = sides.published
-    if published is None:
+    store = sides.stored()
+    for path, event_id, n in store.duplicates("archived"):
+        report.add(Kind.DUPLICATED, "archived", path, f"event {event_id} archived {n} times")
+    if not sides.whole:
         _compare_counts(report, "published")
         return
-    report.counts["published"] = _counts(published)
-    for path, versions in sorted(published.items()):
-        ids = Counter(v.event_id for v in versions)
-        for event_id, n in ids.items():
-            if n > 1:
-                report.add(
-                    Kind.DUPLICATED, "published", path, f"event {event_id} published {n} times"
-                )
-        if path not in archived:
-            report.add(Kind.MISSING_IN_ARCHIVE, "archived", path, f"event {versions[0].event_id}")
-    for path, versions in sorted(archived.items()):
-        if path not in published:
-            report.add(
-                Kind.EXTRA, "archived", path, f"event {versions[0].event_id} is not in Kafka"
-            )
+    report.counts["published"] = _counts(store.counts("published"))
+    # By path: what Kafka holds twice, then whether the archive misses the file.
+    found: list[tuple[str, int, Kind, str, str]] = [
+        (path, 0, Kind.DUPLICATED, "published", f"event {event_id} published {n} times")
+        for path, event_id, n in store.duplicates("published")
+    ]
+    found += (
+        (path, 1, Kind.MISSING_IN_ARCHIVE, "archived", f"event {event_id}")
+        for path, event_id in store.only_in("published", "archived")
+    )
+    found.sort(key=lambda d: (d[0], d[1]))  # stable: each path's duplicates as they came
+    for path, _order, kind, side, detail in found:
+        report.add(kind, side, path, detail)
+    for path, event_id in store.only_in("archived", "published"):
+        report.add(Kind.EXTRA, "archived", path, f"event {event_id} is not in Kafka")
     _compare_counts(report, "published")
 
 
-def _check_database(settings: Settings, files: dict[str, list[Version]], report: RunReport) -> None:
-    from storage.db import open_database  # noqa: PLC0415 - the database only when asked
-
-    assert report.project is not None  # noqa: S101 - the caller checked
+def _check_database(settings: Settings, sides: Sides, report: RunReport, error: str | None) -> None:
+    """The project's rows (as read into the store, ``error`` if the read stopped) against
+    the archived first version of each path."""
+    store = sides.stored()
     loaded = empty_counts()
-    seen: set[str] = set()
-    try:
-        with open_database(settings, migrate=False) as db:
-            for row in db.query(report.project, include_deleted=True):
-                path = row["path"]
-                versions = files.get(path)
-                if versions is None:
-                    if row["run_id"] == report.run_id:
-                        report.add(
-                            Kind.EXTRA, "loaded", path, "a row of the run the archive does not hold"
-                        )
-                    continue
-                seen.add(path)
-                _check_row(row, versions[0], report, loaded)
-    except HeadraceError as exc:  # no database yet (nothing loaded), or unreachable
-        report.add(Kind.MISSING_IN_DATABASE, "loaded", None, f"the database cannot be read: {exc}")
-        seen.update(files)  # said once for all, not once a file
-    for path, versions in sorted(files.items()):
-        if path not in seen and versions[0].op == "UPSERT":
-            report.add(Kind.MISSING_IN_DATABASE, "loaded", path, f"event {versions[0].event_id}")
-        elif path not in seen and settings.load.deletes == "remove":
-            loaded["deleted"] += 1  # removed rows: a delete that landed
-            loaded["files"] += 1
+    for strategy, n in store.rows_counted():  # the run's own version: nothing to say
+        loaded["files"] += n
+        loaded[strategy] += n
+    # By path, the rows of the run the archive does not hold, and the rows to look at.
+    found: list[tuple[str, Row | None]] = [
+        (p, None) for (p,) in store.rows_of_run_only(report.run_id)
+    ]
+    found += ((r[0], r) for r in store.rows_to_check())
+    found.sort(key=lambda f: f[0])
+    for path, r in found:
+        if r is None:
+            report.add(Kind.EXTRA, "loaded", path, "a row of the run the archive does not hold")
+            continue
+        row = dict(zip(_ROW, r, strict=False))
+        _check_row(row, Version(*r[7:13]), report, loaded)
+    if error is not None:
+        report.add(
+            Kind.MISSING_IN_DATABASE, "loaded", None, f"the database cannot be read: {error}"
+        )
+    else:  # said once for all, not once a file
+        remove = settings.load.deletes == "remove"
+        for path, event_id, op in store.not_loaded():
+            if op == "UPSERT":
+                report.add(Kind.MISSING_IN_DATABASE, "loaded", path, f"event {event_id}")
+            elif remove:
+                loaded["deleted"] += 1  # removed rows: a delete that landed
+                loaded["files"] += 1
     report.counts["loaded"] = loaded
     _compare_counts(report, "loaded")
+
+
+_ROW = ("path", "event_id", "run_id", "sha256", "size", "event_time_ms", "deleted")
 
 
 def _check_row(
@@ -407,112 +426,32 @@ def _count_loaded(loaded: dict[str, int], version: Version) -> None:
     loaded["deleted" if version.op == "DELETE" else version.strategy] += 1
 
 
-def _check_verified(sides: Sides, files: dict[str, list[Version]], report: RunReport) -> None:
-    outcomes = sides.verified or {}
+def _check_verified(
+    sides: Sides, files: dict[str, list[Version]] | None, report: RunReport
+) -> None:
+    """``files``: the archived side in memory, when ``sides`` holds none."""
+    if files is not None and sides.store is None:
+        sides = Sides(archived=files, verified=sides.verified)
     verified = empty_counts()
-    for path, versions in sorted(files.items()):
-        version = versions[0]
-        if version.op == "DELETE":
+    found: list[tuple[str, Kind, str]] = []  # in the order of the event ids: sorted below
+    for path, event_id, op, strategy, status, detail in sides.stored().newest():
+        if op == "DELETE":
             verified["deleted"] += 1  # nothing to verify: counted as the run counts it
             verified["files"] += 1
-            continue
-        found = sorted(outcomes.get(version.event_id, []))
-        if not found:
-            report.add(
-                Kind.NOT_VERIFIED, "verified", path, f"no verification of event {version.event_id}"
-            )
-            continue
-        _when, status, detail = found[-1]
-        if status == "OK":
-            verified[version.strategy] += 1
+        elif status is None:
+            found.append((path, Kind.NOT_VERIFIED, f"no verification of event {event_id}"))
+        elif status == "OK":
+            verified[strategy] += 1
             verified["files"] += 1
         elif status == "MISMATCH":
-            report.add(Kind.VERIFICATION_FAILED, "verified", path, detail or status)
+            found.append((path, Kind.VERIFICATION_FAILED, detail or status))
         else:
-            report.add(Kind.CONTENT_UNRESOLVABLE, "verified", path, detail or status)
+            found.append((path, Kind.CONTENT_UNRESOLVABLE, detail or status))
+    found.sort(key=lambda f: f[0])
+    for path, kind, detail in found:
+        report.add(kind, "verified", path, detail)
     report.counts["verified"] = verified
     _compare_counts(report, "verified")
-
-
-def _check_source(settings: Settings, files: dict[str, list[Version]], report: RunReport) -> None:
-    """The source as a dry run of the ingest sees it now, against the run's files."""
-    from producers.command import open_source  # noqa: PLC0415 - the producer only when asked
-    from producers.ingest import Ingest, IngestOptions  # noqa: PLC0415
-
-    if report.source is None:
-        report.notes.append("the run's source is not known: not compared")
-        return
-    from producers.runs import RunStore  # noqa: PLC0415
-
-    record = RunStore(settings.ingest.state_dir).get(report.run_id)
-    partial = record is not None and (record.base_run is not None)
-    if partial:
-        report.notes.append(
-            f"run {report.run_id} is incremental (from run {record.base_run if record else '?'}):"
-            " the source is compared on the run's own files only"
-        )
-    source = open_source(settings, report.source, report.commit, None, report.project)
-    sink = _Collect()
-    summary = Ingest(source, IngestOptions(dry_run=True), report.run_id, report.project, sink).run()
-    if not partial:
-        skipped = dict(Counter(s.reason.value.lower() for s in summary.skipped))
-        if skipped != report.skipped and report.completed:
-            report.add(
-                Kind.COUNT_MISMATCH,
-                "source",
-                None,
-                f"skipped by reason: {skipped} in the source now, the run says {report.skipped}",
-            )
-    counts = empty_counts()
-    for path, (sha256, strategy) in sorted(sink.files.items()):
-        versions = files.get(path)
-        if partial and versions is None:
-            continue
-        if versions is None or versions[0].op != "UPSERT":
-            report.add(Kind.MISSING_IN_ARCHIVE, "source", path, "in the source, not in the run")
-            continue
-        if versions[0].sha256 != sha256:
-            report.add(
-                Kind.CHECKSUM_MISMATCH,
-                "source",
-                path,
-                f"the source holds {sha256}, the run {versions[0].sha256}",
-            )
-        counts["files"] += 1
-        counts[versions[0].strategy or strategy] += 1
-    for path, versions in sorted(files.items()):
-        if versions[0].op == "UPSERT" and path not in sink.files:
-            report.add(Kind.EXTRA, "source", path, "in the run, not in the source now")
-    report.counts["source"] = counts
-
-
-class _Collect:
-    """An event sink for the dry run: each file's sha256."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, tuple[str, str]] = {}
-
-    def file(self, event: FileEvent) -> None:
-        strategy = (event.content_strategy.value if event.content_strategy else "INLINE").lower()
-        self.files[event.path] = (event.checksum, strategy)
-
-    def run(self, event: RunEvent) -> None:
-        pass
-
-    def flush(self, timeout_s: float = 120.0) -> dict[str, str]:
-        return {}
-
-    def prepare(self, timeout_s: float = 120.0) -> tuple[dict[str, str], Any]:
-        return {}, None
-
-    def commit(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-    def committed(self, probe: Any, timeout_s: float = 60.0) -> bool:
-        return False
 
 
 def latest_run(settings: Settings, project: str) -> str:
@@ -522,7 +461,7 @@ def latest_run(settings: Settings, project: str) -> str:
     newest: tuple[int, str] | None = None
     if topic in backend.topics():
         for line in read(backend, topic=topic, predicate=lambda e: e.get("project") == project):
-            when = (_millis(line.event.get("event_time")), str(line.event["run_id"]))
+            when = (millis(line.event.get("event_time")), str(line.event["run_id"]))
             newest = when if newest is None or when > newest else newest
     if newest is None:
         raise HeadraceError(f"the archive holds no run of project {project}")

@@ -124,3 +124,87 @@ def test_content_errors_map_to_verification_statuses() -> None:
     assert status_of(ChecksumMismatch("p", "x")) is VerificationStatus.MISMATCH
     assert status_of(PayloadMissing("p", "x")) is VerificationStatus.MISSING
     assert status_of(ContentRefused("p", "x")) is VerificationStatus.ERROR
+
+
+# --- the store the sides are streamed into ----------------------------------------------
+
+PATHS = ["b", "a/z", "a", "A", "é", "e\u0301", "z", "😀", "a b", "\u00e9t\u00e9"]
+
+
+def test_the_store_gives_paths_in_pythons_order_and_the_runs_digest() -> None:
+    from consumers.verify.reconcile import path_digest
+    from consumers.verify.store import Store
+
+    store = Store()
+    store.fill(
+        "archived",
+        "versions",
+        [(p, f"e{i}", "UPSERT", str(i), 3, "inline", 1) for i, p in enumerate(PATHS)],
+    )
+    assert [row[0] for row in store.firsts("archived")] == sorted(PATHS)
+    pairs = [(p, str(i)) for i, p in enumerate(PATHS)]
+    assert path_digest(store.upserts("archived")) == run_digest(pairs)
+
+
+@pytest.mark.parametrize(
+    ("in_kafka", "newest"),
+    [
+        # the topic's copy of the archive's verification (another status: the archive's
+        # is the one taken), and an older one
+        ([("1", 5, "MISMATCH", "x"), ("1", 4, "MISSING", "y")], ("OK", None)),
+        ([("1", 6, "ERROR", "later")], ("ERROR", "later")),  # one the archive lacks yet
+    ],
+)
+def test_the_newest_verification_is_taken_from_both_sides_once_each(
+    in_kafka: list[tuple[str, int, str, str | None]], newest: tuple[str, str | None]
+) -> None:
+    from consumers.verify.store import Store
+
+    store = Store()
+    store.fill("archived", "versions", [("p", "1", "UPSERT", "s", 3, "inline", 1)])
+    store.fill("archived_outcomes", "outcomes", [("1", 5, "OK", None)])
+    store.fill("published_outcomes", "outcomes", in_kafka)
+    assert list(store.newest()) == [("p", "1", "UPSERT", "inline", *newest)]
+
+
+def test_the_archive_provably_holds_a_partitions_chain_of_whole_segments() -> None:
+    from consumers.verify.read import archived_through
+    from storage.archive.layout import Compression
+    from storage.archive.manifest import SegmentInfo
+
+    def segment(partition: int, first: int, last: int, previous: int | None) -> SegmentInfo:
+        name = f"t+{partition}+{first:020d}.jsonl.zst"
+        return SegmentInfo(
+            "t",
+            partition,
+            "2026-12-01",
+            first,
+            last,
+            last - first + 1,
+            name,
+            1,
+            "0",
+            Compression.ZSTD,
+            previous,
+        )
+
+    segments = [
+        segment(0, 0, 9, None),
+        segment(0, 10, 19, 9),
+        segment(0, 25, 29, 24),  # a gap
+        segment(1, 0, 9, None),
+        segment(1, 10, 19, 9),  # the second one short, below
+        segment(2, 5, 9, 4),  # not the partition's first segment
+    ]
+
+    class Days:
+        def days(self, topic: str) -> list[str]:
+            return ["2026-12-01"]
+
+        def read_manifest(self, topic: str, day: str) -> list[SegmentInfo]:
+            return segments
+
+    lines = {s.name: s.records for s in segments}
+    lines["t+1+00000000000000000010.jsonl.zst"] -= 1
+    held = archived_through(Days(), "t", lines)  # type: ignore[arg-type]
+    assert held == {0: (0, 20), 1: (0, 10)}

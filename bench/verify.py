@@ -10,7 +10,9 @@ variables), then in the same run measures:
   --until-caught-up`` in a child process (wall time, startup included): the
   verify group's events/s against the archive group's on the same topic;
 - ``headrace verify run RUN_ID --json`` in a child process: seconds, events/s,
-  peak RSS (from the kernel, via wait4), and that the report is ok (exit 0);
+  peak RSS (from the kernel, via wait4: the largest of the process and the children it
+  waited for), the peak of the process tree together (its resident memory and its
+  children's, sampled every 50 ms from /proc), and that the report is ok (exit 0);
 - baseline: a bare read of the same archive topic with
   ``storage.archive.reader.read`` (in this process), so the ratio shows what the
   reconcile costs on top of reading the archive once.
@@ -143,19 +145,41 @@ def publish(settings: Settings, n: int, run_id: str) -> None:
             raise SystemExit("not every event was delivered")
 
 
-def child(env: dict[str, str], *args: str) -> tuple[int, float, float, str]:
-    """(exit status, wall seconds, peak RSS MiB, stdout) of ``headrace ARGS``."""
+def child(env: dict[str, str], *args: str) -> tuple[int, float, float, str, float]:
+    """(exit status, wall seconds, peak RSS MiB, stdout, peak RSS MiB of the process tree
+    together, sampled) of ``headrace ARGS``."""
     argv = [*HEADRACE, "--log-level", "WARNING", *args]
+    tree = 0.0
     with tempfile.TemporaryFile() as out:
         started = time.perf_counter()
         pid = os.posix_spawn(
             argv[0], argv, env, file_actions=[(os.POSIX_SPAWN_DUP2, out.fileno(), 1)]
         )
-        _, status, usage = os.wait4(pid, 0)
+        while True:
+            done, status, usage = os.wait4(pid, os.WNOHANG)
+            if done:
+                break
+            tree = max(tree, tree_rss_mib(pid))
+            time.sleep(0.05)
         wall = time.perf_counter() - started
         out.seek(0)
         text = out.read().decode()
-    return os.waitstatus_to_exitcode(status), wall, usage.ru_maxrss / 1024, text
+    return os.waitstatus_to_exitcode(status), wall, usage.ru_maxrss / 1024, text, tree
+
+
+def tree_rss_mib(pid: int) -> float:
+    """The resident memory of a process and of its descendants now, in MiB (from /proc)."""
+    kib, todo = 0, [pid]
+    while todo:
+        proc = Path("/proc") / str(todo.pop())
+        try:
+            status = (proc / "status").read_text()
+            kib += next((int(x.split()[1]) for x in status.splitlines() if x[:6] == "VmRSS:"), 0)
+            for task in (proc / "task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # gone meanwhile
+    return kib / 1024
 
 
 def bare_read(root: Path, topic: str) -> tuple[float, int]:
@@ -195,11 +219,11 @@ def main() -> None:
                 f" to {settings.kafka.partitions} partitions in"
                 f" {time.perf_counter() - started:.1f}s"
             )
-            _, startup, _, _ = child(env, "--help")  # interpreter and imports: a floor
+            _, startup, _, _, _ = child(env, "--help")  # interpreter and imports: a floor
             print(f"  headrace --help (startup)  {startup:6.2f}s")
             groups: dict[str, float] = {}
             for group in ("archive", "load", "verify"):
-                code, wall, rss, _ = child(env, "consume", group, "--until-caught-up")
+                code, wall, rss, _, _ = child(env, "consume", group, "--until-caught-up")
                 if code != 0:
                     raise SystemExit(f"headrace consume {group} exited with {code}")
                 groups[group] = wall
@@ -209,7 +233,7 @@ def main() -> None:
                 )
             ratio = groups["archive"] / groups["verify"]
             print(f"  verify group / archive group on the same topic: {ratio:4.2f}x")
-            code, wall, rss, text = child(env, "verify", "run", run_id, "--json")
+            code, wall, rss, text, tree = child(env, "verify", "run", run_id, "--json")
             report = json.loads(text) if text.strip().startswith("{") else {}
             if code != 0:
                 print(text[:2000])
@@ -222,7 +246,10 @@ def main() -> None:
     ok = report.get("ok", "?")
     print(f"verify run {run_id} --json: exit 0, ok={ok}")
     print(f"  {'N':<26} {n:>10,}")
-    print(f"  {'verify run':<26} {n / wall:>10,.0f} events/s  {wall:6.2f}s  peak RSS {rss:.0f} MiB")
+    print(
+        f"  {'verify run':<26} {n / wall:>10,.0f} events/s  {wall:6.2f}s  peak RSS {rss:.0f} MiB"
+        f" (largest process), {tree:.0f} MiB (the process and its children together)"
+    )
     print(
         f"  {'bare archive read':<26} {n / base_s:>10,.0f} events/s  {base_s:6.2f}s  baseline"
         f"  (verify run: {wall / base_s:.1f}x its time)"

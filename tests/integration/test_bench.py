@@ -136,3 +136,28 @@ def test_cache_benchmark_runs_small(object_store: ObjectStoreSettings) -> None:
     assert figures["git"]["files"] == 100 and figures["git"]["cold"]["first_read_blob_s"] > 0
     assert 0 < figures["hit_rate"]["hit_rate"] <= figures["hit_rate"]["unbounded_hit_rate"]
     assert figures["memory"]["streamed"] and figures["memory"]["resolve_rss_mib"] > 0
+
+
+def test_verify_benchmark_runs_small(
+    kafka: KafkaSettings, registry: RegistrySettings, object_store: ObjectStoreSettings
+) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "HEADRACE_REGISTRY__URL": registry.url,
+        "HEADRACE_OBJECT_STORE__ENDPOINT": object_store.endpoint,
+    }
+    done = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "bench" / "verify.py"), "--small"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "published 2,000 inline FileEvents" in out
+    assert "exit 0, ok=True" in out
+    assert "verify run" in out and "peak RSS" in out and "together" in out
+    assert "bare archive read" in out and "baseline" in out

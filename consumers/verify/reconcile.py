@@ -130,7 +130,7 @@ def verify_run(
         closing(Store(Path(scratch))) as store,
         # spawn: fresh interpreters, whatever threads this process runs (Kafka clients, a
         # status spinner) when it starts them
-        multiprocessing.get_context("spawn").Pool(2) as pool,
+        multiprocessing.get_context("spawn").Pool(3) as pool,
     ):
         sides = Sides(store=store)
         loaded = _read(settings, run_id, sides, report, progress, pool)
@@ -144,12 +144,17 @@ def verify_run(
         else:
             report.project = sides.project
             report.notes.append(f"no RunStarted or RunCompleted event of run {run_id} found")
+        # The verifications are checked by a worker meanwhile: the other core.
+        manifest = None if sides.run is None else _manifest_counts(sides.run)
+        verified = pool.apply_async(_check_verified_in, (Path(scratch), run_id, manifest))
         _check_manifest(sides, report)
         _check_published(sides, report)
         if loaded is not None:
             progress("reading the database")
             _check_database(settings, sides, report, loaded.get())
-        _check_verified(sides, None, report)
+        checked = verified.get()
+        report.discrepancies += checked.discrepancies
+        report.counts["verified"] = checked.counts["verified"]
         if against_source:
             progress("hashing the source")
             check_source(settings, store, report)
@@ -167,9 +172,9 @@ def _read(
     progress: Progress,
     pool: Pool,
 ) -> AsyncResult[str | None] | None:
-    """The archive here, the two topics in ``pool`` meanwhile (2 cores: the decoding of
-    Avro is most of the time), then the database there too, all into ``sides.store``.
-    The database's read, once the project is known (None: it is not)."""
+    """The archive here; meanwhile in ``pool`` the two topics (the decoding of Avro is
+    most of the time) and, once the project is known, the database; all into
+    ``sides.store``. The database's read (None: no project is known)."""
     store = sides.stored()
     files = pool.apply_async(read_published, (settings, run_id, store.file("published")))
     progress("reading the archive")
@@ -177,23 +182,29 @@ def _read(
     held = _read_archived_verifications(settings, run_id, backend, store)
     into = store.file("published_outcomes")
     checks = pool.apply_async(read_verifications, (settings, run_id, into, held))
-    _read_archive(settings, run_id, backend, sides)
+    loaded: tuple[str, AsyncResult[str | None]] | None = None
+
+    def database() -> tuple[str, AsyncResult[str | None]] | None:
+        """The database's read, started as soon as the project is known."""
+        run = sides.run or sides.started
+        project = run["project"] if run is not None else sides.project
+        if project is None or (loaded is not None and loaded[0] == project):
+            return loaded
+        if loaded is not None:  # a RunCompleted of a project other than its RunStarted's
+            loaded[1].wait()
+            store.file("loaded").unlink()
+        return project, pool.apply_async(read_loaded, (settings, project, store.file("loaded")))
+
+    _read_archived_runs(settings, run_id, backend, sides)
+    loaded = database()
+    _read_archived_files(settings, run_id, backend, sides)
     progress("reading Kafka")
     if sides.run is None:
         _read_run_events(settings, run_id, sides)
-
-    def database() -> AsyncResult[str | None] | None:
-        run = sides.run or sides.started
-        project = run["project"] if run is not None else sides.project
-        if project is None:
-            return None
-        return pool.apply_async(read_loaded, (settings, project, store.file("loaded")))
-
-    loaded = database()  # queued: it starts when a topic is read
+    loaded = database()
     whole, project = files.get()
     sides.whole, sides.project = whole, sides.project or project
-    if loaded is None:
-        loaded = database()
+    loaded = database()
     checks.get()
     for side in ("published", "published_outcomes"):
         store.attach(side)
@@ -203,7 +214,7 @@ def _read(
             " published is checked against the run's counts only"
         )
         report.counts["published"] = _counts(store.counts("published"))
-    return loaded
+    return None if loaded is None else loaded[1]
 
 
 def _read_archived_verifications(
@@ -223,17 +234,21 @@ def _read_archived_verifications(
     return archived_through(backend, topic, lines)
 
 
-def _read_archive(settings: Settings, run_id: str, backend: Backend, sides: Sides) -> None:
-    """The run's run events and file events in the archive."""
-    assert sides.store is not None  # noqa: S101 - the caller made it
-    topics = settings.kafka.topics
-    archived = set(backend.topics())
-    if topics.run_events in archived:
-        for line in read(backend, topic=topics.run_events, predicate=_of(run_id)):
+def _read_archived_runs(settings: Settings, run_id: str, backend: Backend, sides: Sides) -> None:
+    """The run's run events in the archive."""
+    topic = settings.kafka.topics.run_events
+    if topic in backend.topics():
+        for line in read(backend, topic=topic, predicate=_of(run_id)):
             _run_event(line.event, sides)
+
+
+def _read_archived_files(settings: Settings, run_id: str, backend: Backend, sides: Sides) -> None:
+    """The run's file events in the archive."""
+    assert sides.store is not None  # noqa: S101 - the caller made it
+    topic = settings.kafka.topics.file_events
     with closing(sides.store.writer("archived", "versions")) as versions:
-        if topics.file_events in archived:
-            for _name, event in archived_events(backend, topics.file_events):
+        if topic in backend.topics():
+            for _name, event in archived_events(backend, topic):
                 if event.get("run_id") == run_id:
                     versions.add(version_row(event))
                     sides.project = sides.project or event["project"]
@@ -295,8 +310,7 @@ def _check_manifest(sides: Sides, report: RunReport) -> None:
         )
         return
     report.completed = True
-    manifest = run.get("counts") or {}
-    report.counts["manifest"] = {k: int(manifest.get(k, 0)) for k in empty_counts()}
+    report.counts["manifest"] = _manifest_counts(run)
     report.skipped = {str(k).lower(): int(v) for k, v in (run.get("skip_counts") or {}).items()}
     report.digest["manifest"] = run.get("digest")
     if report.digest["manifest"] != report.digest["archived"]:
@@ -308,6 +322,11 @@ def _check_manifest(sides: Sides, report: RunReport) -> None:
             f" the run says {report.digest['manifest']}",
         )
     _compare_counts(report, "archived")
+
+
+def _manifest_counts(run: dict[str, Any]) -> dict[str, int]:
+    manifest = run.get("counts") or {}
+    return {k: int(manifest.get(k, 0)) for k in empty_counts()}
 
 
 def _compare_counts(report: RunReport, side: str) -> None:
@@ -452,6 +471,17 @@ def _check_verified(
         report.add(kind, "verified", path, detail)
     report.counts["verified"] = verified
     _compare_counts(report, "verified")
+
+
+def _check_verified_in(directory: Path, run_id: str, manifest: dict[str, int] | None) -> RunReport:
+    """``_check_verified`` on the store in ``directory`` (a pool worker: it only reads),
+    as a report of its own; ``manifest``: the run's counts, to compare with."""
+    with closing(Store(directory)) as store:
+        report = RunReport(run_id)
+        if manifest is not None:
+            report.counts["manifest"] = manifest
+        _check_verified(Sides(store=store), None, report)
+    return report
 
 
 def latest_run(settings: Settings, project: str) -> str:

@@ -134,6 +134,10 @@ class Writer:
             )
             self._db.execute(f"DROP TABLE {s}.raw_{t}")
             self._db.execute(_DERIVED[t].format(s=s))
+            if s == "archived" and t == "versions":  # for newest(): a walk by event id
+                self._db.execute(
+                    f"CREATE INDEX {s}.firsts_event ON firsts (event_id, op, strategy)"
+                )
 
 
 def write_file(path: Path, table: str) -> tuple[sqlite3.Connection, Writer]:
@@ -279,9 +283,6 @@ class Store:
         for side in ("archived", "archived_outcomes", "published_outcomes"):
             self.attach(side)
         newest = self._newest()
-        self._db.execute(
-            "CREATE INDEX IF NOT EXISTS archived.firsts_event ON firsts (event_id, op, strategy)"
-        )
         rows = self._db.execute(
             "SELECT f.path, f.event_id, f.op, f.strategy, n.found"  # noqa: S608 - constants
             " FROM archived.firsts AS f INDEXED BY firsts_event"

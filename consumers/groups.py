@@ -20,6 +20,7 @@ from typing import Any
 from consumers.archive.sink import ArchiveSink
 from consumers.base import Sink
 from consumers.dlq import DeadLetterQueue
+from consumers.instance import InstanceSlot, membership_config
 from consumers.metrics import Metrics
 from consumers.runtime import ConsumerRuntime, Decoder, RuntimeStats
 from headrace.errors import ConfigError
@@ -94,7 +95,7 @@ def _verify_sink(settings: Settings, group_id: str, metrics: Metrics) -> Sink:
         group_id=group_id,
         parallel=settings.cache.parallel_downloads,
         metrics=VerifyMetrics(metrics.registry, group_id),
-        instances=settings.verify.instances_dir,
+        instances=settings.verify.instances_dir or settings.consumer.instances_dir,
     )
 
 
@@ -193,12 +194,16 @@ def run_group(
         partitions=kafka.partitions,
         replication_factor=kafka.replication_factor,
     )
+    # The process's slot on this host: its group.instance.id, the same after a restart.
+    slot = InstanceSlot(settings.consumer.instances_dir, group_id)
+    # librdkafka keys set in kafka.extra win (a test's shorter session, say).
+    membership = membership_config(settings.consumer, group_id, slot.acquire(), kafka.extra)
     metrics = Metrics(group_id)
     port = settings.consumer.metrics_port if metrics_port is None else metrics_port
-    if port:
-        bound = metrics.serve(settings.consumer.metrics_host, port)
-        log.info("metrics on http://%s:%s/metrics", settings.consumer.metrics_host, bound)
     try:
+        if port:
+            bound = metrics.serve(settings.consumer.metrics_host, port)
+            log.info("metrics on http://%s:%s/metrics", settings.consumer.metrics_host, bound)
         with make_registry_client(settings.registry) as client:
             decoders: dict[str, Decoder] = {
                 name: EventDeserializer(client, MODELS[field]) for field, name in names.items()
@@ -213,7 +218,9 @@ def run_group(
                 until_caught_up=until_caught_up,
                 batch_size=settings.consumer.batch_size,
                 max_event_time_skew_s=settings.consumer.max_event_time_skew_s,
+                consumer_config=membership,
             )
             return runtime.run()
     finally:
         metrics.close()
+        slot.release()

@@ -12,7 +12,13 @@
   Transient failures are retried with exponential backoff and jitter while
   the partitions are paused; nothing is dropped.
 - SIGTERM and SIGINT stop the loop after the batch in hand; what is durable
-  is committed and the consumer leaves the group.
+  is committed and the consumer leaves the group, a static member too (it
+  unsubscribes first: librdkafka's close alone keeps a static member in the group
+  until its session expires), so the others take its partitions at once.
+- A member that dies without leaving holds its partitions until its session times
+  out, unless a process with its group.instance.id (consumers.instance) takes its
+  place first. A wait for an assignment longer than ``assignment_wait_log_s`` is
+  logged with what it waits for.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaPartition
 from tenacity import (
     RetryCallState,
@@ -45,7 +51,8 @@ from consumers.dlq import REASON_OF, DeadLetterQueue
 from consumers.errors import RecordsRefused, StopConsuming
 from consumers.metrics import Metrics
 from headrace.errors import ConsumeError, HeadraceError, Terminal, is_transient
-from headrace.kafka import make_consumer
+from headrace.kafka import LIBRDKAFKA_SESSION_TIMEOUT_MS
+from headrace.kafka import consumer_config as make_config
 from headrace.settings import KafkaSettings
 from schemas.errors import DeserializationError
 from schemas.models import DeadLetterReason, Event
@@ -94,6 +101,7 @@ class ConsumerRuntime:
         retry_for_s: float = 120.0,
         consumer_config: Mapping[str, Any] | None = None,  # librdkafka keys, over the defaults
         max_event_time_skew_s: float = DEFAULT_MAX_SKEW_S,  # consumer.max_event_time_skew_s
+        assignment_wait_log_s: float = 5.0,
     ) -> None:
         self.group, self.sink, self.dlq = group, sink, dlq
         self.decoders = dict(decoders)
@@ -105,7 +113,11 @@ class ConsumerRuntime:
         self.poll_timeout_s = poll_timeout_s
         self.retry_for_s = retry_for_s
         self.stats = RuntimeStats()
-        self._consumer: Consumer = make_consumer(kafka, group, **(consumer_config or {}))
+        config = make_config(kafka, group, consumer_config)
+        self.instance_id: str | None = config.get("group.instance.id")
+        self.session_s = int(config.get("session.timeout.ms", LIBRDKAFKA_SESSION_TIMEOUT_MS)) / 1000
+        self.assignment_wait_log_s = assignment_wait_log_s
+        self._consumer: Consumer = Consumer(config)
         sink.bind(self._consumer.consumer_group_metadata)
         self._assigned: set[TopicPartition] = set()
         self._handed: dict[TopicPartition, int] = {}  # highest offset given to the sink
@@ -113,6 +125,8 @@ class ConsumerRuntime:
         self._targets: dict[TopicPartition, int] = {}
         self._stop = False
         self._undelivered = False  # dead letters sent and not yet flushed
+        self._waiting_since: float | None = None  # joined or revoked, not assigned since
+        self._wait_logged = False
 
     # --- the loop -------------------------------------------------------------------
 
@@ -130,6 +144,14 @@ class ConsumerRuntime:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
+        self._waiting()
+        if self.instance_id:
+            log.info(
+                "joining group %s as static member %s (session %.0f s)",
+                self.group,
+                self.instance_id,
+                self.session_s,
+            )
         try:
             while not self._stop:
                 with _collector_paused():  # while a batch is in hand
@@ -143,6 +165,7 @@ class ConsumerRuntime:
                 if consumed:
                     self.metrics.batch_seconds.observe(time.perf_counter() - started)
                 self.metrics.beat()
+                self._log_wait()
                 if self.until_caught_up and self._caught_up():
                     break
         finally:
@@ -151,6 +174,7 @@ class ConsumerRuntime:
                 self._flush_dead_letters()
                 self._commit()
             finally:
+                self._leave()
                 consumer.close()
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
@@ -220,7 +244,15 @@ class ConsumerRuntime:
         error = msg.error()
         if error is None:
             return
-        if error.fatal():
+        # librdkafka reports a fatal error as an event of code _FATAL (whose fatal() is
+        # false); the consumer is of no use after it.
+        if error.fatal() or error.name() == "_FATAL":
+            if error.code() == KafkaError.FENCED_INSTANCE_ID or "group.instance.id" in error.str():
+                raise StopConsuming(
+                    f"another process joined group {self.group} as {self.instance_id}: two"
+                    " hosts of one name, or two instances directories on one host"
+                    f" (consumer.instances_dir): {error.str()}"
+                )
             raise StopConsuming(f"fatal Kafka error: {error.str()}")
         log.warning("consume error: %s", error.str())
 
@@ -356,7 +388,12 @@ class ConsumerRuntime:
             self._targets.setdefault((tp.topic, tp.partition), high)
         self._assigned |= set(wanted)
         consumer.assign(partitions)
-        log.info("assigned %s", describe_partitions(wanted))
+        waited = time.monotonic() - (self._waiting_since or time.monotonic())
+        if self._wait_logged:
+            log.info("assigned %s after %.1f s", describe_partitions(wanted) or "nothing", waited)
+        else:
+            log.info("assigned %s", describe_partitions(wanted) or "nothing")
+        self._waiting_since, self._wait_logged = None, False
 
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         going = {(tp.topic, tp.partition) for tp in partitions}
@@ -365,9 +402,49 @@ class ConsumerRuntime:
         self._commit(going)
         self._assigned -= going
         consumer.unassign()
+        if not self._stop:
+            self._waiting()  # an eager rebalance: the next assignment follows
 
     def _on_lost(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         self._assigned -= {(tp.topic, tp.partition) for tp in partitions}
+
+    # --- membership ----------------------------------------------------------------
+
+    def _waiting(self) -> None:
+        self._waiting_since, self._wait_logged = time.monotonic(), False
+
+    def _log_wait(self) -> None:
+        since = self._waiting_since
+        if since is None or self._wait_logged:
+            return
+        waited = time.monotonic() - since
+        if waited >= self.assignment_wait_log_s:
+            log.warning(
+                "waiting %.0f s for the group %s to assign partitions: a member that died"
+                " holds them until its session times out (%.0f s)",
+                waited,
+                self.group,
+                self.session_s,
+            )
+            self._wait_logged = True
+
+    def _leave(self, timeout_s: float = 5.0) -> None:
+        """Leave the group now: a static member's close does not (KIP-345), so its
+        partitions would wait for its session to expire. librdkafka sends the
+        LeaveGroup once the revocation unsubscribe starts is served, and forgets the
+        member id then."""
+        if not self.instance_id:
+            return  # a dynamic member's close leaves the group
+        consumer = self._consumer
+        try:
+            if not consumer.memberid():
+                return  # never joined
+            consumer.unsubscribe()
+            deadline = time.monotonic() + timeout_s
+            while consumer.memberid() and time.monotonic() < deadline:
+                consumer.consume(self.batch_size, 0.1)  # serves the revocation; not handled
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("could not leave group %s: %s", self.group, exc)
 
     def _caught_up(self) -> bool:
         if not self._assigned:

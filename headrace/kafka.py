@@ -19,6 +19,9 @@ from headrace.errors import ProduceError
 from headrace.settings import KafkaSettings
 
 ClientConfig = dict[str, Any]
+# librdkafka's session.timeout.ms when none is set: how long a dead member keeps its
+# partitions (consumers.instance sets the groups' own, consumer.session_timeout_s).
+LIBRDKAFKA_SESSION_TIMEOUT_MS = 45_000
 _librdkafka_log = logging.getLogger("headrace.librdkafka")
 
 

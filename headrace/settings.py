@@ -228,6 +228,16 @@ class ConsumerSettings(_Section):
     # An event whose own time lies more than this after its Kafka record's timestamp is
     # dead-lettered EVENT_TIME_SKEW: a time in the future would win every comparison.
     max_event_time_skew_s: float = Field(default=86_400.0, gt=0)
+    # Static membership (KIP-345): a process is group.instance.id group.host.slot, so a
+    # process restarted after a crash takes its predecessor's partitions at once, not
+    # after the dead member's session expired (docs/reliability.md).
+    static_membership: bool = True
+    # How long a member that stopped heartbeating (died) keeps its partitions; the broker
+    # allows 6 s to 30 min (group.min/max.session.timeout.ms). librdkafka's default: 45 s.
+    session_timeout_s: float = Field(default=10.0, ge=1)
+    # The processes' slots on this host (lock files): their group.instance.id (and the
+    # verify group's transactional.id).
+    instances_dir: Path = PROJECT_ROOT / ".headrace" / "instances"
 
 
 class ArchiveSettings(_Section):
@@ -272,8 +282,9 @@ class VerifySettings(_Section):
     """``headrace verify``: where repairs keep their backups and logs."""
 
     repairs_dir: Path = PROJECT_ROOT / ".headrace" / "repairs"
-    # The verify group's instance slots (lock files): its transactional ids.
-    instances_dir: Path = PROJECT_ROOT / ".headrace" / "instances"
+    # The verify group's instance slots (lock files): its transactional ids. Unset: the
+    # consumer's (consumer.instances_dir), so its transactional id is its member id.
+    instances_dir: Path | None = None
 
 
 class StackSettings(_Section):

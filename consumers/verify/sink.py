@@ -17,10 +17,7 @@ Deletes have no content and get no verification.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-import socket
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +30,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from prometheus_client import CollectorRegistry, Counter
 
 from consumers.base import Decoded, Sink, SinkCapabilities, TopicPartition
+from consumers.instance import InstanceSlot, instance_id
 from headrace import __version__
 from headrace.errors import ProduceError, Transient
 from headrace.failpoints import failpoint
@@ -110,42 +108,10 @@ def verification_of(
     )
 
 
-class InstanceSlot:
-    """The lowest free instance number of a group on this host, held by a lock file for
-    the life of the process. The transactional id is made of it, so a process that
-    restarts after a crash takes its predecessor's id and, at ``init_transactions``,
-    aborts what the predecessor left open at once (instead of after the transaction
-    timeout, with the group's committed offsets unreadable until then); two live
-    processes on one host hold two slots."""
-
-    def __init__(self, directory: Path, group_id: str) -> None:
-        self.directory, self.group_id = directory, group_id
-        self._fd: int | None = None
-        self.number = -1
-
-    def acquire(self, most: int = 1024) -> int:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        for number in range(most):
-            path = self.directory / f"{self.group_id}.{number}.lock"
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                continue
-            self._fd, self.number = fd, number
-            return number
-        raise ProduceError(f"{most} instances of {self.group_id} hold every slot on this host")
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
 def transactional_id_for(group_id: str, slot: int) -> str:
-    """One id per live process: the host and the process's slot on it."""
-    return f"{group_id}.{socket.gethostname()}.{slot}"
+    """One id per live process: the host and the process's slot on it (consumers.instance),
+    the same as the process's group.instance.id."""
+    return instance_id(group_id, slot)
 
 
 class VerifySink(Sink):

@@ -161,3 +161,31 @@ def test_verify_benchmark_runs_small(
     assert "exit 0, ok=True" in out
     assert "verify run" in out and "peak RSS" in out and "together" in out
     assert "bare archive read" in out and "baseline" in out
+
+
+def test_recovery_benchmark_runs_small(kafka: KafkaSettings, registry: RegistrySettings) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "HEADRACE_REGISTRY__URL": registry.url,
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT_ROOT / "bench" / "recovery.py"),
+            "--trials",
+            "1",
+            "--baseline-session-s",
+            "6",  # the broker's shortest session: the baseline in seconds, not 45
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("SIGKILL of `headrace consume archive`")
+    assert sum("kill to assigned/consuming" in line for line in lines) == 3
+    assert sum("x baseline" in line for line in lines) == 2

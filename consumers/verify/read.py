@@ -5,10 +5,13 @@
   tagged values (``{"$bytes": ...}`` stays base64, ``{"$datetime": ...}`` a string),
   which is most of a full read's time and of no use to the checks. Cold days are read by
   the reader itself.
-- :func:`records` streams a topic's committed values, in batches, from given offsets.
-- :func:`read_published` and :func:`read_verifications` run in child processes: each
-  reads one topic, decodes only the records that can be of the run (their Avro bytes hold
-  the run id) and writes the run's rows into a store file of its own.
+- :func:`archived_through`: the offsets of a topic the archive provably holds.
+- :func:`records` streams a topic's committed values, in batches, skipping what the
+  archive holds when asked to.
+- :func:`read_published`, :func:`read_verifications` and :func:`read_loaded` run in
+  worker processes: each reads one side (a topic, decoding only the records that can be
+  of the run: their Avro bytes hold the run id; or the project's database rows) into a
+  store file of its own.
 """
 
 from __future__ import annotations

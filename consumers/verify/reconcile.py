@@ -18,16 +18,18 @@ same sha256 and size; every upsert has a verification and the newest is OK; the
 counts per strategy agree across the sides and the archive's digest is the run's.
 
 How, in bounded memory: every side is streamed into a temporary store on disk
-(:mod:`consumers.verify.store`, compact rows in SQLite files) and the checks merge
-the sides sorted by path, holding one path at a time (the database's rows come in
-path order from ``query``). The two topics are read by two child processes while
-this one reads the archive (:mod:`consumers.verify.read`); each decodes only the
-records whose bytes hold the run id. The archive's lines are read without restoring
-their tagged values (inline bytes stay base64). What is skipped: the verifications
-topic is read only past the offsets the archive provably holds (a partition's chain
-of segments from its first one, every line its manifest counts read), since a record
-there is one the archive gave already; the file-events topic is always read whole,
-the published side staying a check independent of the archive.
+(:mod:`consumers.verify.store`: compact rows in SQLite files, sorted once by path or
+event id) and the checks are scans of it merged by path, SQL counting what agrees and
+Python naming what differs; no process holds a side. Worker processes read the two
+topics and the database's rows while this one reads the archive
+(:mod:`consumers.verify.read`), and one checks the verifications while this one checks
+the rest (2 cores). Only records whose bytes hold the run id are decoded; the archive's
+lines are read without restoring their tagged values (inline bytes stay base64). What
+is skipped: the verifications topic is read only past the offsets the archive provably
+holds (a partition's chain of segments from its first one, every line its manifest
+counts read), since a record there is one the archive gave already; the file-events
+topic is always read whole, the published side staying a check independent of the
+archive. The store needs about 1 GB of temporary disk at 1,000,000 events.
 """
 
 from __future__ import annotations

@@ -230,6 +230,19 @@ class Store:
             f" SELECT 1 FROM {other}.firsts AS o WHERE o.path = f.path) ORDER BY f.path"
         )
 
+    def adopt_missing(self, side: str, into: str) -> int:
+        """Add to ``into``'s first versions the paths only ``side`` holds (the run's files
+        for the later checks: a file the archive lost but Kafka holds is checked against
+        the database and the verifications as Kafka has it); how many."""
+        self.attach(side)
+        self.attach(into)
+        with self._db:
+            cursor = self._db.execute(
+                f"INSERT INTO {into}.firsts SELECT * FROM {side}.firsts AS f"  # noqa: S608
+                f" WHERE NOT EXISTS (SELECT 1 FROM {into}.firsts AS o WHERE o.path = f.path)"
+            )
+        return cursor.rowcount
+
     # The database's rows against the archived first versions. A row of the run's own
     # version with its sha256 and size (nearly all) is counted here; the others are
     # returned, for the checks to name.

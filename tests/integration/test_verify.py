@@ -327,6 +327,10 @@ def test_a_removed_archive_segment_is_missing_and_rebuilt_from_kafka(
     missing = {p for k, p in kinds(report) if k == "missing_in_archive"}
     assert missing == in_victim
     assert report["counts"]["archived"]["files"] == 10 - len(in_victim)
+    # Kafka holds them: the database and the verifications are checked against it, green
+    assert {d["side"] for d in report["discrepancies"]} == {"archived"}
+    counts = report["counts"]
+    assert counts["loaded"] == counts["verified"] == counts["manifest"]
 
     code, planned = verify_json(capsys, run_id, "--repair", "--dry-run")
     assert code == 1 and not segment.exists()

@@ -368,11 +368,17 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
         cls = type("Settings", (Settings,), {"model_config": config})
     try:
-        return cls(**overrides)
+        built = cls(**overrides)
     except ValidationError as exc:
         raise ConfigError(_explain(exc)) from None
     except (OSError, ValueError) as exc:  # unreadable or malformed TOML
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    if cls is Settings:
+        return built
+    # As a plain Settings, the values as read: the class made for the file cannot be
+    # pickled, and worker processes (verify run's) are handed the settings.
+    values = {name: getattr(built, name) for name in Settings.model_fields}
+    return Settings.model_construct(_fields_set=built.model_fields_set, **values)
 
 
 def _explain(exc: ValidationError) -> str:

@@ -1,9 +1,10 @@
+import pickle
 from pathlib import Path
 
 import pytest
 
 from headrace.errors import ConfigError
-from headrace.settings import load_settings
+from headrace.settings import Settings, load_settings
 
 
 def test_defaults_point_at_the_local_stack() -> None:
@@ -59,6 +60,19 @@ def test_config_file_sits_below_the_environment(
     assert settings.kafka.client_id == "from-file"
     assert settings.kafka.topics.file_events == "files"
     assert settings.kafka.bootstrap_servers == "env:9092"
+
+
+def test_settings_from_a_config_file_pickle_for_worker_processes(tmp_path: Path) -> None:
+    config = tmp_path / "headrace.toml"
+    config.write_text(
+        '[object_store]\nsecret_key = "from-the-file-9f2c"\n[kafka]\npartitions = 7\n'
+    )
+    settings = load_settings(config)
+    again = pickle.loads(pickle.dumps(settings))  # noqa: S301 - our own bytes
+    assert type(again) is Settings
+    assert again.kafka.partitions == 7
+    assert again.object_store.secret_key.get_secret_value() == "from-the-file-9f2c"
+    assert again.secrets() == settings.secrets()
 
 
 def test_config_file_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 import orjson
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from consumers.report import SHOWN, console, print_findings
@@ -18,6 +19,9 @@ from consumers.verify.report import SIDES, STRATEGIES, RunReport
 if TYPE_CHECKING:
     from consumers.verify.repair import RepairPlan, RepairResult
 from headrace.settings import Settings
+
+# verify_run's steps, in the order it reports them (the bar's total)
+STEPS = ("reading the archive", "reading Kafka", "reading the database")
 
 
 @click.group()
@@ -70,11 +74,21 @@ def run_(
         run_id = latest_run(settings, project)
     status_line = Console(stderr=True)
     show = not as_json and sys.stderr.isatty()
-    with status_line.status("verifying", spinner="dots") if show else nullcontext() as status:
+    steps = [*STEPS, *(("hashing the source",) if against_source else ()), "checking"]
+    bar = Progress(
+        TextColumn(f"verify run {run_id}: {{task.description}}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TimeElapsedColumn(),
+        console=status_line,
+        transient=True,
+    )
+    with bar if show else nullcontext():
+        task = bar.add_task("starting", total=len(steps))
 
         def progress(step: str) -> None:
-            if status is not None:
-                status.update(f"verify run {run_id}: {step}")
+            done = steps.index(step) if step in steps else 0
+            bar.update(task, description=step, completed=done)
 
         report = verify_run(settings, run_id, against_source=against_source, progress=progress)
     if dry_run and not repair:

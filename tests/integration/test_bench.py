@@ -13,23 +13,25 @@ from headrace.settings import (
 )
 
 
-def test_kafka_clients_benchmark_reports_ratios(kafka: KafkaSettings) -> None:
+def bench(
+    script: str, *args: str, env: dict[str, str], timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    """``bench/<script> args`` in a child with only ``env`` (and a PATH); exit 0 asserted."""
     done = subprocess.run(
-        [
-            sys.executable,
-            str(PROJECT_ROOT / "bench" / "kafka_clients.py"),
-            "--records",
-            "3000",
-            "--size",
-            "256",
-        ],
-        env={"PATH": "/usr/bin:/bin", "HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers},
+        [sys.executable, str(PROJECT_ROOT / "bench" / script), *args],
+        env={"PATH": "/usr/bin:/bin", **env},
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
         check=False,
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_kafka_clients_benchmark_reports_ratios(kafka: KafkaSettings) -> None:
+    env = {"HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers}
+    done = bench("kafka_clients.py", "--records", "3000", "--size", "256", env=env)
     lines = done.stdout.splitlines()
     assert lines[0].startswith("3,000 records of 256 B")
     assert sum("x baseline" in line for line in lines) == 2
@@ -40,28 +42,11 @@ def test_ingest_benchmark_runs_small(
     kafka: KafkaSettings, registry: RegistrySettings, object_store: ObjectStoreSettings
 ) -> None:
     env = {
-        "PATH": "/usr/bin:/bin",
         "HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "HEADRACE_REGISTRY__URL": registry.url,
         "HEADRACE_OBJECT_STORE__ENDPOINT": object_store.endpoint,
     }
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(PROJECT_ROOT / "bench" / "ingest.py"),
-            "--small",
-            "300",
-            "--large",
-            "1",
-            "--skip-stdlib",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = bench("ingest.py", "--small", "300", "--large", "1", "--skip-stdlib", env=env)
     out = done.stdout
     assert "300 files inline" in out and "x baseline" in out and "peak RSS" in out
     assert "re-ingest 0 uploads, 301 already stored" in out
@@ -69,20 +54,11 @@ def test_ingest_benchmark_runs_small(
 
 def test_archive_benchmark_runs_small(kafka: KafkaSettings, registry: RegistrySettings) -> None:
     env = {
-        "PATH": "/usr/bin:/bin",
         "HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "HEADRACE_REGISTRY__URL": registry.url,
         "HEADRACE_CONSUMER__METRICS_PORT": "0",
     }
-    done = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "bench" / "archive.py"), "--events", "3000"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = bench("archive.py", "--events", "3000", env=env)
     assert "archive group" in done.stdout and "x baseline" in done.stdout
     assert "% saved" in done.stdout
 
@@ -91,22 +67,13 @@ def test_load_benchmark_runs_small(
     kafka: KafkaSettings, registry: RegistrySettings, postgres: PostgresSettings
 ) -> None:
     env = {
-        "PATH": "/usr/bin:/bin",
         "HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "HEADRACE_REGISTRY__URL": registry.url,
         "HEADRACE_POSTGRES__HOST": postgres.host,
         "HEADRACE_POSTGRES__PORT": str(postgres.port),
         "HEADRACE_CONSUMER__METRICS_PORT": "0",
     }
-    done = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "bench" / "load.py"), "--events", "2000"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = bench("load.py", "--events", "2000", env=env)
     out = done.stdout
     assert "PostgreSQL COPY (plain)" in out and out.count("x baseline") == 4
     assert out.count("every row unchanged") == 2
@@ -114,19 +81,10 @@ def test_load_benchmark_runs_small(
 
 def test_cache_benchmark_runs_small(object_store: ObjectStoreSettings) -> None:
     env = {
-        "PATH": "/usr/bin:/bin",
         "HEADRACE_OBJECT_STORE__ENDPOINT": object_store.endpoint,
         "HEADRACE_CONSUMER__METRICS_PORT": "0",
     }
-    done = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "bench" / "cache.py"), "--small", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = bench("cache.py", "--small", "--json", env=env)
     text, figures = done.stderr, json.loads(done.stdout)
     for heading in ("1. warm hits", "2. cold fetch", "3. git", "4. hit rate", "5. memory"):
         assert heading in text
@@ -142,20 +100,11 @@ def test_verify_benchmark_runs_small(
     kafka: KafkaSettings, registry: RegistrySettings, object_store: ObjectStoreSettings
 ) -> None:
     env = {
-        "PATH": "/usr/bin:/bin",
         "HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "HEADRACE_REGISTRY__URL": registry.url,
         "HEADRACE_OBJECT_STORE__ENDPOINT": object_store.endpoint,
     }
-    done = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "bench" / "verify.py"), "--small"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = bench("verify.py", "--small", env=env, timeout=300)
     out = done.stdout
     assert "published 2,000 inline FileEvents" in out
     assert "exit 0, ok=True" in out
@@ -165,26 +114,11 @@ def test_verify_benchmark_runs_small(
 
 def test_recovery_benchmark_runs_small(kafka: KafkaSettings, registry: RegistrySettings) -> None:
     env = {
-        "PATH": "/usr/bin:/bin",
         "HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "HEADRACE_REGISTRY__URL": registry.url,
     }
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(PROJECT_ROOT / "bench" / "recovery.py"),
-            "--trials",
-            "1",
-            "--baseline-session-s",
-            "6",  # the broker's shortest session: the baseline in seconds, not 45
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    # --baseline-session-s 6: the broker's shortest session, the baseline in seconds, not 45
+    done = bench("recovery.py", "--trials", "1", "--baseline-session-s", "6", env=env)
     lines = done.stdout.splitlines()
     assert lines[0].startswith("SIGKILL of `headrace consume archive`")
     assert sum("kill to assigned/consuming" in line for line in lines) == 3

@@ -134,12 +134,16 @@ def archived_through(
 
 
 def records(
-    settings: Settings, topic: str, held: dict[int, tuple[int, int]] | None = None
+    settings: Settings,
+    topic: str,
+    held: dict[int, tuple[int, int]] | None = None,
+    lows: dict[int, int] | None = None,
 ) -> Iterator[tuple[bytes | None, bool]]:
     """Every committed value of ``topic`` up to the end offsets seen now, with whether its
-    partition still starts at 0. A partition of which the archive ``held`` every offset
-    Kafka has up to some ``end`` (its range starts at or before Kafka's first offset) is
-    read from ``end`` on."""
+    partition still starts at 0 (``lows``, if given, gets every partition's first offset:
+    a partition retention emptied yields nothing to say so). A partition of which the
+    archive ``held`` every offset Kafka has up to some ``end`` (its range starts at or
+    before Kafka's first offset) is read from ``end`` on."""
     group = f"headrace-verify-read-{uuid.uuid4().hex[:12]}"
     consumer = make_consumer(settings.kafka, group, **{"queued.max.messages.kbytes": QUEUED_KIB})
     try:
@@ -153,6 +157,8 @@ def records(
         ends, low = {}, {}
         for p in partitions:
             low[p], ends[p] = consumer.get_watermark_offsets(KafkaPartition(topic, p), timeout=10)
+        if lows is not None:
+            lows.update(low)
         position = dict.fromkeys(partitions, 0)
         for p, (first, end) in (held or {}).items():
             if p in position and first <= low[p]:
@@ -187,14 +193,15 @@ def read_published(settings: Settings, run_id: str, into: Path) -> tuple[bool, s
     """The run's file events in the file-events topic, into the store file ``into``
     (a child process): whether every partition still starts at 0, and the project of the
     first one."""
-    whole, project = True, None
+    project = None
+    lows: dict[int, int] = {}
     needle = run_id.encode()
     db, out = write_file(into, "versions")
     try:
         with make_registry_client(settings.registry) as client:
             decode = EventDeserializer(client, FileEvent).decode
-            for value, from_start in records(settings, settings.kafka.topics.file_events):
-                whole &= from_start
+            topic = settings.kafka.topics.file_events
+            for value, _from_start in records(settings, topic, lows=lows):
                 event = _of_run(decode, value, needle, run_id)
                 if event is not None:
                     out.add(version_row(event))
@@ -204,7 +211,7 @@ def read_published(settings: Settings, run_id: str, into: Path) -> tuple[bool, s
         raise _portable(exc) from None
     finally:
         db.close()
-    return whole, project
+    return all(low == 0 for low in lows.values()), project
 
 
 def read_verifications(

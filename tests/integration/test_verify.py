@@ -411,6 +411,26 @@ def test_events_gone_from_kafka_and_the_archive_are_published_again_from_the_sou
     }
 
 
+def test_a_topic_cut_by_retention_still_verifies_green_with_a_note(
+    ingested: tuple[Path, str], pipeline: dict[str, str], kafka: KafkaSettings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    _tree, run_id = ingested
+    topic = pipeline["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"]
+    root = Path(pipeline["HEADRACE_ARCHIVE__ROOT"])
+    lines = list(read(root, topic=topic))
+    cut = lines[0].partition  # retention took this partition's records; the archive has them
+    end = max(line.offset for line in lines if line.partition == cut) + 1
+    admin = make_admin(kafka)
+    [done] = admin.delete_records([TopicPartition(topic, cut, end)]).values()
+    done.result(timeout=30)
+    code, report = verify_json(capsys, run_id)
+    assert (code, report["discrepancies"]) == (0, []), report["discrepancies"]
+    gone = sum(line.partition == cut for line in lines)
+    assert report["counts"]["published"]["files"] == 10 - gone
+    assert any("no longer starts at offset 0" in note for note in report["notes"])
+
+
 def test_a_run_that_never_completed_is_reported_incomplete(
     tmp_path: Path, pipeline: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

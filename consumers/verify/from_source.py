@@ -31,6 +31,7 @@ from typing import IO, Any, BinaryIO, cast
 from confluent_kafka import KafkaError, Message
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from consumers.verify.read import archived_files
 from consumers.verify.sink import verification_of
 from headrace.errors import ProduceError
 from headrace.kafka import make_producer
@@ -39,8 +40,6 @@ from schemas.catalog import EventType
 from schemas.models import VerificationEvent
 from schemas.registry import make_registry_client
 from schemas.serde import EventSerializer
-from storage.archive.backend import open_backend
-from storage.archive.reader import read
 from storage.objectstore import ObjectStorage, open_storage
 
 log = logging.getLogger(__name__)
@@ -106,20 +105,10 @@ def _archived(
     settings: Settings, run_id: str, project: str, paths: set[str]
 ) -> dict[str, tuple[dict[str, Any], tuple[str, int, int]]]:
     """The run's newest archived upsert of each path, with where it was in Kafka."""
-    backend = open_backend(settings.archive, settings.object_store)
     found: dict[str, tuple[dict[str, Any], tuple[str, int, int]]] = {}
-    lines = read(
-        backend,
-        topic=settings.kafka.topics.file_events,
-        predicate=lambda e: (
-            e.get("run_id") == run_id
-            and e.get("project") == project
-            and e.get("path") in paths
-            and str(e.get("op") or "UPSERT") == "UPSERT"
-        ),
-    )
-    for line in lines:
-        found[line.event["path"]] = (line.event, (line.topic, line.partition, line.offset))
+    for line in archived_files(settings, run_id, project, paths):
+        if str(line.event.get("op") or "UPSERT") == "UPSERT":
+            found[line.event["path"]] = (line.event, (line.topic, line.partition, line.offset))
     return found
 
 

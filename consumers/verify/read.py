@@ -35,10 +35,10 @@ from headrace.settings import Settings
 from schemas.models import FileEvent, VerificationEvent
 from schemas.registry import make_registry_client
 from schemas.serde import EventDeserializer
-from storage.archive.backend import Backend
+from storage.archive.backend import Backend, open_backend
 from storage.archive.layout import ArchiveCorrupt
 from storage.archive.manifest import SegmentInfo
-from storage.archive.reader import iter_lines, read
+from storage.archive.reader import ArchivedLine, iter_lines, read
 
 BATCH = 1000  # records a consume()
 IDLE_S = 60.0  # a topic read that advances no partition for this long fails
@@ -104,6 +104,21 @@ def archived_events(backend: Backend, topic: str) -> Iterator[tuple[str, dict[st
                             f"{where} line {number} is not a record: {exc}"
                         ) from None
                     yield name, event
+
+
+def archived_files(
+    settings: Settings, run_id: str, project: str, paths: set[str]
+) -> Iterator[ArchivedLine]:
+    """The archived file events of ``run_id`` in ``project`` for ``paths``, in the
+    archive's order (a repair's reads: the few files it is about)."""
+    backend = open_backend(settings.archive, settings.object_store)
+    return read(
+        backend,
+        topic=settings.kafka.topics.file_events,
+        predicate=lambda e: (
+            e.get("run_id") == run_id and e.get("project") == project and e.get("path") in paths
+        ),
+    )
 
 
 def archived_through(

@@ -39,6 +39,7 @@ import orjson
 from consumers.archive.rebuild import NotRebuilt, Rebuilt, rebuild
 from consumers.load.content import load_row_content
 from consumers.verify.from_source import SourceRepair, repair_from_source
+from consumers.verify.read import archived_files
 from consumers.verify.report import Discrepancy, Kind, RunReport
 from headrace.errors import HeadraceError
 from headrace.settings import Settings
@@ -46,8 +47,6 @@ from headrace.sweep import catch_up
 from producers.command import IngestRequest, republish, run_ingest
 from producers.ingest import IngestOptions, options_of
 from producers.runs import RunRecord
-from storage.archive.backend import open_backend
-from storage.archive.reader import read
 from storage.archive.verify import Damage
 from storage.db import ContentMode, FileRow, file_row, open_database
 
@@ -288,16 +287,7 @@ def _republish(
     segments were rebuilt), then bring the groups up to them."""
     assert plan.project is not None  # noqa: S101 - the caller checked
     project, wanted = plan.project, set(plan.republish)
-    backend = open_backend(settings.archive, settings.object_store)
-    lines = read(
-        backend,
-        topic=settings.kafka.topics.file_events,
-        predicate=lambda e: (
-            e.get("run_id") == plan.run_id
-            and e.get("project") == project
-            and e.get("path") in wanted
-        ),
-    )
+    lines = archived_files(settings, plan.run_id, project, wanted)
     still = wanted - {line.event["path"] for line in lines}
     if not still:
         return {"paths": [], "groups": {}}
@@ -395,17 +385,9 @@ def _archived_rows(settings: Settings, run_id: str, project: str, paths: set[str
     """The run's archived events of ``paths``, as the load group would store them."""
     content = ContentMode(settings.load.content)
     row_content = load_row_content(settings)
-    backend = open_backend(settings.archive, settings.object_store)
     newest: dict[str, FileRow] = {}
     try:
-        lines = read(
-            backend,
-            topic=settings.kafka.topics.file_events,
-            predicate=lambda e: (
-                e.get("run_id") == run_id and e.get("project") == project and e.get("path") in paths
-            ),
-        )
-        for line in lines:
+        for line in archived_files(settings, run_id, project, paths):
             row = file_row(
                 line.event, line.topic, line.partition, line.offset, content, line.timestamp_ms
             )

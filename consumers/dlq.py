@@ -10,21 +10,24 @@ not commit past it, so nothing is lost.
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, Message, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from consumers.base import Record
 from headrace.errors import ProduceError
-from headrace.kafka import ensure_topics, make_admin, make_producer
+from headrace.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from headrace.redact import REDACTOR
-from headrace.settings import KafkaSettings
+from headrace.settings import KafkaSettings, Settings
 from schemas.catalog import EventType
-from schemas.errors import DeserializationReason
+from schemas.errors import DeserializationError, DeserializationReason
 from schemas.models import DeadLetter, DeadLetterReason, Header
-from schemas.serde import EventSerializer
+from schemas.registry import make_registry_client
+from schemas.serde import EventDeserializer, EventSerializer
 
 # Bytes that do not decode (a tombstone, an empty value included) are a
 # deserialization problem; bytes that decode under a schema the reader cannot use
@@ -101,3 +104,41 @@ class DeadLetterQueue:
                 f"{left + len(failed)} dead letters not delivered to {self.topic}: "
                 + "; ".join(failed[:3])
             )
+
+
+def read_dead_letters(
+    settings: Settings,
+    timeout_s: float = 10.0,
+    on_skip: Callable[[int, int, Exception], None] = lambda _p, _o, _e: None,
+) -> Iterator[tuple[int, int, DeadLetter]]:
+    """Every dead letter as (partition, offset, letter), read without joining a group's offsets."""
+    topic = settings.kafka.topics.dead_letter
+    consumer = make_consumer(settings.kafka, f"headrace-dlq-reader-{uuid.uuid4().hex[:8]}")
+    with make_registry_client(settings.registry) as client:
+        decode = EventDeserializer(client, DeadLetter)
+        try:
+            metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+            if metadata is None or metadata.error is not None:
+                return
+            ends = {}
+            for p in metadata.partitions:
+                _low, ends[p] = consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=timeout_s
+                )
+            consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+            done = {p for p, end in ends.items() if end == 0}
+            while len(done) < len(ends):
+                msg = consumer.poll(timeout_s)
+                if msg is None:
+                    break
+                if msg.error() is not None:
+                    continue
+                partition, offset = msg.partition() or 0, msg.offset() or 0
+                if offset + 1 >= ends[partition]:
+                    done.add(partition)
+                try:
+                    yield partition, offset, decode(msg.value())
+                except DeserializationError as exc:
+                    on_skip(partition, offset, exc)
+        finally:
+            consumer.close()

@@ -3,57 +3,21 @@
 from __future__ import annotations
 
 import base64
-import uuid
-from collections.abc import Iterator
 
 import click
 import orjson
-from confluent_kafka import TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from headrace.kafka import make_consumer, make_producer
+from consumers.dlq import read_dead_letters
+from headrace.kafka import make_producer
 from headrace.settings import Settings
-from schemas.errors import DeserializationError
-from schemas.models import DeadLetter
-from schemas.registry import make_registry_client
-from schemas.serde import EventDeserializer
 
 REPLAYED_FROM = "headrace.replayed-from"
 
 
-def _letters(settings: Settings, timeout_s: float = 10.0) -> Iterator[tuple[int, int, DeadLetter]]:
-    """Every dead letter as (partition, offset, letter), read without joining a group's offsets."""
-    topic = settings.kafka.topics.dead_letter
-    consumer = make_consumer(settings.kafka, f"headrace-dlq-reader-{uuid.uuid4().hex[:8]}")
-    with make_registry_client(settings.registry) as client:
-        decode = EventDeserializer(client, DeadLetter)
-        try:
-            metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-            if metadata is None or metadata.error is not None:
-                return
-            ends = {}
-            for p in metadata.partitions:
-                _low, ends[p] = consumer.get_watermark_offsets(
-                    TopicPartition(topic, p), timeout=timeout_s
-                )
-            consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-            done = {p for p, end in ends.items() if end == 0}
-            while len(done) < len(ends):
-                msg = consumer.poll(timeout_s)
-                if msg is None:
-                    break
-                if msg.error() is not None:
-                    continue
-                partition, offset = msg.partition() or 0, msg.offset() or 0
-                if offset + 1 >= ends[partition]:
-                    done.add(partition)
-                try:
-                    yield partition, offset, decode(msg.value())
-                except DeserializationError as exc:
-                    click.echo(f"skipping {partition}:{offset}: {exc}", err=True)
-        finally:
-            consumer.close()
+def _skipped(partition: int, offset: int, exc: Exception) -> None:
+    click.echo(f"skipping {partition}:{offset}: {exc}", err=True)
 
 
 @click.group()
@@ -69,7 +33,7 @@ def dlq() -> None:
 def list_(settings: Settings, group: str | None, reason: str | None, as_json: bool) -> None:
     """List dead letters: where each came from, the group, the reason, the error."""
     table = Table("id", "group", "reason", "source", "failed at", "error")
-    for partition, offset, letter in _letters(settings):
+    for partition, offset, letter in read_dead_letters(settings, on_skip=_skipped):
         if (group and letter.group != group) or (
             reason and letter.reason.lower() != reason.lower()
         ):
@@ -121,7 +85,7 @@ def _parse_id(value: str) -> tuple[int, int]:
 def show(settings: Settings, letter_id: str) -> None:
     """Show one dead letter in full (ID is PARTITION:OFFSET from `dlq list`)."""
     wanted = _parse_id(letter_id)
-    for partition, offset, letter in _letters(settings):
+    for partition, offset, letter in read_dead_letters(settings, on_skip=_skipped):
         if (partition, offset) == wanted:
             text = orjson.dumps(letter.model_dump(), default=_base64, option=orjson.OPT_INDENT_2)
             click.echo(text.decode())
@@ -137,7 +101,7 @@ def replay(settings: Settings, letter_ids: tuple[str, ...]) -> None:
     wanted = {_parse_id(v) for v in letter_ids}
     producer = make_producer(settings.kafka)
     replayed = []
-    for partition, offset, letter in _letters(settings):
+    for partition, offset, letter in read_dead_letters(settings, on_skip=_skipped):
         if (partition, offset) not in wanted:
             continue
         origin = f"{settings.kafka.topics.dead_letter}/{partition}/{offset}"

@@ -349,6 +349,22 @@ class ConsumerRuntime:
             # Only when nothing handed to the sink is pending (all of it is durable).
             if dead >= durable and self._handed.get(tp, -1) < durable:
                 positions[tp] = dead + 1
+        # Past transaction markers: librdkafka moves the consumer's position past the
+        # commit and abort markers it never hands over. Once every record before that
+        # position is durable or dead-lettered, the position is safe too; without it a
+        # transactional partition's committed offset stays one short of its end (and
+        # its lag at 1) for good.
+        if self._assigned:
+            consumed = self._consumer.position([KafkaPartition(t, p) for t, p in self._assigned])
+            for kp in consumed:
+                tp = (kp.topic, kp.partition)
+                safe = positions.get(tp, 0)
+                if (
+                    kp.offset > safe
+                    and self._handed.get(tp, -1) < safe
+                    and self._dead.get(tp, -1) < safe
+                ):
+                    positions[tp] = kp.offset
         return positions
 
     def _commit(self, only: set[TopicPartition] | None = None) -> None:

@@ -36,6 +36,7 @@ SUBCOMMANDS = {
     "cache": "consumers.cache.cli:cache",
     "verify": "consumers.verify.cli:verify",
     "sweep": "headrace.sweep_cli:sweep_command",
+    "chaos": "headrace.chaos_cli:chaos",
 }
 
 

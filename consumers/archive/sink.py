@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from consumers.base import Decoded, Sink, SinkCapabilities, TopicPartition
+from headrace.failpoints import failpoint
 from storage.archive import Archive, ArchiveRecord, SegmentInfo
 
 TIME_FIELDS = ("event_time", "verified_at", "failed_at")
@@ -83,3 +84,5 @@ class ArchiveSink(Sink):
         for segment in segments:
             key = (segment.topic, segment.partition)
             self._durable[key] = max(self._durable.get(key, 0), segment.last_offset + 1)
+        if segments:
+            failpoint("archive.after_publish")  # tests: die with segments published, uncommitted

@@ -21,6 +21,7 @@ from consumers.base import Decoded, Sink, SinkCapabilities, TopicPartition
 from consumers.cache.metrics import CacheMetrics
 from consumers.errors import RecordsRefused
 from headrace.errors import Terminal
+from headrace.failpoints import failpoint
 from storage.content.base import Resolved
 from storage.content.errors import ContentError
 from storage.content.resolver import ContentResolver
@@ -80,6 +81,7 @@ class CacheSink(Sink):
         for d in batch:
             tp = (d.record.topic, d.record.partition)
             self._durable[tp] = max(self._durable.get(tp, 0), d.record.offset + 1)
+        failpoint("cache.after_write")  # tests: die with the content cached, uncommitted
 
     def _count(self, resolved: Resolved, strategy: str) -> None:
         hit = resolved.source == "cache"

@@ -388,7 +388,10 @@ class ConsumerRuntime:
 
     def _on_assign(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         wanted = [(tp.topic, tp.partition) for tp in partitions]
-        start = self.sink.positions(wanted)
+        # Retried like a write: the first query after a database restart finds its
+        # connection gone (chaos found a load process exiting on the next rebalance).
+        start: dict[TopicPartition, int] = {}
+        self._with_retries(lambda: start.update(self.sink.positions(wanted)))
         # Commits never pass what is durable, so a committed offset ahead of the sink's
         # own position only skips dead-lettered records (or transaction markers).
         committed = {

@@ -1035,7 +1035,8 @@ class Chaos:
                     f"{letter.group} {letter.reason}: {letter.error[:200]}"
                 )
                 continue
-            result.dead_letters[letter.reason] = result.dead_letters.get(letter.reason, 0) + 1
+            reason = str(letter.reason.value)  # a plain str: a JSON object's key
+            result.dead_letters[reason] = result.dead_letters.get(reason, 0) + 1
         result.dead_letters = dict(sorted(result.dead_letters.items()))
         result.dead_letters_expected = dict(sorted(result.dead_letters_expected.items()))
         result.faults.sort(key=lambda f: f.at_s)

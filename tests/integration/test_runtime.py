@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import orjson
 import pytest
@@ -227,6 +227,31 @@ def test_transient_failures_are_retried_not_dead_lettered(
     assert stats.processed == 40 and stats.dead_lettered == 0
     assert sink.attempts >= 4
     assert sorted(d.event.path for d in sink.rows) == [e.path for e in events(40)]  # type: ignore[union-attr]
+
+
+class FlakyPositionsSink(MemorySink):
+    """Its first position reads fail, like a database connection a restart cut."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def positions(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        if self.failures:
+            self.failures -= 1
+            raise StorageDown("terminating connection due to administrator command")
+        return {}
+
+
+def test_positions_unavailable_on_assignment_are_retried_not_fatal(
+    setup: tuple[KafkaSettings, SchemaRegistryClient],
+) -> None:
+    settings, client = setup
+    publish(settings, client, events(10))
+    sink = FlakyPositionsSink(failures=2)
+    stats = runtime(settings, client, sink, f"test-rt-{uuid.uuid4().hex[:6]}").run()
+    assert sink.failures == 0
+    assert stats.processed == 10 and stats.dead_lettered == 0
 
 
 def test_a_sink_down_for_too_long_stops_the_group_with_a_clear_error(

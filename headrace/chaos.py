@@ -909,20 +909,23 @@ class Chaos:
                         time.sleep(0.05)
                     if proc.poll() is None or proc.returncode == 0:
                         fault.recover_s = time.monotonic() - at
-                    self._record(fault)
-                    killed = None
+                        self._record(fault)
+                        killed = None  # else the next attempt may yet recover
                 rc = proc.wait()
             if rc == 0:
                 return
             self.result.restarts["ingest"] = self.result.restarts.get("ingest", 0) + 1
             if failpoint is not None and rc == -signal.SIGKILL:
-                fault = FaultResult("ingest_kill", "ingest", self.now(), detail=failpoint)
-                fault.lag = _committed_batches(journal)  # batches committed before the kill
+                batches = _committed_batches(journal)
+                fault = FaultResult("ingest_kill", "ingest", self.now())
+                fault.detail = f"{failpoint}, {batches} batches committed before"
                 killed = (fault, time.monotonic())
             else:
                 self.say(f"{self.now():7.1f}s   ingest {spec.run_id} failed (exit {rc}), again")
                 time.sleep(1.0)
             failpoint = None
+        if killed is not None:
+            self._record(killed[0])  # never recovered
         self.result.problems.append(f"ingest {spec.run_id} failed five times; see {log}")
 
     def _wait_ingest_idle(self) -> None:

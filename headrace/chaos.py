@@ -371,8 +371,9 @@ class Death:
 
 class Supervisor:
     """Keeps each group's processes running: one that dies is started again after half
-    a second, as a service manager would. The first process of each group is armed
-    with the group's failpoint."""
+    a second, as a service manager would. Each group's process is armed with the
+    group's failpoint until it has fired (a process killed before its failpoint's turn
+    hands it to its successor)."""
 
     RESTART_DELAY_S = 0.5
 
@@ -384,6 +385,7 @@ class Supervisor:
         on_death: Callable[[Death], None],
     ) -> None:
         self.env, self.logs, self.on_death = env, logs, on_death
+        self.armed = dict(failpoints)  # group -> failpoint spec, until it fires
         self.members: dict[str, list[Member]] = {g: [] for g in GROUP_NAMES}
         self._every: dict[str, list[Member]] = {g: [] for g in GROUP_NAMES}
         self.restarts: Counter[str] = Counter()
@@ -392,7 +394,7 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
         for group in GROUP_NAMES:
-            self.start(group, failpoints.get(group))
+            self.start(group, self.armed.get(group))
 
     def start(self, group: str, failpoint: str | None = None) -> Member:
         with self._lock:
@@ -442,6 +444,8 @@ class Supervisor:
                             if m.failpoint and rc == -signal.SIGKILL
                             else f"exit {rc}"
                         )
+                        if cause == "failpoint":
+                            self.armed.pop(group, None)
                         self.on_death(Death(group, m, now, cause))
                         pending.append((now + self.RESTART_DELAY_S, group, i))
             for due in [p for p in pending if p[0] <= now]:
@@ -452,7 +456,8 @@ class Supervisor:
                         continue
                     self._started[group] += 1
                     log = self.logs / f"{group}-{self._started[group]:02d}.log"
-                    self.members[group][i] = Member(group, self.env, log, None)
+                    armed = self.armed.get(group) if i == 0 else None
+                    self.members[group][i] = Member(group, self.env, log, armed)
                     self._every[group].append(self.members[group][i])
                     self.restarts[group] += 1
 
@@ -476,6 +481,8 @@ class Lag:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._lock = threading.Lock()  # the recovery watchers ask from threads of their own
+        self._failures = 0  # calls failed in a row
+        self._retired: list[Any] = []
         self._open()
         self.partitions: dict[str, list[tuple[str, int]]] = {}
         for group in GROUP_NAMES:
@@ -488,6 +495,7 @@ class Lag:
         self.admin = make_admin(kafka)
         self.probe = make_consumer(kafka, f"headrace-chaos-probe-{uuid.uuid4().hex[:8]}")
         self.reader = make_consumer(kafka, f"headrace-chaos-reader-{uuid.uuid4().hex[:8]}")
+        self._opened = time.monotonic()
 
     def _partitions(self, topic: str, timeout_s: float = 30.0) -> list[int]:
         """A topic's partitions, once the broker's metadata has them (a new topic's may
@@ -505,11 +513,20 @@ class Lag:
         """``(committed, still to read)`` of the group, summed over its partitions."""
         with self._lock:
             try:
-                return self._of(group)
+                found = self._of(group)
             except (KafkaException, TimeoutError):  # the broker is down or restarting
-                self.close()  # and clients that saw it go are made anew
-                self._open()
+                self._failures += 1
+                # After a broker restart a client may time out on every call until made
+                # anew (seen: 100 s of timeouts, then the first new client answered).
+                if self._failures >= 3 and time.monotonic() - self._opened > 10.0:
+                    # Clients that keep failing are replaced, never destroyed while the
+                    # run lasts: librdkafka may still answer their requests in flight
+                    # (destroying an admin client with one pending crashed the process).
+                    self._retired += [self.admin, self.probe, self.reader]
+                    self._open()
                 return None
+            self._failures = 0
+            return found
 
     def _of(self, group: str) -> tuple[int, int]:
         wanted = [KafkaPartition(t, p) for t, p in self.partitions[group]]
@@ -547,9 +564,10 @@ class Lag:
             self.reader.unassign()
 
     def close(self) -> None:
-        for client in (self.probe, self.reader):
-            with contextlib.suppress(RuntimeError, KafkaException):
-                client.close()
+        for client in (self.probe, self.reader, *self._retired):
+            if hasattr(client, "close"):  # consumers; an admin client has no close
+                with contextlib.suppress(RuntimeError, KafkaException):
+                    client.close()
 
 
 # --- the run ------------------------------------------------------------------------
@@ -920,10 +938,10 @@ class Chaos:
                 fault = FaultResult("ingest_kill", "ingest", self.now())
                 fault.detail = f"{failpoint}, {batches} batches committed before"
                 killed = (fault, time.monotonic())
-            else:
+                failpoint = None  # it fired
+            else:  # failed by itself (the broker restarting): armed again, if it was
                 self.say(f"{self.now():7.1f}s   ingest {spec.run_id} failed (exit {rc}), again")
                 time.sleep(1.0)
-            failpoint = None
         if killed is not None:
             self._record(killed[0])  # never recovered
         self.result.problems.append(f"ingest {spec.run_id} failed five times; see {log}")

@@ -18,6 +18,8 @@ from headrace.errors import SchemaError
 from headrace.settings import TopicSettings
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "avro"
+# The table archiver's topic until it has a setting of its own (kafka.topics).
+ROW_EVENTS_TOPIC = "headrace.row-events"
 _VERSION_FILE = re.compile(r"^v(\d+)\.avsc$")
 
 
@@ -26,6 +28,7 @@ class EventType(StrEnum):
     RUN_EVENT = "run_event"
     VERIFICATION_EVENT = "verification_event"
     DEAD_LETTER = "dead_letter"
+    ROW_EVENT = "row_event"
 
     def topic(self, topics: TopicSettings) -> str:
         return {
@@ -33,6 +36,7 @@ class EventType(StrEnum):
             EventType.RUN_EVENT: topics.run_events,
             EventType.VERIFICATION_EVENT: topics.verifications,
             EventType.DEAD_LETTER: topics.dead_letter,
+            EventType.ROW_EVENT: ROW_EVENTS_TOPIC,
         }[self]
 
     def subject(self, topics: TopicSettings) -> str:

@@ -8,6 +8,7 @@ Enum members are their Avro symbols, in name and value (``Op.UPSERT`` is
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -249,6 +250,63 @@ class DeadLetter(Event):
     failed_at: Millis
 
 
+# --- RowEvent --------------------------------------------------------------------
+
+
+class Column(AvroRecord):
+    """One column of a row: its name, PostgreSQL type name and text form (None: NULL).
+
+    The encoding is producers/tables/rows.py's; the model only carries it.
+    """
+
+    name: str
+    type: str
+    value: str | None = None
+
+
+def derive_row_event_id(
+    source: str, schema: str, table: str, key: Iterable[Column], checksum: str
+) -> str:
+    """The deterministic row event id: the same row archived again (a rolled-back batch
+    retried, a resumed run) makes the same id, whatever the run or batch."""
+    material = [source, schema, table, checksum, *([c.name, c.value] for c in key)]
+    text = json.dumps(material, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class RowEvent(Event):
+    """One archived row of a PostgreSQL table (v1)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    event_type: ClassVar[EventType] = EventType.ROW_EVENT
+
+    event_id: str = ""
+    run_id: str
+    batch_id: str
+    source: str
+    # ``schema`` in Avro; the attribute is renamed, ``BaseModel.schema`` exists.
+    table_schema: str = Field(alias="schema")
+    table: str
+    key: list[Column]
+    row: list[Column]
+    checksum: str
+    producer_version: str | None = None
+    event_time: Millis
+
+    @model_validator(mode="after")
+    def _fill_event_id(self) -> Self:
+        if not self.event_id:
+            derived = derive_row_event_id(
+                self.source, self.table_schema, self.table, self.key, self.checksum
+            )
+            object.__setattr__(self, "event_id", derived)
+        return self
+
+    def to_avro(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True)
+
+
 EVENT_MODELS: dict[EventType, type[Event]] = {
-    model.event_type: model for model in (FileEvent, RunEvent, VerificationEvent, DeadLetter)
+    model.event_type: model
+    for model in (FileEvent, RunEvent, VerificationEvent, DeadLetter, RowEvent)
 }

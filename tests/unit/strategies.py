@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from hypothesis import strategies as st
 
 from schemas.models import (
+    Column,
     ContentStrategy,
     DeadLetter,
     DeadLetterReason,
@@ -16,6 +17,7 @@ from schemas.models import (
     InlineContent,
     ObjectReference,
     Op,
+    RowEvent,
     RunCounts,
     RunEvent,
     RunEventKind,
@@ -132,4 +134,20 @@ dead_letters = st.builds(
     group=text,
     attempts=ints,
     failed_at=times,
+)
+
+columns = st.builds(Column, name=text, type=text, value=maybe_text)
+row_events = st.builds(
+    RowEvent,
+    event_id=st.just("") | sha,
+    run_id=text,
+    batch_id=text,
+    source=text,
+    schema=text,
+    table=text,
+    key=st.lists(columns, min_size=1, max_size=3),
+    row=st.lists(columns, max_size=6),
+    checksum=sha,
+    producer_version=maybe_text,
+    event_time=times,
 )

@@ -20,7 +20,13 @@ from schemas import catalog
 from schemas.avro_reader import compile_reader
 from schemas.catalog import EventType
 from schemas.models import EVENT_MODELS
-from tests.unit.strategies import dead_letters, file_events, run_events, verification_events
+from tests.unit.strategies import (
+    dead_letters,
+    file_events,
+    row_events,
+    run_events,
+    verification_events,
+)
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 STRATEGIES = {
@@ -28,6 +34,7 @@ STRATEGIES = {
     EventType.RUN_EVENT: run_events,
     EventType.VERIFICATION_EVENT: verification_events,
     EventType.DEAD_LETTER: dead_letters,
+    EventType.ROW_EVENT: row_events,
 }
 
 # Every type and logical type fastavro reads, nested, named twice and recursive.

@@ -18,7 +18,13 @@ from schemas.errors import DeserializationError
 from schemas.errors import DeserializationReason as Reason
 from schemas.models import EVENT_MODELS, Event
 from schemas.serde import EventDeserializer, EventSerializer
-from tests.unit.strategies import dead_letters, file_events, run_events, verification_events
+from tests.unit.strategies import (
+    dead_letters,
+    file_events,
+    row_events,
+    run_events,
+    verification_events,
+)
 
 CTX = SerializationContext("fuzz.events", MessageField.VALUE)
 REGISTRY = SchemaRegistryClient.new_client({"url": "mock://"})
@@ -42,6 +48,7 @@ EVENTS = {
     EventType.RUN_EVENT: run_events,
     EventType.VERIFICATION_EVENT: verification_events,
     EventType.DEAD_LETTER: dead_letters,
+    EventType.ROW_EVENT: row_events,
 }
 # About 15 s for the file on one core; a deadline of seconds catches a hang, not jitter.
 FUZZ = settings(

@@ -24,6 +24,7 @@ def test_offline_check_of_the_local_schemas_passes(capsys: pytest.CaptureFixture
         "ok    run_event v2",
         "ok    verification_event v1",
         "ok    dead_letter v3",
+        "ok    row_event v1",
     ]
 
 

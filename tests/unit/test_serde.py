@@ -19,7 +19,13 @@ from schemas.errors import DeserializationError, DeserializationReason
 from schemas.models import DeadLetter, DeadLetterReason, FileEvent
 from schemas.registry import SUBJECT_STRATEGY
 from schemas.serde import EventDeserializer, EventSerializer
-from tests.unit.strategies import dead_letters, file_events, run_events, verification_events
+from tests.unit.strategies import (
+    dead_letters,
+    file_events,
+    row_events,
+    run_events,
+    verification_events,
+)
 
 CTX = SerializationContext("unit.events", MessageField.VALUE)
 STRATEGIES = {
@@ -27,6 +33,7 @@ STRATEGIES = {
     EventType.RUN_EVENT: run_events,
     EventType.VERIFICATION_EVENT: verification_events,
     EventType.DEAD_LETTER: dead_letters,
+    EventType.ROW_EVENT: row_events,
 }
 
 

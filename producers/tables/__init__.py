@@ -1,0 +1,1 @@
+"""The table archiver: old rows of PostgreSQL tables as RowEvents (issue 14)."""

@@ -50,6 +50,7 @@ class TopicSettings(_Section):
     run_events: str = "headrace.run-events"
     verifications: str = "headrace.verifications"
     dead_letter: str = "headrace.dead-letter"
+    row_events: str = "headrace.row-events"  # the table archiver's RowEvents
 
 
 class KafkaSettings(_Section):

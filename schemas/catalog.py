@@ -18,8 +18,6 @@ from headrace.errors import SchemaError
 from headrace.settings import TopicSettings
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "avro"
-# The table archiver's topic until it has a setting of its own (kafka.topics).
-ROW_EVENTS_TOPIC = "headrace.row-events"
 _VERSION_FILE = re.compile(r"^v(\d+)\.avsc$")
 
 
@@ -36,7 +34,7 @@ class EventType(StrEnum):
             EventType.RUN_EVENT: topics.run_events,
             EventType.VERIFICATION_EVENT: topics.verifications,
             EventType.DEAD_LETTER: topics.dead_letter,
-            EventType.ROW_EVENT: ROW_EVENTS_TOPIC,
+            EventType.ROW_EVENT: topics.row_events,
         }[self]
 
     def subject(self, topics: TopicSettings) -> str:

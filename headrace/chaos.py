@@ -319,19 +319,8 @@ class Member:
 
     def __init__(self, group: str, env: dict[str, str], log: Path, failpoint: str | None) -> None:
         self.group, self.log, self.failpoint = group, log, failpoint
-        if failpoint is not None:
-            env = {**env, "HEADRACE_FAILPOINTS": failpoint}
-        argv = [sys.executable, "-m", "headrace", "consume", group, "--metrics-port", "0"]
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                argv,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+        argv = ["consume", group, "--metrics-port", "0"]
+        self.proc = headrace_process(argv, env, log, failpoint, session=True)
         self.meant = False  # stopped or killed by the chaos, not by itself
 
     def alive(self) -> bool:
@@ -894,8 +883,7 @@ class Chaos:
         """Run the ingest until it succeeds, again with its run id when it fails (which
         resumes it), five times at most. After the failpoint's kill, the time until the
         resumed ingest commits a batch (or ends, having nothing left) is its recovery."""
-        argv = [sys.executable, "-m", "headrace", "ingest", str(spec.source), *spec.args]
-        argv += ["--run-id", spec.run_id]
+        argv = ["ingest", str(spec.source), *spec.args, "--run-id", spec.run_id]
         journal = self.settings.ingest.state_dir / spec.run_id / "journal.jsonl"
         if spec.uploads:
             self._uploads_idle.clear()
@@ -909,27 +897,18 @@ class Chaos:
     ) -> None:
         killed: tuple[FaultResult, float] | None = None
         for attempt in range(1, 6):
-            env = {**self.env, **({"HEADRACE_FAILPOINTS": failpoint} if failpoint else {})}
             log = self.work / "logs" / f"ingest-{spec.run_id}-{attempt}.log"
-            with open(log, "wb") as out:
-                proc = subprocess.Popen(
-                    argv,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    preexec_fn=_die_with_parent,
-                )
-                if killed is not None:
-                    fault, at = killed
-                    before = _committed_batches(journal)
-                    while proc.poll() is None and _committed_batches(journal) <= before:
-                        time.sleep(0.05)
-                    if proc.poll() is None or proc.returncode == 0:
-                        fault.recover_s = time.monotonic() - at
-                        self._record(fault)
-                        killed = None  # else the next attempt may yet recover
-                rc = proc.wait()
+            proc = headrace_process(argv, self.env, log, failpoint)
+            if killed is not None:
+                fault, at = killed
+                before = _committed_batches(journal)
+                while proc.poll() is None and _committed_batches(journal) <= before:
+                    time.sleep(0.05)
+                if proc.poll() is None or proc.returncode == 0:
+                    fault.recover_s = time.monotonic() - at
+                    self._record(fault)
+                    killed = None  # else the next attempt may yet recover
+            rc = proc.wait()
             if rc == 0:
                 return
             self.result.restarts["ingest"] = self.result.restarts.get("ingest", 0) + 1
@@ -1061,6 +1040,25 @@ class Chaos:
         result.dead_letters = dict(sorted(result.dead_letters.items()))
         result.dead_letters_expected = dict(sorted(result.dead_letters_expected.items()))
         result.faults.sort(key=lambda f: f.at_s)
+
+
+def headrace_process(
+    argv: list[str], env: dict[str, str], log: Path, failpoint: str | None, session: bool = False
+) -> subprocess.Popen[bytes]:
+    """``headrace ARGV`` as a child, its output into ``log``, armed with ``failpoint``; in
+    a session of its own when ``session`` (so its whole group can be signalled)."""
+    if failpoint is not None:
+        env = {**env, "HEADRACE_FAILPOINTS": failpoint}
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "headrace", *argv],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=session,
+            preexec_fn=_die_with_parent,
+        )
 
 
 def _die_with_parent() -> None:

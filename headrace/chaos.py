@@ -641,6 +641,12 @@ class Chaos:
         # This process's own clients (the lag probes) see the broker go on purpose: their
         # reconnection errors say nothing the schedule does not.
         logging.getLogger("headrace.librdkafka").setLevel(logging.CRITICAL)
+        down = [s.name for s in self.stack.status() if not s.healthy]
+        if down:
+            raise ChaosError(
+                f"the local stack is not up ({', '.join(down)}): chaos stops and starts its"
+                " processes; `headrace stack up` first"
+            )
         (self.work / "logs").mkdir(parents=True, exist_ok=True)
         self.say(f"seed {self.seed}: {len(self.steps)} steps; work in {self.work}")
         workload = write_workload(

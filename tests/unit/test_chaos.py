@@ -93,3 +93,15 @@ def test_a_bad_argument_is_one_line_and_exit_2(
     assert code == 2
     assert says in err and len(err.strip().splitlines()) == 1
     assert out == ""
+
+
+def test_without_the_local_stack_it_says_so_in_one_line_before_writing_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HEADRACE_STACK__HOME", str(tmp_path / "no-stack"))  # no pid files
+    work = tmp_path / "work"
+    code, out, err = run(["chaos", "--files", "100", "--work", str(work)], capsys)
+    assert code == 1
+    assert err.startswith("headrace: error: the local stack is not up (")
+    assert len(err.strip().splitlines()) == 1
+    assert not (work / "source").exists()  # no workload written

@@ -121,6 +121,7 @@ class ConsumerRuntime:
         sink.bind(self._consumer.consumer_group_metadata)
         self._assigned: set[TopicPartition] = set()
         self._handed: dict[TopicPartition, int] = {}  # highest offset given to the sink
+        self._begun: dict[TopicPartition, int] = {}  # where each assigned partition started
         self._dead: dict[TopicPartition, int] = {}  # highest offset dead-lettered
         self._targets: dict[TopicPartition, int] = {}
         self._stop = False
@@ -403,6 +404,7 @@ class ConsumerRuntime:
             key = (tp.topic, tp.partition)
             if key in start:
                 tp.offset = max(start[key], committed.get(key, -1))
+            self._begun[key] = max(start.get(key, -1), committed.get(key, -1))
             _low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
             self._targets.setdefault((tp.topic, tp.partition), high)
         self._assigned |= set(wanted)
@@ -473,9 +475,12 @@ class ConsumerRuntime:
         for tp in positions:
             key = (tp.topic, tp.partition)
             target = self._targets.get(key, 0)
-            if tp.offset < target and durable.get(key, 0) < target:
+            # A partition assigned at its end has no position (nothing to fetch) until
+            # a record comes: where it began says it is caught up.
+            begun = self._begun.get(key, -1)
+            if tp.offset < target and durable.get(key, 0) < target and begun < target:
                 return False
-            lag = max(target - max(tp.offset, 0), 0)
+            lag = max(target - (tp.offset if tp.offset >= 0 else max(begun, 0)), 0)
             self.metrics.lag.labels(self.group, tp.topic, str(tp.partition)).set(lag)
         return True
 

@@ -112,6 +112,94 @@ class PostgresSettings(_Section):
         return f"{self.host}:{self.port}"
 
 
+class SourceSettings(_Section):
+    """A PostgreSQL database whose tables ``headrace archive-table`` archives.
+
+    ``[sources.NAME]`` in the config file, ``HEADRACE_SOURCES__NAME__HOST`` (and
+    ``__PORT``, ``__DATABASE``, ``__USER``, ``__PASSWORD``, ``__SSLMODE``) in the
+    environment; names are lower case (environment variables are read case-blind).
+    Or one built from a ``--dsn`` string: :meth:`from_dsn`.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=5432, ge=1, le=65535)
+    database: str
+    user: str
+    password: SecretStr | None = None
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = (
+        None
+    )
+    connect_timeout_s: int = Field(default=10, ge=1)
+
+    def conninfo(self) -> str:
+        """A libpq connection string, password included: never log it (every value quoted)."""
+        values = {
+            "host": self.host,
+            "port": str(self.port),
+            "user": self.user,
+            "dbname": self.database,
+            "connect_timeout": str(self.connect_timeout_s),
+        }
+        if self.password is not None:
+            values["password"] = self.password.get_secret_value()
+        if self.sslmode is not None:
+            values["sslmode"] = self.sslmode
+        return " ".join(f"{key}={_libpq_quoted(value)}" for key, value in values.items())
+
+    @property
+    def address(self) -> str:
+        """``user@host:port/database``: what a message may say about the source."""
+        return f"{self.user}@{self.host}:{self.port}/{self.database}"
+
+    @classmethod
+    def from_dsn(cls, dsn: str) -> SourceSettings:
+        """A source from a libpq string (``host=... dbname=...``) or a ``postgresql://`` URI.
+
+        A ConfigError never quotes the string (it may hold the password), nor libpq's
+        message (which may quote it). Keys beyond the ones modelled are refused.
+        """
+        import psycopg  # lazily: settings load without the driver
+
+        try:
+            parts = psycopg.conninfo.conninfo_to_dict(dsn)
+        except psycopg.Error:  # libpq's message may quote the password: not shown
+            raise ConfigError(
+                "--dsn is not a valid PostgreSQL connection string "
+                "(key=value pairs or a postgresql:// URI)"
+            ) from None
+        names = {"dbname": "database", "connect_timeout": "connect_timeout_s"}
+        values = {names.get(key, key): value for key, value in parts.items() if value is not None}
+        unknown = sorted(set(values) - set(cls.model_fields))
+        if unknown:
+            raise ConfigError(f"--dsn: unsupported connection options {', '.join(unknown)}")
+        for required in ("database", "user"):
+            if required not in values:
+                key = "dbname" if required == "database" else required
+                raise ConfigError(f"--dsn must name {key}")
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            where = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigError(f"--dsn: {where}") from None
+
+
+class TablesSettings(_Section):
+    """The table archiver (``headrace archive-table``): its cursors and its locks."""
+
+    # A cursor per (source, table): where an interrupted run continues.
+    state_dir: Path = PROJECT_ROOT / ".headrace" / "tables"
+    batch_size: int = Field(default=10_000, ge=1)
+    # A batch waits this long for a table lock (an ALTER TABLE in progress), then fails.
+    lock_timeout_s: float = Field(default=10.0, gt=0)
+    # Any one statement of a batch (its SELECT, a DELETE) is cancelled after this long.
+    statement_timeout_s: float = Field(default=300.0, gt=0)
+    # A batch's transaction (its rows locked) lasts at most this long: past it, the
+    # batch is rolled back and its rows stay in the table.
+    batch_timeout_s: float = Field(default=1800.0, gt=0)
+
+
 def _libpq_quoted(value: str) -> str:
     """``value`` as a libpq conninfo value: single-quoted, ``\\`` and ``'`` escaped."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -329,6 +417,9 @@ class Settings(BaseSettings):
     archive: ArchiveSettings = ArchiveSettings()
     load: LoadSettings = LoadSettings()
     verify: VerifySettings = VerifySettings()
+    # Databases the table archiver reads, by name: [sources.NAME].
+    sources: dict[str, SourceSettings] = Field(default_factory=dict)
+    tables: TablesSettings = TablesSettings()
     stack: StackSettings = StackSettings()
     log: LogSettings = LogSettings()
 
@@ -351,8 +442,20 @@ class Settings(BaseSettings):
             self.object_store.secret_key,
             self.postgres.password,
             *(credential.token for credential in self.git.credentials),
+            *(source.password for source in self.sources.values()),
         ]
         return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+
+    def source(self, name: str) -> SourceSettings:
+        """The source ``[sources.NAME]``; an unknown name is a one-line ConfigError."""
+        found = self.sources.get(name) or self.sources.get(name.lower())
+        if found is None:
+            known = ", ".join(sorted(self.sources)) or "none is configured"
+            raise ConfigError(
+                f"no source {name!r} in settings (known: {known}): add [sources.{name}] "
+                "or pass --dsn"
+            )
+        return found
 
     def masked(self) -> dict[str, Any]:
         """The settings as plain data, every secret shown as ``**********``."""

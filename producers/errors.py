@@ -8,7 +8,12 @@
      │    ├── TransactionAborted  a batch's transaction could not commit: aborted
      │    ├── Fenced              another producer took the run's transactional id
      │    └── BrokerUnavailable   no broker answered at start           (transient)
-     └── SourceError              the source cannot be read as given    (terminal)
+     ├── SourceError              the source cannot be read as given    (terminal)
+     ├── TableError               a table cannot be archived as given   (terminal)
+     │    ├── TableNotFound       no such table in the source database
+     │    ├── NoPrimaryKey        the table has no primary key to delete rows by
+     │    └── TimestampColumnError  no usable timestamp column (missing, wrong type, ambiguous)
+     └── BatchTimeout             a batch outlived its transaction timeout  (transient)
 """
 
 from __future__ import annotations
@@ -39,3 +44,23 @@ class UndeliveredEvents(ProduceError):
         shown = ", ".join(paths[:10]) + (f" and {len(paths) - 10} more" if len(paths) > 10 else "")
         super().__init__(f"{len(paths)} events were not delivered ({reason}): {shown}")
         self.paths = paths
+
+
+class TableError(HeadraceError, Terminal):
+    """A table cannot be archived as given: the message is one line naming it."""
+
+
+class TableNotFound(TableError):
+    """The source database has no such table (or the user may not see it)."""
+
+
+class NoPrimaryKey(TableError):
+    """The table has no primary key: its rows could not be deleted one by one, exactly."""
+
+
+class TimestampColumnError(TableError):
+    """The timestamp column is missing, not a timestamp, or cannot be chosen alone."""
+
+
+class BatchTimeout(HeadraceError, Transient):
+    """A batch's transaction outlived ``tables.batch_timeout_s``: rolled back, rows kept."""

@@ -1,0 +1,124 @@
+"""What the table archiver needs to know about a table, read from PostgreSQL's catalog.
+
+A table is archived in (timestamp column, primary key...) order and its rows are
+deleted by primary key, so it needs both:
+
+- the **primary key**: ``pg_index.indisprimary``, its columns in key order
+  (``indkey``), not table order; a table without one is refused
+  (:class:`NoPrimaryKey`);
+- the **timestamp column** that decides a row's age: the one named
+  (``--timestamp-column``), which must be a ``timestamp`` or ``timestamptz``
+  column; or, when none is named, the table's only such column. A table with
+  none, or with several, is refused with the candidates named
+  (:class:`TimestampColumnError`). A ``timestamp`` (without time zone) is
+  compared with ``now()`` in UTC (the archiver's session time zone).
+
+Names reach SQL only as parameters (``%s::regclass``) or through
+``psycopg.sql.Identifier``: any table or column name is just a name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from producers.errors import NoPrimaryKey, TableNotFound, TimestampColumnError
+from producers.tables import rows
+from schemas.models import Column
+
+TIMESTAMP_TYPES = frozenset({"timestamp", "timestamptz"})
+
+_PRIMARY_KEY = """
+SELECT a.attname
+FROM pg_index i
+CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE i.indrelid = %s::regclass AND i.indisprimary
+ORDER BY k.ord
+"""
+_RELATION = "SELECT c.relkind FROM pg_class c WHERE c.oid = to_regclass(%s)"
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """``schema.table``; the names as they are in the catalog (case kept, not SQL-quoted)."""
+
+    schema: str
+    table: str
+
+    @classmethod
+    def parse(cls, text: str) -> TableRef:
+        """``SCHEMA.TABLE`` (split at the first dot) or ``TABLE`` (in ``public``)."""
+        schema, dot, table = text.partition(".")
+        if not dot:
+            schema, table = "public", text
+        if not schema or not table:
+            raise ValueError(f"{text!r} is not SCHEMA.TABLE")
+        return cls(schema, table)
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+@dataclass(frozen=True)
+class TableShape:
+    """A table as the archiver reads it: columns (``SELECT *`` order), key, timestamp."""
+
+    ref: TableRef
+    columns: tuple[Column, ...]  # names and types; values empty
+    primary_key: tuple[str, ...]  # in key order
+    timestamp_column: str
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        """The keyset order: the timestamp column, then the primary key."""
+        return (self.timestamp_column, *self.primary_key)
+
+    def index(self, column: str) -> int:
+        return [c.name for c in self.columns].index(column)
+
+
+def relation(ref: TableRef) -> sql.Identifier:
+    return sql.Identifier(ref.schema, ref.table)
+
+
+def read_shape(
+    conn: psycopg.Connection[Any], ref: TableRef, timestamp_column: str | None = None
+) -> TableShape:
+    """The table's shape, or a one-line TableError saying why it cannot be archived."""
+    name = relation(ref).as_string(conn)
+    found = conn.execute(_RELATION, (name,)).fetchone()
+    if found is None or found[0] not in ("r", "p"):
+        what = "no such table" if found is None else "not a table"
+        raise TableNotFound(f"{ref}: {what} (schema and table names are case-sensitive)")
+    key = tuple(str(r[0]) for r in conn.execute(_PRIMARY_KEY, (name,)).fetchall())
+    if not key:
+        raise NoPrimaryKey(
+            f"{ref} has no primary key: its rows could not be deleted exactly, add one first"
+        )
+    columns = tuple(rows.table_types(conn, ref.schema, ref.table))
+    return TableShape(ref, columns, key, _timestamp_column(ref, columns, timestamp_column))
+
+
+def _timestamp_column(ref: TableRef, columns: tuple[Column, ...], named: str | None) -> str:
+    types = {c.name: c.type for c in columns}
+    if named is not None:
+        if named not in types:
+            raise TimestampColumnError(f"{ref} has no column {named!r}")
+        if types[named] not in TIMESTAMP_TYPES:
+            raise TimestampColumnError(
+                f"{ref}.{named} is {types[named]}, not timestamp or timestamptz"
+            )
+        return named
+    candidates = [c.name for c in columns if c.type in TIMESTAMP_TYPES]
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise TimestampColumnError(f"{ref} has no timestamp or timestamptz column")
+    shown = ", ".join(candidates)
+    raise TimestampColumnError(
+        f"{ref} has several timestamp columns ({shown}): choose one with --timestamp-column"
+    )

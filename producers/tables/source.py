@@ -260,7 +260,8 @@ class TableSource:
     @contextmanager
     def _translated(self, doing: str) -> Iterator[None]:
         """psycopg's errors as headrace's: a timeout is a BatchTimeout, a lost server
-        ServiceUnavailable; either way the batch is rolled back and its rows stay."""
+        ServiceUnavailable; the batch is abandoned (rolled back, its rows stay), except
+        that a connection lost *during* COMMIT leaves the outcome unknown (see commit)."""
         try:
             yield
         except (
@@ -293,7 +294,7 @@ class TableSource:
 
     def _check_deadline(self, doing: str) -> None:
         if self.remaining_s() <= 0:
-            self.rollback()
+            self._abandon()  # the server may have ended the session already
             raise BatchTimeout(
                 f"{self.ref}: the batch outlived its {self.limits.batch_timeout_s:g} s "
                 f"transaction timeout before {doing}: rolled back, its rows stay"
@@ -322,7 +323,11 @@ class TableSource:
         return deleted
 
     def commit(self) -> None:
-        """COMMIT the open batch, then advance the kept cursor past its last row."""
+        """COMMIT the open batch, then advance the kept cursor past its last row.
+
+        A ServiceUnavailable here means the outcome is unknown: the rows are deleted or
+        kept, and both are safe once the archive holds them (the cursor stays: the next
+        batch rescans, and a kept row is archived again as a duplicate by event id)."""
         conn = self._connection()
         batch = self._batch
         self._check_deadline("its COMMIT")
@@ -337,9 +342,11 @@ class TableSource:
                 self.cursors.save(self.source_name, self.ref.schema, self.ref.table, cursor)
 
     def rollback(self) -> None:
-        """ROLLBACK the open batch: its rows stay in the table, unlocked; the cursor stays."""
-        self._connection().rollback()
-        self._batch = None
+        """ROLLBACK the open batch: its rows stay in the table, unlocked; the cursor stays.
+
+        A session the server already ended has rolled back: that is no error here."""
+        self._connection()
+        self._abandon()
 
     # -- dry run ------------------------------------------------------------------
 

@@ -282,32 +282,55 @@ def test_a_row_a_writer_holds_is_skipped_not_waited_for(
         )
         limits = Limits(batch_size=5, lock_timeout_s=1)
         with table_source(source, schema, tmp_path, limits=limits) as table:
-            started = time.monotonic()
-            batch = table.select_batch(DAYS)
-            assert time.monotonic() - started < 1
+            batch = table.select_batch(DAYS)  # waiting would be a BatchTimeout after 1 s
             assert batch.keys == tuple(expected[1:6])
             table.rollback()
         writer.rollback()
 
 
-def test_a_batch_past_its_timeout_is_rolled_back(
-    db: psycopg.Connection[Any],
-    schema: str,
-    source: SourceSettings,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+def test_a_table_locked_by_someone_else_fails_the_batch_after_lock_timeout(
+    db: psycopg.Connection[Any], schema: str, source: SourceSettings, tmp_path: Path
+) -> None:
+    make_events(db, schema, 10)
+    with psycopg.connect(source.conninfo()) as other:
+        other.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                sql.Identifier(schema, "events")
+            )
+        )
+        limits = Limits(lock_timeout_s=0.5)
+        # opened while it is locked: reading the catalog does not touch the table
+        with table_source(source, schema, tmp_path, limits=limits) as table:
+            started = time.monotonic()
+            with pytest.raises(BatchTimeout, match="lock timeout: rolled back") as caught:
+                table.select_batch(DAYS)
+            assert 0.4 < time.monotonic() - started < WAIT_S
+            assert "\n" not in str(caught.value)
+            other.rollback()
+            assert len(table.select_batch(DAYS)) == 0  # usable again: nothing is that old
+            table.rollback()
+
+
+def test_a_batch_past_its_timeout_is_rolled_back_and_the_source_reopens(
+    db: psycopg.Connection[Any], schema: str, source: SourceSettings, tmp_path: Path
 ) -> None:
     make_events(db, schema, 100)
-    with table_source(source, schema, tmp_path, limits=Limits(batch_size=5)) as table:
-        batch = table.select_batch(DAYS)
-        later = time.monotonic() + 1801
-        monkeypatch.setattr("producers.tables.source.time.monotonic", lambda: later)
-        with pytest.raises(BatchTimeout, match="1800 s transaction timeout before its DELETE"):
-            table.delete(batch.keys)
-        monkeypatch.undo()
-        assert table.after is None
-        assert table.select_batch(DAYS).keys == batch.keys  # the rows are still there
-        table.rollback()
+    limits = Limits(batch_size=5, batch_timeout_s=0.3)
+    with table_source(source, schema, tmp_path, limits=limits) as table:
+        for doing in ("DELETE", "COMMIT"):
+            batch = table.select_batch(DAYS)
+            deadline = time.monotonic() + WAIT_S
+            while table.remaining_s() > 0 and time.monotonic() < deadline:
+                time.sleep(0.05)  # polled until the batch's own deadline, bounded
+            with pytest.raises(BatchTimeout, match=f"0.3 s transaction timeout before its {doing}"):
+                if doing == "DELETE":
+                    table.delete(batch.keys)
+                else:
+                    table.commit()
+            assert table.after is None  # the cursor did not move
+            table.open()  # the server may have ended the idle session: reconnect
+            assert table.select_batch(DAYS).keys == batch.keys  # the rows are still there
+            table.rollback()
     assert count(db, schema) == 100
 
 

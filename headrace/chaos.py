@@ -13,9 +13,9 @@ directories of its own (nothing another run or the user's data shares):
    processes under a supervisor that restarts a dead one, as systemd or Kubernetes
    would; and the ingests, each re-run with its run id (so resumed) when it fails.
 3. While they work, it injects the faults of a schedule drawn from the seed, one after
-   the other: each group's process SIGKILLed several times (the first time by its
-   failpoint between the sink's write and the offset commit, the others at random
-   moments), the first ingest SIGKILLed mid-transaction (``ingest.produced``), the
+   the other: each group's process SIGKILLed several times (once by its failpoint
+   between the sink's write and the offset commit, armed until it fires; the others
+   when their turn comes), the first ingest SIGKILLed mid-transaction (``ingest.produced``), the
    Kafka broker restarted, MinIO and PostgreSQL stopped for a window (the stack's own
    processes), a second process of one group started and stopped again (two
    rebalances); and, part-way, a second, incremental run of each source with files
@@ -100,7 +100,7 @@ class ChaosError(HeadraceError):
 class ChaosOptions:
     files: int = 100_000
     seed: int | None = None
-    kills_per_group: int = 3  # the first by the group's failpoint
+    kills_per_group: int = 3  # one of them by the group's failpoint
     outage_s: float = 8.0  # how long MinIO and PostgreSQL stay unreachable
     recover_timeout_s: float = 180.0  # for one fault
     work: Path | None = None  # default: a temporary directory, removed unless keep

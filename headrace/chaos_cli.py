@@ -29,7 +29,7 @@ from headrace.settings import Settings
     type=click.IntRange(min=1),
     default=3,
     show_default=True,
-    help="SIGKILLs of each group's process (the first by its failpoint).",
+    help="SIGKILLs of each group's process (one by its failpoint).",
 )
 @click.option(
     "--outage",

@@ -16,6 +16,9 @@ from collections.abc import Iterable
 from datetime import date, timedelta
 from typing import Any
 
+from confluent_kafka import KafkaException
+
+from headrace.errors import ServiceUnavailable
 from headrace.kafka import make_admin
 from headrace.settings import Settings
 from storage.archive import Backend, open_backend, read
@@ -42,7 +45,14 @@ class ArchiveConfirm:
         """(members of the archive group, whether any is assigned a partition of the topic)."""
         admin = make_admin(self.settings.kafka)
         found = admin.describe_consumer_groups([self.group_id], request_timeout=timeout_s)
-        description = found[self.group_id].result(timeout=timeout_s)
+        try:
+            description = found[self.group_id].result(timeout=timeout_s)
+        except KafkaException as exc:
+            raise ServiceUnavailable(
+                "Kafka (describing the archive group)",
+                self.settings.kafka.bootstrap_servers,
+                exc.args[0].str(),
+            ) from None
         members = list(description.members)
         reads = any(
             tp.topic == self.topic

@@ -232,3 +232,17 @@ def test_a_bad_age_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) ->
     )
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "not an age" in err
+
+
+def test_a_dry_run_changes_nothing_and_says_what_it_would_do(
+    table_env: dict[str, str],
+    db: psycopg.Connection[Any],
+    schema: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    before = table_copy(db, schema)
+    code, out, err = run(archive_table(schema, "--dry-run"), capsys)
+    assert code == 0, err
+    assert f"{schema}.events: would archive {OLD} rows in 3 batches" in out
+    assert "nothing changed" in out
+    assert table_copy(db, schema) == before

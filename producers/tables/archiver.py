@@ -232,14 +232,15 @@ class _Run:
                 " rolled back, its rows stay"
             )
         days = days_around(now.date())
-        if not self.confirm.wait_durable(placed, days, self.timeout_s):
+        segments = self.confirm.wait_durable(placed, days, self.timeout_s)
+        if segments is None:
             members, _ = self.confirm.members()
             why = "no archive group is running" if members == 0 else "the archive is behind"
             raise ArchiveTimeout(
                 f"{where}: the archive did not hold all {len(placed)} row events within"
                 f" {self.timeout_s:g} s ({why}): rolled back, its rows stay"
             )
-        self._verify(where, events, self.confirm.read_back(batch_id, days))
+        self._verify(where, events, self.confirm.read_back(placed, segments))
         deleted = self.source.delete(batch.keys)
         if deleted != len(batch):
             raise VerificationFailed(

@@ -5,7 +5,7 @@ count or age (``archive.max_segment_age_s``): a record is durable once a publish
 segment of its partition covers its offset. :meth:`ArchiveConfirm.wait_durable`
 polls the manifests of the days the batch's events are dated (its event time, a
 day either side) until every (partition, offset) is covered or the timeout passes;
-:meth:`read_back` then reads those days' published segments for the batch's events.
+:meth:`read_back` then reads those segments only, for the records at the batch's offsets.
 Nothing here writes to the archive.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
@@ -21,7 +22,9 @@ from confluent_kafka import KafkaException
 from headrace.errors import ServiceUnavailable
 from headrace.kafka import make_admin
 from headrace.settings import Settings
-from storage.archive import Backend, open_backend, read
+from storage.archive import Backend, SegmentInfo, open_backend
+from storage.archive.layout import decode_line
+from storage.archive.reader import iter_lines
 
 Placed = tuple[int, int]  # (partition, offset)
 
@@ -62,42 +65,62 @@ class ArchiveConfirm:
         )
         return len(members), reads
 
-    def wait_durable(self, placed: Iterable[Placed], days: list[str], timeout_s: float) -> bool:
-        """Whether every (partition, offset) is in a published segment within ``timeout_s``."""
-        wanted = set(placed)
+    def wait_durable(
+        self, placed: Iterable[Placed], days: list[str], timeout_s: float
+    ) -> list[Segment] | None:
+        """The published segments that hold every (partition, offset), once they all do
+        within ``timeout_s``; None if some are still not durable by then."""
+        wanted, holding = set(placed), {}
         deadline = time.monotonic() + timeout_s
         while True:
-            wanted -= self._covered(wanted, days)
+            for segment, covered in self._covering(wanted, days):
+                holding[(segment.day, segment.info.name)] = segment
+                wanted -= covered
             if not wanted:
-                return True
+                return list(holding.values())
             if time.monotonic() >= deadline:
-                return False
+                return None
             time.sleep(self.poll_s)
 
-    def _covered(self, wanted: set[Placed], days: list[str]) -> set[Placed]:
+    def _covering(self, wanted: set[Placed], days: list[str]) -> list[tuple[Segment, set[Placed]]]:
         backend = self.backend()
         present = set(backend.days(self.topic))
-        segments = [
-            s for day in days if day in present for s in backend.read_manifest(self.topic, day)
-        ]
-        return {
-            (p, o)
-            for p, o in wanted
-            if any(s.partition == p and s.first_offset <= o <= s.last_offset for s in segments)
-        }
+        found = []
+        for day in days:
+            if day not in present:
+                continue
+            for info in backend.read_manifest(self.topic, day):
+                covered = {
+                    (p, o)
+                    for p, o in wanted
+                    if p == info.partition and info.first_offset <= o <= info.last_offset
+                }
+                if covered:
+                    found.append((Segment(day, info), covered))
+        return found
 
-    def read_back(self, batch_id: str, days: list[str]) -> list[dict[str, Any]]:
-        """The archived events of the batch (by its id), from the published segments."""
-        return [
-            line.event
-            for line in read(
-                self.backend(),
-                topic=self.topic,
-                since=min(days),
-                until=max(days),
-                predicate=lambda event: event.get("batch_id") == batch_id,
-            )
-        ]
+    def read_back(
+        self, placed: Iterable[Placed], segments: Iterable[Segment]
+    ) -> list[dict[str, Any]]:
+        """The archived events at exactly these (partition, offset)s, read from ``segments``."""
+        wanted, backend, events = set(placed), self.backend(), []
+        for segment in segments:
+            info = segment.info
+            where = backend.where(self.topic, segment.day, info.name)
+            with backend.open(self.topic, segment.day, info.name) as file:
+                for line in iter_lines(file, info.compression, where):
+                    record = decode_line(line)
+                    if (record.partition, record.offset) in wanted:
+                        events.append(record.event)
+        return events
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A published segment of the topic, and the day directory it is in."""
+
+    day: str
+    info: SegmentInfo
 
 
 def days_around(today: date) -> list[str]:

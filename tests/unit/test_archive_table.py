@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from headrace.settings import load_settings
 from producers.errors import VerificationFailed
 from producers.tables import rows
 from producers.tables.archiver import _Run, transactional_id
 from producers.tables.catalog import TableRef
 from producers.tables.cli import parse_age
+from producers.tables.confirm import ArchiveConfirm, days_around
 from schemas.models import Column, RowEvent
+from storage.archive import Archive, ArchiveRecord
 
 
 @pytest.mark.parametrize(
@@ -85,3 +89,28 @@ def test_the_transactional_id_is_per_source_and_table() -> None:
     a = transactional_id("s", TableRef("public", "events"))
     assert a != transactional_id("s", TableRef("public", "other"))
     assert a != transactional_id("t", TableRef("public", "events"))
+
+
+def test_confirm_waits_for_published_segments_and_reads_back_those_offsets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEADRACE_ARCHIVE__ROOT", str(tmp_path / "archive"))
+    settings = load_settings()
+    topic = settings.kafka.topics.row_events
+    now = datetime.now(UTC)
+    ms = int(now.timestamp() * 1000)
+    archive = Archive(tmp_path / "archive")
+    events = [event(i) for i in range(4)]
+    records = [
+        ArchiveRecord(topic, 0, o, ms, ms, None, None, e.to_avro()) for o, e in enumerate(events)
+    ]
+    archive.append(records)  # written to an open segment: not durable yet
+    confirm = ArchiveConfirm(settings, poll_s=0.01)
+    days = days_around(now.date())
+    placed = [(0, 1), (0, 2)]
+    assert confirm.wait_durable(placed, days, timeout_s=0.05) is None
+    archive.close_all()
+    segments = confirm.wait_durable(placed, days, timeout_s=1)
+    assert segments is not None
+    got = confirm.read_back(placed, segments)
+    assert [e["event_id"] for e in got] == [events[1].event_id, events[2].event_id]

@@ -6,7 +6,7 @@ Groups of one's own plug in through the ``headrace.groups`` entry point: a name
 and a factory ``(settings, group_id, metrics) -> Sink``; such a group reads the
 file-events topic, or the topics its factory names in a ``topics`` attribute
 (field names of ``kafka.topics``: ``file_events``, ``run_events``,
-``verifications``).
+``verifications``, ``row_events``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from consumers.runtime import ConsumerRuntime, Decoder, RuntimeStats
 from headrace.errors import ConfigError
 from headrace.kafka import ensure_topics, make_admin
 from headrace.settings import Settings
-from schemas.models import Event, FileEvent, RunEvent, VerificationEvent
+from schemas.models import Event, FileEvent, RowEvent, RunEvent, VerificationEvent
 from schemas.registry import make_registry_client
 from schemas.serde import EventDeserializer
 from storage.archive import Archive, ArchivePolicy, Compression
@@ -112,7 +112,9 @@ class Group:
 
 # The groups headrace brings, and the topics each reads.
 GROUPS: dict[str, Group] = {
-    "archive": Group("archive", _archive_sink, ("file_events", "run_events", "verifications")),
+    "archive": Group(
+        "archive", _archive_sink, ("file_events", "run_events", "verifications", "row_events")
+    ),
     "load": Group("load", _load_sink, ("file_events", "run_events")),
     "cache": Group("cache", _cache_sink, ("file_events",)),
     "verify": Group("verify", _verify_sink, ("file_events",)),
@@ -121,6 +123,7 @@ MODELS: dict[str, type[Event]] = {
     "file_events": FileEvent,
     "run_events": RunEvent,
     "verifications": VerificationEvent,
+    "row_events": RowEvent,
 }
 
 

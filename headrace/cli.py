@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "schemas": "schemas.cli:schemas",
     "ingest": "producers.cli:ingest",
     "runs": "producers.runs_cli:runs",
+    "archive-table": "producers.tables.cli:archive_table_command",
     "consume": "consumers.cli:consume",
     "dlq": "consumers.dlq_cli:dlq",
     "archive": "consumers.archive.cli:archive",

@@ -13,7 +13,11 @@
      │    ├── TableNotFound       no such table in the source database
      │    ├── NoPrimaryKey        the table has no primary key to delete rows by
      │    └── TimestampColumnError  no usable timestamp column (missing, wrong type, ambiguous)
-     └── BatchTimeout             a batch outlived its transaction timeout  (transient)
+     ├── BatchTimeout             a batch outlived its transaction timeout  (transient)
+     └── ArchiveUnconfirmed       the archive did not confirm a batch: rolled back, rows kept
+          ├── ArchiveNotRunning   no member of the archive group is running (transient)
+          ├── ArchiveTimeout      the batch was not durably archived in time  (transient)
+          └── VerificationFailed  counts or checksums read back differ        (terminal)
 """
 
 from __future__ import annotations
@@ -64,3 +68,19 @@ class TimestampColumnError(TableError):
 
 class BatchTimeout(HeadraceError, Transient):
     """A batch's transaction outlived ``tables.batch_timeout_s``: rolled back, rows kept."""
+
+
+class ArchiveUnconfirmed(HeadraceError):
+    """The archive did not confirm a batch: it was rolled back, its rows stay."""
+
+
+class ArchiveNotRunning(ArchiveUnconfirmed, Transient):
+    """The archive group has no running member: nothing would archive the batch."""
+
+
+class ArchiveTimeout(ArchiveUnconfirmed, Transient):
+    """The batch's records were not all durably archived within the archive timeout."""
+
+
+class VerificationFailed(ArchiveUnconfirmed, Terminal):
+    """What the archive holds differs from the rows selected (counts or checksums)."""

@@ -1,0 +1,293 @@
+"""``headrace archive-table``: move a table's old rows into the archive, verify, then delete.
+
+Per batch, in one database transaction (``producers.tables.source``)::
+
+    SELECT ... FOR UPDATE SKIP LOCKED      the batch's rows, locked
+    publish one RowEvent per row           one Kafka transaction (RowPublisher)
+    wait until the archive holds them      published segments cover every offset
+    VERIFY                                 selected == published == archived, and each
+                                           archived row's checksum is the source row's
+    DELETE by primary key; COMMIT          only now do the rows leave the table
+
+Any mismatch, timeout or failure rolls the batch back: its rows stay in the table,
+and the events already published are duplicates by event id of the next attempt's.
+The archive group must be running (``headrace consume archive``, which reads the
+row-events topic); without a member the batch is refused before anything is
+published.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from headrace import __version__
+from headrace.settings import Settings, SourceSettings
+from producers.errors import ArchiveNotRunning, ArchiveTimeout, VerificationFailed
+from producers.tables import rows
+from producers.tables.catalog import TableRef, TableShape
+from producers.tables.confirm import ArchiveConfirm, days_around
+from producers.tables.cursors import CursorStore
+from producers.tables.publish import RowPublisher
+from producers.tables.source import Batch, DryRun, Limits, TableSource
+from schemas.models import Column, RowEvent
+from schemas.registry import make_registry_client
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ArchiveRequest:
+    """What to archive: one table of one source, rows older than ``older_than``."""
+
+    source_name: str
+    source: SourceSettings
+    table: TableRef
+    older_than: timedelta
+    timestamp_column: str | None = None
+    batch_size: int | None = None  # default: tables.batch_size
+    dry_run: bool = False
+    archive_timeout_s: float | None = None  # default: archive.max_segment_age_s + 60, >= 120
+
+
+@dataclass(frozen=True)
+class BatchDone:
+    """One committed batch: archived, verified and deleted."""
+
+    number: int
+    rows: int
+    bytes: int
+    deleted: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    batches: int = 0
+    rows: int = 0
+    bytes: int = 0
+    deleted: int = 0
+    verified: int = 0
+    seconds: float = 0.0
+    dry_run: DryRun | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        found: dict[str, Any] = {
+            "batches": self.batches,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "deleted": self.deleted,
+            "verified": self.verified,
+            "seconds": round(self.seconds, 3),
+        }
+        if self.dry_run is not None:
+            d = self.dry_run
+            found["dry_run"] = {
+                "rows": d.rows,
+                "batches": d.batches,
+                "oldest": d.oldest,
+                "newest": d.newest,
+                "cutoff": d.cutoff,
+            }
+        return found
+
+
+class Progress(Protocol):
+    def batch(self, done: BatchDone) -> None: ...
+
+
+class NoProgress:
+    def batch(self, done: BatchDone) -> None:
+        return None
+
+
+def transactional_id(source_name: str, table: TableRef) -> str:
+    """One per (source, table): a second archiver of the table fences the first."""
+    return f"headrace-archive-table.{source_name}.{table.schema}.{table.table}"
+
+
+def archive_timeout(settings: Settings, request: ArchiveRequest) -> float:
+    if request.archive_timeout_s is not None:
+        return request.archive_timeout_s
+    return max(120.0, settings.archive.max_segment_age_s + 60.0)
+
+
+def archive_table(settings: Settings, request: ArchiveRequest, progress: Progress) -> Summary:
+    """Archive, verify and delete the request's rows batch by batch (module docstring)."""
+    started = time.monotonic()
+    limits = Limits.from_settings(settings.tables)
+    if request.batch_size is not None:
+        limits = Limits(
+            request.batch_size,
+            limits.lock_timeout_s,
+            limits.statement_timeout_s,
+            limits.batch_timeout_s,
+        )
+    source = TableSource(
+        request.source,
+        request.source_name,
+        request.table,
+        timestamp_column=request.timestamp_column,
+        limits=limits,
+        cursors=CursorStore(settings.tables.state_dir),
+    )
+    with source:
+        if request.dry_run:
+            found = source.dry_run(request.older_than)
+            return Summary(seconds=time.monotonic() - started, dry_run=found)
+        confirm = ArchiveConfirm(settings)
+        _require_archive(confirm)
+        with make_registry_client(settings.registry) as client:
+            publisher = RowPublisher(
+                settings.kafka, client, transactional_id(request.source_name, request.table)
+            )
+            publisher.start()
+            try:
+                run = _Run(source, publisher, confirm, archive_timeout(settings, request))
+                summary = run.all(request.older_than, progress)
+            finally:
+                publisher.close()
+    return Summary(
+        summary.batches,
+        summary.rows,
+        summary.bytes,
+        summary.deleted,
+        summary.verified,
+        time.monotonic() - started,
+    )
+
+
+def _require_archive(confirm: ArchiveConfirm) -> None:
+    members, reads = confirm.members()
+    if members == 0:
+        raise ArchiveNotRunning(
+            f"no archive group is running (group {confirm.group_id} has no members):"
+            " start 'headrace consume archive'; nothing was archived or deleted"
+        )
+    if not reads:
+        log.warning(
+            "the archive group %s has %s members but none reads %s yet",
+            confirm.group_id,
+            members,
+            confirm.topic,
+        )
+
+
+class _Run:
+    """One run's batches: each published, confirmed, verified, deleted and committed."""
+
+    def __init__(
+        self,
+        source: TableSource,
+        publisher: RowPublisher,
+        confirm: ArchiveConfirm,
+        timeout_s: float,
+    ) -> None:
+        self.source = source
+        self.publisher = publisher
+        self.confirm = confirm
+        self.timeout_s = timeout_s
+        self.run_id = uuid.uuid4().hex
+        self._totals = Summary()
+
+    def all(self, older_than: timedelta, progress: Progress) -> Summary:
+        number = 0
+        while True:
+            began = time.monotonic()
+            batch = self.source.select_batch(older_than)
+            if not batch:
+                self.source.rollback()  # the SELECT's transaction: nothing locked
+                self.source.reset_cursor()
+                return self._totals
+            number += 1
+            try:
+                sent, deleted = self._one(batch, f"{self.run_id}-{number}")
+            except BaseException:
+                self.source.rollback()
+                raise
+            t = self._totals
+            self._totals = Summary(
+                t.batches + 1,
+                t.rows + len(batch),
+                t.bytes + sent,
+                t.deleted + deleted,
+                t.verified + len(batch),
+            )
+            progress.batch(BatchDone(number, len(batch), sent, deleted, time.monotonic() - began))
+
+    def _one(self, batch: Batch, batch_id: str) -> tuple[int, int]:
+        shape = self.source.shape
+        now = datetime.now(UTC)
+        events = [self._event(shape, row, batch_id, now) for row in batch.rows]
+        placed, sent = self.publisher.publish(events)
+        where = f"{shape.ref} batch {batch_id}"
+        if len(placed) != len(batch):
+            raise VerificationFailed(
+                f"{where}: {len(batch)} rows selected but {len(placed)} published:"
+                " rolled back, its rows stay"
+            )
+        days = days_around(now.date())
+        segments = self.confirm.wait_durable(placed, days, self.timeout_s)
+        if segments is None:
+            members, _ = self.confirm.members()
+            why = "no archive group is running" if members == 0 else "the archive is behind"
+            raise ArchiveTimeout(
+                f"{where}: the archive did not hold all {len(placed)} row events within"
+                f" {self.timeout_s:g} s ({why}): rolled back, its rows stay"
+            )
+        self._verify(where, events, self.confirm.read_back(placed, segments))
+        deleted = self.source.delete(batch.keys)
+        if deleted != len(batch):
+            raise VerificationFailed(
+                f"{where}: {deleted} rows deleted of {len(batch)} locked: rolled back, rows stay"
+            )
+        self.source.commit()
+        return sent, deleted
+
+    def _event(
+        self, shape: TableShape, row: Sequence[Column], batch_id: str, now: datetime
+    ) -> RowEvent:
+        key = [row[shape.index(name)] for name in shape.primary_key]
+        return RowEvent(
+            run_id=self.run_id,
+            batch_id=batch_id,
+            source=self.source.source_name,
+            table_schema=shape.ref.schema,
+            table=shape.ref.table,
+            key=key,
+            row=list(row),
+            checksum=rows.checksum(row),
+            producer_version=__version__,
+            event_time=now,
+        )
+
+    @staticmethod
+    def _verify(where: str, events: Sequence[RowEvent], archived: Sequence[dict[str, Any]]) -> None:
+        wanted = {e.event_id: e.checksum for e in events}
+        found: dict[str, dict[str, Any]] = {}
+        for event in archived:
+            found.setdefault(str(event.get("event_id")), event)
+        missing = [i for i in wanted if i not in found]
+        if missing or len(found) != len(wanted):
+            raise VerificationFailed(
+                f"{where}: {len(wanted)} rows published but {len(found)} archived"
+                f" ({len(missing)} missing): rolled back, its rows stay"
+            )
+        bad = [i for i, checksum in wanted.items() if _archived_checksum(found[i]) != checksum]
+        if bad:
+            raise VerificationFailed(
+                f"{where}: {len(bad)} archived rows do not match their source row's checksum"
+                f" (first event {bad[0]}): rolled back, its rows stay"
+            )
+
+
+def _archived_checksum(event: dict[str, Any]) -> str | None:
+    """The checksum of the row as the archive holds it, if the event's own agrees."""
+    row = [Column.model_validate(c) for c in event.get("row") or []]
+    computed = rows.checksum(row)
+    return computed if event.get("checksum") == computed else None

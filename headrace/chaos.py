@@ -68,7 +68,7 @@ from consumers.verify.reconcile import verify_run
 from consumers.verify.report import Kind, RunReport
 from headrace.errors import HeadraceError
 from headrace.kafka import ensure_topics, make_admin, make_consumer
-from headrace.settings import Settings, load_settings
+from headrace.settings import Settings, TopicSettings, load_settings
 from headrace.stack.manager import Stack
 
 GROUP_NAMES = ("archive", "load", "cache", "verify")
@@ -607,7 +607,9 @@ class Chaos:
 
     def _overrides(self) -> dict[str, str]:
         work, tag = self.work, self.tag
-        names = ("FILE_EVENTS", "RUN_EVENTS", "VERIFICATIONS", "DEAD_LETTER")
+        # Every topic of the settings, named for this run (a group reading one left at
+        # its default would read, and wait for, what other runs put there).
+        names = tuple(name.upper() for name in TopicSettings.model_fields)
         return {
             **{f"HEADRACE_KAFKA__TOPICS__{n}": f"chaos-{tag}.{n.lower()}" for n in names},
             "HEADRACE_KAFKA__PARTITIONS": "3",
@@ -658,7 +660,7 @@ class Chaos:
         )
         topics = [
             getattr(self.settings.kafka.topics, f)
-            for f in ("file_events", "run_events", "verifications")
+            for f in sorted({f for g in GROUP_NAMES for f in GROUPS[g].topics})
         ]
         ensure_topics(
             make_admin(self.settings.kafka),

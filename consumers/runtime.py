@@ -355,16 +355,16 @@ class ConsumerRuntime:
         # position is durable or dead-lettered, the position is safe too; without it a
         # transactional partition's committed offset stays one short of its end (and
         # its lag at 1) for good.
-        if self._assigned:
-            consumed = self._consumer.position([KafkaPartition(t, p) for t, p in self._assigned])
-            for kp in consumed:
+        settled = [
+            KafkaPartition(t, p)
+            for t, p in self._assigned
+            if max(self._handed.get((t, p), -1), self._dead.get((t, p), -1))
+            < positions.get((t, p), 0)
+        ]
+        if settled:  # asked only for those: this runs after every batch
+            for kp in self._consumer.position(settled):
                 tp = (kp.topic, kp.partition)
-                safe = positions.get(tp, 0)
-                if (
-                    kp.offset > safe
-                    and self._handed.get(tp, -1) < safe
-                    and self._dead.get(tp, -1) < safe
-                ):
+                if kp.offset > positions.get(tp, 0):
                     positions[tp] = kp.offset
         return positions
 

@@ -80,6 +80,7 @@ FAILPOINTS = {
     "verify": "verify.before_commit",
 }
 INLINE_LIMIT = 16 * 1024
+COMMITTED = b'"t":"committed"'  # a committed batch's line in an ingest's journal
 RETRY_LINE = re.compile(r"\(attempt \d+\)|attempt \d+ failed|will retry|asking again")
 FAULT_KINDS = (
     "group_failpoint",
@@ -321,6 +322,7 @@ class Member:
         self.group, self.log, self.failpoint = group, log, failpoint
         argv = ["consume", group, "--metrics-port", "0"]
         self.proc = headrace_process(argv, env, log, failpoint, session=True)
+        self._assigned = Occurrences(log, b" assigned ")
         self.meant = False  # stopped or killed by the chaos, not by itself
 
     def alive(self) -> bool:
@@ -328,10 +330,7 @@ class Member:
 
     def assignments(self) -> int:
         """How many times it was handed partitions (its ``assigned`` log lines)."""
-        try:
-            return self.log.read_text(errors="replace").count(" assigned ")
-        except FileNotFoundError:
-            return 0
+        return self._assigned.count()
 
     def kill(self) -> None:
         self.meant = True
@@ -909,8 +908,9 @@ class Chaos:
             proc = headrace_process(argv, self.env, log, failpoint)
             if killed is not None:
                 fault, at = killed
-                before = _committed_batches(journal)
-                while proc.poll() is None and _committed_batches(journal) <= before:
+                committed = Occurrences(journal, COMMITTED)
+                before = committed.count()
+                while proc.poll() is None and committed.count() <= before:
                     time.sleep(0.05)
                 if proc.poll() is None or proc.returncode == 0:
                     fault.recover_s = time.monotonic() - at
@@ -921,7 +921,7 @@ class Chaos:
                 return
             self.result.restarts["ingest"] = self.result.restarts.get("ingest", 0) + 1
             if failpoint is not None and rc == -signal.SIGKILL:
-                batches = _committed_batches(journal)
+                batches = Occurrences(journal, COMMITTED).count()
                 fault = FaultResult("ingest_kill", "ingest", self.now())
                 fault.detail = f"{failpoint}, {batches} batches committed before"
                 killed = (fault, time.monotonic())
@@ -1078,11 +1078,30 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def _committed_batches(journal: Path) -> int:
-    try:
-        return journal.read_bytes().count(b'"t":"committed"')
-    except FileNotFoundError:
-        return 0
+class Occurrences:
+    """How often ``needle`` occurs in a file that only grows (a log, a journal), reading
+    only what was appended since the last call: polled every few tenths of a second,
+    a whole re-read would cost more as the file grows."""
+
+    def __init__(self, path: Path, needle: bytes) -> None:
+        self.path, self.needle = path, needle
+        self._offset = 0
+        self._seen = 0
+        self._carry = b""  # the end of the last read, for a needle cut across two reads
+
+    def count(self) -> int:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return self._seen
+        self._offset += len(chunk)
+        data = self._carry + chunk
+        self._seen += data.count(self.needle)
+        keep = len(self.needle) - 1  # too short to hold the needle: never counted twice
+        self._carry = data[-keep:] if keep else b""
+        return self._seen
 
 
 @contextlib.contextmanager

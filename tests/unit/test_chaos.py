@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from consumers.verify.report import Kind, RunReport
-from headrace.chaos import GROUP_NAMES, ChaosResult, FaultResult, plan
+from headrace.chaos import GROUP_NAMES, ChaosResult, FaultResult, Occurrences, plan
 from tests.unit.test_cli import run
 
 
@@ -105,3 +105,17 @@ def test_without_the_local_stack_it_says_so_in_one_line_before_writing_anything(
     assert err.startswith("headrace: error: the local stack is not up (")
     assert len(err.strip().splitlines()) == 1
     assert not (work / "source").exists()  # no workload written
+
+
+def test_occurrences_in_a_growing_file_are_counted_once_even_cut_across_writes(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "member.log"
+    seen = Occurrences(log, b" assigned ")
+    assert seen.count() == 0  # no file yet
+    log.write_bytes(b"x assigned a\ny assig")
+    assert seen.count() == 1
+    with open(log, "ab") as f:
+        f.write(b"ned b\n")
+    assert seen.count() == 2
+    assert seen.count() == 2  # nothing appended: nothing counted again

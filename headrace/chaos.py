@@ -59,7 +59,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException
+from confluent_kafka import KafkaException
 from confluent_kafka import TopicPartition as KafkaPartition
 
 from consumers.dlq import read_dead_letters
@@ -480,7 +480,12 @@ class Lag:
 
     def _open(self) -> None:
         kafka = self.settings.kafka
-        self.admin = make_admin(kafka)
+        # A group's committed offsets are read by a consumer of that group id that never
+        # joins it, not by the admin client: librdkafka's admin ListConsumerGroupOffsets
+        # crashed the process (SIGSEGV in rd_kafka_cgrp_op from the OffsetFetch response
+        # handler) when the broker answered it while restarting.
+        prefix = self.settings.consumer.group_prefix
+        self.offsets = {g: make_consumer(kafka, prefix + g) for g in GROUP_NAMES}
         self.probe = make_consumer(kafka, f"headrace-chaos-probe-{uuid.uuid4().hex[:8]}")
         self.reader = make_consumer(kafka, f"headrace-chaos-reader-{uuid.uuid4().hex[:8]}")
         self._opened = time.monotonic()
@@ -508,9 +513,8 @@ class Lag:
                 # anew (seen: 100 s of timeouts, then the first new client answered).
                 if self._failures >= 3 and time.monotonic() - self._opened > 10.0:
                     # Clients that keep failing are replaced, never destroyed while the
-                    # run lasts: librdkafka may still answer their requests in flight
-                    # (destroying an admin client with one pending crashed the process).
-                    self._retired += [self.admin, self.probe, self.reader]
+                    # run lasts: librdkafka may still answer their requests in flight.
+                    self._retired += [*self.offsets.values(), self.probe, self.reader]
                     self._open()
                 return None
             self._failures = 0
@@ -518,10 +522,8 @@ class Lag:
 
     def _of(self, group: str) -> tuple[int, int]:
         wanted = [KafkaPartition(t, p) for t, p in self.partitions[group]]
-        group_id = self.settings.consumer.group_prefix + group
-        request = ConsumerGroupTopicPartitions(group_id, wanted)
-        listed = self.admin.list_consumer_group_offsets([request])[group_id].result(timeout=5)
-        committed = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in listed.topic_partitions}
+        listed = self.offsets[group].committed(wanted, timeout=5)
+        committed = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in listed}
         total = behind = 0
         for tp in wanted:
             _low, high = self.probe.get_watermark_offsets(tp, timeout=5, cached=False)
@@ -552,10 +554,9 @@ class Lag:
             self.reader.unassign()
 
     def close(self) -> None:
-        for client in (self.probe, self.reader, *self._retired):
-            if hasattr(client, "close"):  # consumers; an admin client has no close
-                with contextlib.suppress(RuntimeError, KafkaException):
-                    client.close()
+        for client in (*self.offsets.values(), self.probe, self.reader, *self._retired):
+            with contextlib.suppress(RuntimeError, KafkaException):
+                client.close()
 
 
 # --- the run ------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException
+from confluent_kafka import KafkaException
 from confluent_kafka import TopicPartition as KafkaPartition
 from confluent_kafka.admin import AdminClient
 
@@ -201,7 +201,10 @@ def _wait_committed(
     """Until the group's committed offsets reach the end offsets seen now: True; False
     if the group empties first (its members left, or a dead one's session expired)."""
     topics = [getattr(settings.kafka.topics, f) for f in fields]
-    probe = make_consumer(settings.kafka, f"headrace-sweep-probe-{group_id}")
+    # A consumer of the group's own id that never joins it reads its committed offsets:
+    # librdkafka's admin ListConsumerGroupOffsets can crash the process (SIGSEGV in
+    # rd_kafka_cgrp_op, seen by `headrace chaos`) when a restarting broker answers it.
+    probe = make_consumer(settings.kafka, group_id)
     try:
         ends: dict[tuple[str, int], int] = {}
         for topic in topics:
@@ -210,11 +213,8 @@ def _wait_committed(
                 ends[(topic, p)] = high
         deadline = time.monotonic() + timeout_s
         while True:
-            request = ConsumerGroupTopicPartitions(
-                group_id, [KafkaPartition(t, p) for t, p in ends]
-            )
-            listed = admin.list_consumer_group_offsets([request])[group_id].result(timeout=10)
-            committed = {(tp.topic, tp.partition): tp.offset for tp in listed.topic_partitions}
+            listed = probe.committed([KafkaPartition(t, p) for t, p in ends], timeout=10)
+            committed = {(tp.topic, tp.partition): tp.offset for tp in listed}
             behind = [tp for tp, end in ends.items() if committed.get(tp, -1) < end and end > 0]
             if not behind:
                 return True

@@ -43,6 +43,7 @@ def _archive_sink(settings: Settings, _group_id: str, _metrics: Metrics) -> Sink
         max_segment_bytes=config.max_segment_bytes,
         max_segment_records=config.max_segment_records,
         max_segment_age_s=config.max_segment_age_s,
+        topic_ages={settings.kafka.topics.row_events: config.row_events_segment_age_s},
         plain_days=config.plain_days,
     )
     return ArchiveSink(Archive(open_backend(config, settings.object_store), policy))

@@ -66,6 +66,7 @@ from consumers.dlq import read_dead_letters
 from consumers.groups import GROUPS
 from consumers.verify.reconcile import verify_run
 from consumers.verify.report import Kind, RunReport
+from headrace.children import die_with_parent
 from headrace.errors import HeadraceError
 from headrace.kafka import ensure_topics, make_admin, make_consumer
 from headrace.settings import Settings, TopicSettings, load_settings
@@ -1066,17 +1067,8 @@ def headrace_process(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=session,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the chaos process ends (Linux), so a chaos
-    run that is itself killed leaves no group running on its topics."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 class Occurrences:

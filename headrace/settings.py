@@ -198,6 +198,8 @@ class TablesSettings(_Section):
     # A batch's transaction (its rows locked) lasts at most this long: past it, the
     # batch is rolled back and its rows stay in the table.
     batch_timeout_s: float = Field(default=1800.0, gt=0)
+    # `archive-table --metrics-port` binds here.
+    metrics_host: str = "127.0.0.1"
 
 
 def _libpq_quoted(value: str) -> str:
@@ -337,6 +339,9 @@ class ArchiveSettings(_Section):
     max_segment_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     max_segment_records: int = Field(default=100_000, ge=1)
     max_segment_age_s: float = Field(default=300.0, gt=0)
+    # The row-events topic's segments close this soon after their first record:
+    # `headrace archive-table` deletes a batch only once a published segment holds it.
+    row_events_segment_age_s: float = Field(default=1.0, gt=0)
     # > 0: publish segments plain, compress them with `headrace archive compress`
     # once their day is older than this.
     plain_days: int = Field(default=0, ge=0)

@@ -73,6 +73,8 @@ class BatchTimeout(HeadraceError, Transient):
 class ArchiveUnconfirmed(HeadraceError):
     """The archive did not confirm a batch: it was rolled back, its rows stay."""
 
+    reason = "unconfirmed"  # the metrics' label
+
 
 class ArchiveNotRunning(ArchiveUnconfirmed, Transient):
     """The archive group has no running member: nothing would archive the batch."""
@@ -81,6 +83,12 @@ class ArchiveNotRunning(ArchiveUnconfirmed, Transient):
 class ArchiveTimeout(ArchiveUnconfirmed, Transient):
     """The batch's records were not all durably archived within the archive timeout."""
 
+    reason = "timeout"
+
 
 class VerificationFailed(ArchiveUnconfirmed, Terminal):
     """What the archive holds differs from the rows selected (counts or checksums)."""
+
+    def __init__(self, message: str, reason: str = "count") -> None:
+        super().__init__(message)
+        self.reason = reason  # count or checksum

@@ -12,8 +12,9 @@ Per batch, in one database transaction (``producers.tables.source``)::
 Any mismatch, timeout or failure rolls the batch back: its rows stay in the table,
 and the events already published are duplicates by event id of the next attempt's.
 The archive group must be running (``headrace consume archive``, which reads the
-row-events topic); without a member the batch is refused before anything is
-published.
+row-events topic), or be started by the command (``--run-archive``:
+``producers.tables.archive_process``); without a member the run is refused before
+anything is published. ``max_rows_per_second`` paces the batches (:class:`Pacer`).
 """
 
 from __future__ import annotations
@@ -21,18 +22,25 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from headrace import __version__
 from headrace.settings import Settings, SourceSettings
-from producers.errors import ArchiveNotRunning, ArchiveTimeout, VerificationFailed
+from producers.errors import (
+    ArchiveNotRunning,
+    ArchiveTimeout,
+    ArchiveUnconfirmed,
+    VerificationFailed,
+)
 from producers.tables import rows
+from producers.tables.archive_process import ArchiveProcess
 from producers.tables.catalog import TableRef, TableShape
 from producers.tables.confirm import ArchiveConfirm, days_around
 from producers.tables.cursors import CursorStore
+from producers.tables.metrics import TableMetrics
 from producers.tables.publish import RowPublisher
 from producers.tables.source import Batch, DryRun, Limits, TableSource
 from schemas.models import Column, RowEvent
@@ -52,7 +60,8 @@ class ArchiveRequest:
     timestamp_column: str | None = None
     batch_size: int | None = None  # default: tables.batch_size
     dry_run: bool = False
-    archive_timeout_s: float | None = None  # default: archive.max_segment_age_s + 60, >= 120
+    archive_timeout_s: float | None = None  # default: archive.row_events_segment_age_s + 60
+    max_rows_per_second: float | None = None  # None: as fast as it goes
 
 
 @dataclass(frozen=True)
@@ -98,12 +107,55 @@ class Summary:
 
 
 class Progress(Protocol):
+    def start(self, eligible: int) -> None:
+        """Before the first batch: the rows eligible now (an estimate: writers go on)."""
+
     def batch(self, done: BatchDone) -> None: ...
 
 
 class NoProgress:
+    def start(self, eligible: int) -> None:
+        return None
+
     def batch(self, done: BatchDone) -> None:
         return None
+
+
+class Pacer:
+    """At most ``rate`` rows a second on average since the first batch: :meth:`wait`
+    sleeps before a batch until the rows done so far are within the rate. A batch is
+    then at most ``rate`` rows (:meth:`batch_size`), so no burst is longer than a second."""
+
+    def __init__(
+        self,
+        rate: float | None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if rate is not None and rate <= 0:
+            raise ValueError(f"a rate must be positive, not {rate}")
+        self.rate, self._clock, self._sleep = rate, clock, sleep
+        self._began: float | None = None
+        self._rows = 0
+        self.slept = 0.0
+
+    def batch_size(self, wanted: int) -> int:
+        return wanted if self.rate is None else max(1, min(wanted, int(self.rate)))
+
+    def wait(self) -> None:
+        if self.rate is None:
+            return
+        now = self._clock()
+        if self._began is None:
+            self._began = now
+            return
+        due = self._began + self._rows / self.rate
+        if due > now:
+            self._sleep(due - now)
+            self.slept += due - now
+
+    def done(self, rows: int) -> None:
+        self._rows += rows
 
 
 def transactional_id(source_name: str, table: TableRef) -> str:
@@ -114,20 +166,25 @@ def transactional_id(source_name: str, table: TableRef) -> str:
 def archive_timeout(settings: Settings, request: ArchiveRequest) -> float:
     if request.archive_timeout_s is not None:
         return request.archive_timeout_s
-    return max(120.0, settings.archive.max_segment_age_s + 60.0)
+    return settings.archive.row_events_segment_age_s + 60.0
 
 
-def archive_table(settings: Settings, request: ArchiveRequest, progress: Progress) -> Summary:
-    """Archive, verify and delete the request's rows batch by batch (module docstring)."""
+def archive_table(
+    settings: Settings,
+    request: ArchiveRequest,
+    progress: Progress,
+    *,
+    metrics: TableMetrics | None = None,
+    archive: ArchiveProcess | None = None,
+) -> Summary:
+    """Archive, verify and delete the request's rows batch by batch (module docstring).
+
+    ``archive``, if given, is started before the first batch and stopped at the end
+    (``--run-archive``); ``metrics`` count what the run does."""
     started = time.monotonic()
     limits = Limits.from_settings(settings.tables)
-    if request.batch_size is not None:
-        limits = Limits(
-            request.batch_size,
-            limits.lock_timeout_s,
-            limits.statement_timeout_s,
-            limits.batch_timeout_s,
-        )
+    pacer = Pacer(request.max_rows_per_second)
+    limits = replace(limits, batch_size=pacer.batch_size(request.batch_size or limits.batch_size))
     source = TableSource(
         request.source,
         request.source_name,
@@ -141,17 +198,31 @@ def archive_table(settings: Settings, request: ArchiveRequest, progress: Progres
             found = source.dry_run(request.older_than)
             return Summary(seconds=time.monotonic() - started, dry_run=found)
         confirm = ArchiveConfirm(settings)
-        _require_archive(confirm)
-        with make_registry_client(settings.registry) as client:
-            publisher = RowPublisher(
-                settings.kafka, client, transactional_id(request.source_name, request.table)
-            )
-            publisher.start()
-            try:
-                run = _Run(source, publisher, confirm, archive_timeout(settings, request))
-                summary = run.all(request.older_than, progress)
-            finally:
-                publisher.close()
+        if archive is not None:
+            archive.start(confirm)
+        try:
+            _require_archive(confirm)
+            progress.start(source.dry_run(request.older_than).rows)
+            with make_registry_client(settings.registry) as client:
+                publisher = RowPublisher(
+                    settings.kafka, client, transactional_id(request.source_name, request.table)
+                )
+                publisher.start()
+                try:
+                    run = _Run(
+                        source,
+                        publisher,
+                        confirm,
+                        archive_timeout(settings, request),
+                        pacer,
+                        metrics or TableMetrics(request.source_name, str(request.table)),
+                    )
+                    summary = run.all(request.older_than, progress)
+                finally:
+                    publisher.close()
+        finally:
+            if archive is not None:
+                archive.stop()
     return Summary(
         summary.batches,
         summary.rows,
@@ -187,17 +258,22 @@ class _Run:
         publisher: RowPublisher,
         confirm: ArchiveConfirm,
         timeout_s: float,
+        pacer: Pacer,
+        metrics: TableMetrics,
     ) -> None:
         self.source = source
         self.publisher = publisher
         self.confirm = confirm
         self.timeout_s = timeout_s
+        self.pacer = pacer
+        self.metrics = metrics
         self.run_id = uuid.uuid4().hex
         self._totals = Summary()
 
     def all(self, older_than: timedelta, progress: Progress) -> Summary:
         number = 0
         while True:
+            self.pacer.wait()
             began = time.monotonic()
             batch = self.source.select_batch(older_than)
             if not batch:
@@ -207,9 +283,20 @@ class _Run:
             number += 1
             try:
                 sent, deleted = self._one(batch, f"{self.run_id}-{number}")
-            except BaseException:
+            except BaseException as exc:
                 self.source.rollback()
+                self.metrics.batch("rolled_back")
+                if isinstance(exc, ArchiveUnconfirmed):
+                    self.metrics.verification_failed(exc.reason)
                 raise
+            seconds = time.monotonic() - began
+            self.pacer.done(len(batch))
+            m = self.metrics
+            m.batch("committed")
+            m.batch_seconds.observe(seconds)
+            m.rows_archived.inc(len(batch))
+            m.rows_deleted.inc(deleted)
+            m.bytes_published.inc(sent)
             t = self._totals
             self._totals = Summary(
                 t.batches + 1,
@@ -218,7 +305,7 @@ class _Run:
                 t.deleted + deleted,
                 t.verified + len(batch),
             )
-            progress.batch(BatchDone(number, len(batch), sent, deleted, time.monotonic() - began))
+            progress.batch(BatchDone(number, len(batch), sent, deleted, seconds))
 
     def _one(self, batch: Batch, batch_id: str) -> tuple[int, int]:
         shape = self.source.shape
@@ -282,7 +369,8 @@ class _Run:
         if bad:
             raise VerificationFailed(
                 f"{where}: {len(bad)} archived rows do not match their source row's checksum"
-                f" (first event {bad[0]}): rolled back, its rows stay"
+                f" (first event {bad[0]}): rolled back, its rows stay",
+                reason="checksum",
             )
 
 

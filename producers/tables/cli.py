@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import re
+import sys
 from datetime import timedelta
 from typing import Any
 
 import click
 import orjson
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from headrace.settings import Settings, SourceSettings
+from producers.tables.archive_process import ArchiveProcess
 from producers.tables.archiver import ArchiveRequest, BatchDone, Summary, archive_table
 from producers.tables.catalog import TableRef
+from producers.tables.metrics import TableMetrics
 
 _AGE = re.compile(r"(\d+)([dhms])")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
@@ -43,8 +59,14 @@ class AgeType(click.ParamType):  # type: ignore[type-arg]  # generic in click's 
 
 
 class EchoProgress:
+    """One line per batch on stderr (not a terminal, or --json: nothing)."""
+
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
+
+    def start(self, eligible: int) -> None:
+        if not self.quiet:
+            click.echo(f"{eligible} rows are older than the retention now", err=True)
 
     def batch(self, done: BatchDone) -> None:
         if not self.quiet:
@@ -54,6 +76,48 @@ class EchoProgress:
                 f" in {done.seconds:.1f} s ({rate:,.0f} rows/s)",
                 err=True,
             )
+
+
+class RateColumn(ProgressColumn):
+    """Rows a second, over the run so far."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.0f} rows/s", style="progress.data.speed")
+
+
+class BarProgress:
+    """A rich progress bar on a terminal: rows done of those eligible at the start,
+    rows/s and the time left at that rate."""
+
+    def __init__(self, table: TableRef) -> None:
+        self.table = table
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            RateColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._task: TaskID | None = None
+
+    def start(self, eligible: int) -> None:
+        self._bar.start()
+        self._task = self._bar.add_task(f"{self.table}", total=max(eligible, 1))
+
+    def batch(self, done: BatchDone) -> None:
+        if self._task is not None:
+            task = self._bar.tasks[0]
+            if task.total is not None and task.completed + done.rows > task.total:
+                # writers added eligible rows since the start: the total grows with them
+                self._bar.update(self._task, total=task.completed + done.rows)
+            self._bar.advance(self._task, done.rows)
+
+    def stop(self) -> None:
+        self._bar.stop()
 
 
 @click.command("archive-table")
@@ -66,14 +130,29 @@ class EchoProgress:
 @click.option(
     "--archive-timeout",
     type=click.FloatRange(min=0, min_open=True),
-    help="Seconds to wait for the archive to hold a batch (default: 120, or longer than"
-    " archive.max_segment_age_s).",
+    help="Seconds to wait for the archive to hold a batch (default: 60 more than"
+    " archive.row_events_segment_age_s).",
+)
+@click.option(
+    "--max-rows-per-second",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Pace the run to at most this many rows a second (batches no larger).",
+)
+@click.option(
+    "--run-archive",
+    is_flag=True,
+    help="Start an archive group for the run (headrace consume archive) and stop it after.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    help="Serve Prometheus metrics on this port while the run lasts (0: any free port).",
 )
 @click.option("--dry-run", is_flag=True, help="Say what would be archived; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.pass_obj
+@click.pass_context
 def archive_table_command(
-    settings: Settings,
+    ctx: click.Context,
     source_name: str | None,
     dsn: str | None,
     table: str,
@@ -81,10 +160,14 @@ def archive_table_command(
     timestamp_column: str | None,
     batch_size: int | None,
     archive_timeout: float | None,
+    max_rows_per_second: float | None,
+    run_archive: bool,
+    metrics_port: int | None,
     dry_run: bool,
     as_json: bool,
 ) -> None:
     """Archive a table's rows older than --older-than, verify them, then delete them."""
+    settings: Settings = ctx.obj
     if (source_name is None) == (dsn is None):
         raise click.UsageError("give one of --source NAME and --dsn")
     try:
@@ -106,8 +189,29 @@ def archive_table_command(
         batch_size=batch_size,
         dry_run=dry_run,
         archive_timeout_s=archive_timeout,
+        max_rows_per_second=max_rows_per_second,
     )
-    summary = archive_table(settings, request, EchoProgress(as_json))
+    archive = None
+    if run_archive and not dry_run:
+        config = ctx.find_root().params.get("config")
+        archive = ArchiveProcess(settings.tables.state_dir, config)
+    metrics = TableMetrics(name, str(ref))
+    if metrics_port is not None:
+        bound = metrics.serve(settings.tables.metrics_host, metrics_port)
+        click.echo(f"metrics on http://{settings.tables.metrics_host}:{bound}/metrics", err=True)
+    bar = BarProgress(ref) if sys.stderr.isatty() and not as_json and not dry_run else None
+    try:
+        summary = archive_table(
+            settings,
+            request,
+            bar or EchoProgress(as_json),
+            metrics=metrics,
+            archive=archive,
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
+        metrics.close()
     if as_json:
         click.echo(orjson.dumps(summary.to_json()).decode())
     else:

@@ -37,8 +37,8 @@ import logging
 import os
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -79,13 +79,17 @@ class ArchivePolicy:
     max_segment_bytes: int = 64 * 1024 * 1024  # uncompressed bytes of an open segment
     max_segment_records: int = 100_000
     max_segment_age_s: float = 300.0  # since the segment's first record; closes idle partitions
+    # Topics whose segments close sooner: a reader waits for them (the table archiver
+    # deletes a batch only once the archive holds it).
+    topic_ages: Mapping[str, float] = field(default_factory=dict)
     # > 0: publish segments plain (Compression.NONE) and leave ``compression`` to
     # :func:`storage.archive.compress_old`, run for days older than this many.
     plain_days: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "compression", Compression(self.compression))
-        if min(self.max_segment_bytes, self.max_segment_records, self.max_segment_age_s) <= 0:
+        limits = (self.max_segment_bytes, self.max_segment_records, self.max_segment_age_s)
+        if min(*limits, *self.topic_ages.values()) <= 0:
             raise ValueError(f"segment limits must be positive: {self}")
         if self.plain_days < 0:
             raise ValueError(f"plain_days must not be negative: {self}")
@@ -199,12 +203,14 @@ class Archive:
         return published
 
     def close_due(self) -> list[SegmentInfo]:
-        """Publish the open segments older than ``max_segment_age_s`` (call it periodically)."""
-        now, age = self._clock(), self.policy.max_segment_age_s
+        """Publish the open segments older than ``max_segment_age_s``, or their topic's
+        age in ``topic_ages`` (call it periodically)."""
+        now, policy = self._clock(), self.policy
+        ages, default = policy.topic_ages, policy.max_segment_age_s
         return [
             self._publish(key, state)
             for key, state in sorted(self._partitions.items())
-            if state.open is not None and now - state.open.opened_at >= age
+            if state.open is not None and now - state.open.opened_at >= ages.get(key[0], default)
         ]
 
     def close_all(self, partitions: Iterable[Key] | None = None) -> list[SegmentInfo]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from consumers.instance import InstanceSlot
 from headrace import __version__
 from headrace.settings import Settings, SourceSettings
 from producers.errors import (
@@ -158,9 +159,15 @@ class Pacer:
         self._rows += rows
 
 
-def transactional_id(source_name: str, table: TableRef) -> str:
-    """One per (source, table): a second archiver of the table fences the first."""
-    return f"headrace-archive-table.{source_name}.{table.schema}.{table.table}"
+def transactional_id(source_name: str, table: TableRef, slot: int = 0) -> str:
+    """One per (source, table) and live archiver of it on this host (its slot).
+
+    Two archivers of one table at once hold two slots, so two ids: both run, and
+    ``FOR UPDATE SKIP LOCKED`` gives them different rows. An archiver restarted after
+    a crash takes the free slot, so its predecessor's id: ``init_transactions`` aborts
+    what that one left open at once, instead of after the transaction timeout (while
+    it stays open, read_committed readers such as the archive group wait behind it)."""
+    return f"headrace-archive-table.{source_name}.{table.schema}.{table.table}.{slot}"
 
 
 def archive_timeout(settings: Settings, request: ArchiveRequest) -> float:
@@ -203,9 +210,13 @@ def archive_table(
         try:
             _require_archive(confirm)
             progress.start(source.dry_run(request.older_than).rows)
+            base = transactional_id(request.source_name, request.table).rsplit(".", 1)[0]
+            slot = InstanceSlot(settings.tables.state_dir / "instances", base)
             with make_registry_client(settings.registry) as client:
                 publisher = RowPublisher(
-                    settings.kafka, client, transactional_id(request.source_name, request.table)
+                    settings.kafka,
+                    client,
+                    transactional_id(request.source_name, request.table, slot.acquire()),
                 )
                 publisher.start()
                 try:
@@ -220,6 +231,7 @@ def archive_table(
                     summary = run.all(request.older_than, progress)
                 finally:
                     publisher.close()
+                    slot.release()
         finally:
             if archive is not None:
                 archive.stop()

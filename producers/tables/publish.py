@@ -1,10 +1,10 @@
 """Publishing a batch of RowEvents in one Kafka transaction, and where each landed.
 
 :class:`RowPublisher` connects on :meth:`start`, not before. Its ``transactional_id``
-is one per (source, table): a second archiver of the same table fences the first,
-and whatever the first left open is aborted by the broker. :meth:`publish` returns
-the (partition, offset) of every event, from the delivery reports, so the caller
-can ask the archive for exactly those records.
+is one per (source, table) and live archiver of it (``archiver.transactional_id``):
+a restarted archiver takes its dead predecessor's, and the broker aborts whatever
+that one left open. :meth:`publish` returns the (partition, offset) of every event,
+from the delivery reports, so the caller can ask the archive for exactly those records.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from headrace.errors import ProduceError
+from headrace.failpoints import failpoint
 from headrace.kafka import ensure_topics, make_admin, make_producer
 from headrace.settings import KafkaSettings
 from producers.errors import BrokerUnavailable, TransactionAborted
@@ -111,6 +112,7 @@ class RowPublisher:
                 producer.abort_transaction(self.timeout_s)
                 raise TransactionAborted(f"{len(events)} row events not delivered: {reason}")
             producer.commit_transaction(self.timeout_s)
+            failpoint("archive_table.after_publish")
         except KafkaException as exc:
             error = exc.args[0]
             if error.txn_requires_abort():

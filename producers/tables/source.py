@@ -38,6 +38,7 @@ import psycopg
 from psycopg import sql
 
 from headrace.errors import ServiceUnavailable
+from headrace.failpoints import failpoint
 from headrace.settings import SourceSettings, TablesSettings
 from producers.errors import BatchTimeout
 from producers.tables import rows
@@ -330,6 +331,7 @@ class TableSource:
         batch rescans, and a kept row is archived again as a duplicate by event id)."""
         conn = self._connection()
         batch = self._batch
+        failpoint("archive_table.before_commit")  # deleted, not committed: a test dies here
         self._check_deadline("its COMMIT")
         with self._translated("committing a batch"):
             conn.commit()

@@ -51,6 +51,7 @@ class ArchiveProcess:
         while True:
             code = self._proc.poll()
             if code is not None:
+                self.stop()
                 raise ArchiveNotRunning(
                     f"the archive group started by --run-archive exited ({code}):"
                     f" {self._last_line()} (log: {self.log_path}); nothing was archived"

@@ -58,6 +58,13 @@ class AgeType(click.ParamType):  # type: ignore[type-arg]  # generic in click's 
             self.fail(str(exc), param, ctx)
 
 
+def dsn_source_name(source: SourceSettings) -> str:
+    """The source name of a ``--dsn`` (in events, cursors and transactional ids):
+    ``host:port/database``, so two databases given by --dsn are never one source,
+    and the same one is the same source every run. No user, no password."""
+    return f"{source.host}:{source.port}/{source.database}"
+
+
 class EchoProgress:
     """One line per batch on stderr (not a terminal, or --json: nothing)."""
 
@@ -176,7 +183,8 @@ def archive_table_command(
         raise click.BadParameter(str(exc), param_hint="--table") from None
     source: SourceSettings
     if dsn is not None:
-        source, name = SourceSettings.from_dsn(dsn), "dsn"
+        source = SourceSettings.from_dsn(dsn)
+        name = dsn_source_name(source)
     else:
         assert source_name is not None  # noqa: S101 - checked above
         source, name = settings.source(source_name), source_name

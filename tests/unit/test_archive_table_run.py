@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
+from headrace.settings import SourceSettings
 from producers.errors import ArchiveNotRunning
 from producers.tables.archive_process import ArchiveProcess
 from producers.tables.archiver import Pacer, transactional_id
 from producers.tables.catalog import TableRef
+from producers.tables.cli import dsn_source_name
 from producers.tables.metrics import TableMetrics
 from tests.unit.test_cli import run
 
@@ -142,3 +144,11 @@ def test_bad_run_options_are_one_line_and_exit_2(
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and says in lines[0] and "unexpected" not in err, err
+
+
+def test_a_dsn_source_is_named_by_its_server_and_database_never_its_credentials() -> None:
+    one = SourceSettings.from_dsn("host=db1 port=5433 dbname=shop user=u password=hunter2")
+    other = SourceSettings.from_dsn("postgresql://u:hunter2@db2:5433/shop")
+    assert dsn_source_name(one) == "db1:5433/shop"
+    assert dsn_source_name(other) == "db2:5433/shop"
+    assert "hunter2" not in dsn_source_name(one) + dsn_source_name(other)

@@ -9,7 +9,6 @@ written; 2 bad arguments.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 import click
 import orjson
@@ -31,18 +30,18 @@ def parse_time(text: str) -> datetime:
     return found if found.tzinfo is not None else found.replace(tzinfo=UTC)
 
 
-class TimeType(click.ParamType):  # type: ignore[type-arg]  # generic in click's stubs only
-    name = "TIME"
+def _time(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    try:
+        return None if value is None else parse_time(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
 
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> datetime:
-        if isinstance(value, datetime):
-            return value
-        try:
-            return parse_time(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+
+def _source(settings: Settings, name: str | None, dsn: str | None) -> tuple[str, SourceSettings]:
+    """(the name rows were archived under, the database): ``--dsn``'s are archived as "dsn"."""
+    if dsn is not None:
+        return "dsn", SourceSettings.from_dsn(dsn)
+    return str(name), settings.source(str(name))
 
 
 def _table(text: str, hint: str) -> TableRef:
@@ -56,8 +55,12 @@ def _table(text: str, hint: str) -> TableRef:
 @click.option("--source", "source_name", help="A source configured as [sources.NAME].")
 @click.option("--dsn", help="A PostgreSQL connection string instead of --source.")
 @click.option("--table", required=True, help="SCHEMA.TABLE as archived (or TABLE, in public).")
-@click.option("--since", type=TimeType(), help="Only rows whose timestamp is >= this.")
-@click.option("--until", type=TimeType(), help="Only rows whose timestamp is < this.")
+@click.option(
+    "--since", metavar="TIME", callback=_time, help="Only rows whose timestamp is >= this."
+)
+@click.option(
+    "--until", metavar="TIME", callback=_time, help="Only rows whose timestamp is < this."
+)
 @click.option("--into", help="Restore into [SCHEMA.]TABLE instead (the same columns by name).")
 @click.option(
     "--timestamp-column", help="The column --since/--until compare (default: the catalog's)."
@@ -86,12 +89,7 @@ def restore_table_command(
     target = None
     if into is not None:  # [SCHEMA.]TABLE: the archived table's schema by default
         target = _table(into if "." in into else f"{ref.schema}.{into}", "--into")
-    source: SourceSettings
-    if dsn is not None:
-        source, name = SourceSettings.from_dsn(dsn), "dsn"
-    else:
-        assert source_name is not None  # noqa: S101 - checked above
-        source, name = settings.source(source_name), source_name
+    name, source = _source(settings, source_name, dsn)
     request = RestoreRequest(
         name,
         source,

@@ -21,7 +21,7 @@ is never changed.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,7 +132,7 @@ class RestoreTarget:
                 else:
                     conn.commit()
         except BaseException:
-            if not conn.closed:
+            with suppress(psycopg.Error):  # a lost connection: the server rolled back
                 conn.rollback()
             raise
         return Written(len(values), outside, inserted, present, differ, keys)

@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "ingest": "producers.cli:ingest",
     "runs": "producers.runs_cli:runs",
     "archive-table": "producers.tables.cli:archive_table_command",
+    "restore-table": "producers.tables.restore_cli:restore_table_command",
     "consume": "consumers.cli:consume",
     "dlq": "consumers.dlq_cli:dlq",
     "archive": "consumers.archive.cli:archive",

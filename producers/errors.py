@@ -14,6 +14,9 @@
      │    ├── NoPrimaryKey        the table has no primary key to delete rows by
      │    └── TimestampColumnError  no usable timestamp column (missing, wrong type, ambiguous)
      ├── BatchTimeout             a batch outlived its transaction timeout  (transient)
+     ├── RestoreError             a restore wrote nothing: rolled back
+     │    ├── RestoreRefused      the archived rows do not fit the target as given (terminal)
+     │    └── RestoreTimeout      a lock or statement outlived its timeout      (transient)
      └── ArchiveUnconfirmed       the archive did not confirm a batch: rolled back, rows kept
           ├── ArchiveNotRunning   no member of the archive group is running (transient)
           ├── ArchiveTimeout      the batch was not durably archived in time  (transient)
@@ -68,6 +71,19 @@ class TimestampColumnError(TableError):
 
 class BatchTimeout(HeadraceError, Transient):
     """A batch's transaction outlived ``tables.batch_timeout_s``: rolled back, rows kept."""
+
+
+class RestoreError(HeadraceError):
+    """``headrace restore-table`` could not write its rows: rolled back, nothing written."""
+
+
+class RestoreRefused(RestoreError, Terminal):
+    """The archived rows do not fit the target: a column, a type, the key, a constraint."""
+
+
+class RestoreTimeout(RestoreError, Transient):
+    """The restore's transaction waited past ``tables.lock_timeout_s`` for a lock, or a
+    statement ran past ``tables.statement_timeout_s``."""
 
 
 class ArchiveUnconfirmed(HeadraceError):

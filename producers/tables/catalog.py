@@ -89,6 +89,15 @@ def read_shape(
     conn: psycopg.Connection[Any], ref: TableRef, timestamp_column: str | None = None
 ) -> TableShape:
     """The table's shape, or a one-line TableError saying why it cannot be archived."""
+    columns, key = read_keyed(conn, ref, "its rows could not be deleted exactly")
+    return TableShape(ref, columns, key, choose_timestamp_column(ref, columns, timestamp_column))
+
+
+def read_keyed(
+    conn: psycopg.Connection[Any], ref: TableRef, why: str
+) -> tuple[tuple[Column, ...], tuple[str, ...]]:
+    """The table's columns (typed, ``SELECT *`` order) and primary key (key order); a
+    TableNotFound, or a NoPrimaryKey saying ``why`` the key is needed."""
     name = relation(ref).as_string(conn)
     found = conn.execute(_RELATION, (name,)).fetchone()
     if found is None or found[0] not in ("r", "p"):
@@ -96,14 +105,12 @@ def read_shape(
         raise TableNotFound(f"{ref}: {what} (schema and table names are case-sensitive)")
     key = tuple(str(r[0]) for r in conn.execute(_PRIMARY_KEY, (name,)).fetchall())
     if not key:
-        raise NoPrimaryKey(
-            f"{ref} has no primary key: its rows could not be deleted exactly, add one first"
-        )
-    columns = tuple(rows.table_types(conn, ref.schema, ref.table))
-    return TableShape(ref, columns, key, _timestamp_column(ref, columns, timestamp_column))
+        raise NoPrimaryKey(f"{ref} has no primary key: {why}, add one first")
+    return tuple(rows.table_types(conn, ref.schema, ref.table)), key
 
 
-def _timestamp_column(ref: TableRef, columns: tuple[Column, ...], named: str | None) -> str:
+def choose_timestamp_column(ref: TableRef, columns: tuple[Column, ...], named: str | None) -> str:
+    """The column rows are aged by: ``named``, or the table's only timestamp column."""
     types = {c.name: c.type for c in columns}
     if named is not None:
         if named not in types:

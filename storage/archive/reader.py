@@ -76,10 +76,12 @@ def read(
     until: str | None = None,
     predicate: Callable[[dict[str, Any]], bool] | None = None,
     cold: ColdStore | None = None,
+    contains: bytes | None = None,
 ) -> Generator[ArchivedLine, None, None]:
     """Stream the archived records of ``root`` (a directory or a backend): one topic or
     all, dates from ``since`` to ``until`` (``YYYY-MM-DD``, both included), those whose
-    event ``predicate`` accepts.
+    event ``predicate`` accepts. Lines without the bytes ``contains`` are skipped
+    undecoded: a cheap first filter (a field as orjson writes it, ``b'"table":"t"'``).
     Days moved to the cold tier (:mod:`.retention`) are streamed from ``cold``; without it
     such a day raises :class:`ArchiveError` rather than be skipped.
     A generator: ``close()`` it to release the open file when stopping early."""
@@ -96,17 +98,23 @@ def read(
             marker = backend.cold_marker(name, day)
             if marker is None:
                 for file_name, parsed in backend.segment_files(name, day):
-                    yield from _read_segment(backend, name, day, file_name, parsed, predicate)
+                    yield from _read_segment(
+                        backend, name, day, file_name, parsed, predicate, contains
+                    )
                 continue
             if cold is None:
                 where = backend.where(name, day)
                 raise ArchiveError(f"{where} is in the cold tier: read it with a cold store")
             for file_name, parsed, key in day_sources(backend, name, day, marker):
                 if key is None:
-                    yield from _read_segment(backend, name, day, file_name, parsed, predicate)
+                    yield from _read_segment(
+                        backend, name, day, file_name, parsed, predicate, contains
+                    )
                 else:
                     with cold.get(key) as file:
-                        yield from _read_lines(file, key, file_name, parsed.compression, predicate)
+                        yield from _read_lines(
+                            file, key, file_name, parsed.compression, predicate, contains
+                        )
 
 
 def day_sources(
@@ -133,10 +141,11 @@ def _read_segment(
     name: str,
     parsed: SegmentName,
     predicate: Callable[[dict[str, Any]], bool] | None,
+    contains: bytes | None = None,
 ) -> Iterator[ArchivedLine]:
     with backend.open(topic, day, name) as file:
         where = backend.where(topic, day, name)
-        yield from _read_lines(file, where, name, parsed.compression, predicate)
+        yield from _read_lines(file, where, name, parsed.compression, predicate, contains)
 
 
 def _read_lines(
@@ -145,8 +154,11 @@ def _read_lines(
     name: str,
     compression: Compression,
     predicate: Callable[[dict[str, Any]], bool] | None,
+    contains: bytes | None = None,
 ) -> Iterator[ArchivedLine]:
     for number, line in enumerate(iter_lines(file, compression, where), 1):
+        if contains is not None and contains not in line:
+            continue
         try:
             r = decode_line(line)
         except ValueError as exc:

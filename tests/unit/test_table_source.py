@@ -37,17 +37,17 @@ def columns(*pairs: tuple[str, str]) -> tuple[Column, ...]:
 def test_the_timestamp_column_is_the_one_named_or_the_only_one() -> None:
     ref = TableRef("s", "t")
     one = columns(("id", "int8"), ("at", "timestamptz"), ("day", "date"))
-    assert catalog._timestamp_column(ref, one, None) == "at"
+    assert catalog.choose_timestamp_column(ref, one, None) == "at"
     two = columns(("a", "timestamp"), ("b", "timestamptz"))
-    assert catalog._timestamp_column(ref, two, "b") == "b"
+    assert catalog.choose_timestamp_column(ref, two, "b") == "b"
     with pytest.raises(TimestampColumnError, match=r"several timestamp columns \(a, b\)"):
-        catalog._timestamp_column(ref, two, None)
+        catalog.choose_timestamp_column(ref, two, None)
     with pytest.raises(TimestampColumnError, match="has no timestamp or timestamptz column"):
-        catalog._timestamp_column(ref, columns(("day", "date")), None)
+        catalog.choose_timestamp_column(ref, columns(("day", "date")), None)
     with pytest.raises(TimestampColumnError, match="s.t.day is date, not timestamp"):
-        catalog._timestamp_column(ref, one, "day")
+        catalog.choose_timestamp_column(ref, one, "day")
     with pytest.raises(TimestampColumnError, match="has no column 'gone'"):
-        catalog._timestamp_column(ref, one, "gone")
+        catalog.choose_timestamp_column(ref, one, "gone")
 
 
 def test_a_cursor_round_trips_and_is_replaced_atomically(tmp_path: Path) -> None:

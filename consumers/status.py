@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import Counter
@@ -11,13 +12,16 @@ from typing import Any
 
 import click
 import orjson
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from consumers.groups import groups
-from headrace.kafka import make_admin, make_consumer
+from consumers.groups import groups, topics_of
+from headrace.errors import ConfigError
+from headrace.kafka import make_consumer
 from headrace.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,15 +65,29 @@ def _dead_letters(settings: Settings) -> Counter[str]:
     return counts
 
 
-def group_status(settings: Settings, group: str) -> list[PartitionStatus]:
-    admin = make_admin(settings.kafka)
-    request = [ConsumerGroupTopicPartitions(group)]
-    answer = admin.list_consumer_group_offsets(request, request_timeout=10)[group].result(10)
-    rows = []
-    consumer = make_consumer(settings.kafka, f"headrace-status-{uuid.uuid4().hex[:8]}")
+def group_status(settings: Settings, name: str) -> list[PartitionStatus]:
+    """The group's committed offset, end and lag on every partition of its topics.
+
+    The offsets are read by a consumer of the group's id that never joins it, not by
+    librdkafka's admin ListConsumerGroupOffsets, which crashed a process (SIGSEGV in
+    its OffsetFetch response handler) when a restarting broker answered it."""
+    group = settings.consumer.group_prefix + name
     try:
-        for tp in answer.topic_partitions or []:
-            _low, end = consumer.get_watermark_offsets(
+        topics = [getattr(settings.kafka.topics, f) for f in topics_of(groups()[name])]
+    except ConfigError as exc:  # a plug-in group that cannot load: nothing to show
+        log.warning("group %s: %s", group, exc)
+        return []
+    rows = []
+    probe = make_consumer(settings.kafka, f"headrace-status-{uuid.uuid4().hex[:8]}")
+    offsets = make_consumer(settings.kafka, group)
+    try:
+        wanted = []
+        for topic in topics:
+            meta = probe.list_topics(topic, timeout=10).topics.get(topic)
+            if meta is not None and meta.error is None:
+                wanted += [TopicPartition(topic, p) for p in sorted(meta.partitions)]
+        for tp in offsets.committed(wanted, timeout=10) if wanted else []:
+            _low, end = probe.get_watermark_offsets(
                 TopicPartition(tp.topic, tp.partition), timeout=10
             )
             committed = tp.offset if tp.offset >= 0 else None
@@ -89,7 +107,8 @@ def group_status(settings: Settings, group: str) -> list[PartitionStatus]:
                 )
             )
     finally:
-        consumer.close()
+        offsets.close()
+        probe.close()
     return sorted(rows, key=lambda r: (r.topic, r.partition))
 
 
@@ -103,7 +122,7 @@ def status(settings: Settings, as_json: bool) -> None:
     for name in groups():
         group = settings.consumer.group_prefix + name
         report[group] = {
-            "partitions": [asdict(r) for r in group_status(settings, group)],
+            "partitions": [asdict(r) for r in group_status(settings, name)],
             "dead_letters": letters.get(group, 0),
         }
     if as_json:

@@ -53,6 +53,7 @@ def _load_sink(settings: Settings, group_id: str, _metrics: Metrics) -> Sink:
     from consumers.load.content import load_row_content  # noqa: PLC0415 - the database only
     from consumers.load.sink import LoadSink  # noqa: PLC0415 - when loading
     from storage.db import open_database  # noqa: PLC0415
+    from storage.db.backup import PeriodicBackup  # noqa: PLC0415
 
     row_content = load_row_content(settings)
     db = open_database(settings, migrate=True)
@@ -65,6 +66,11 @@ def _load_sink(settings: Settings, group_id: str, _metrics: Metrics) -> Sink:
         content=settings.load.content,
         resolver=row_content.resolver,
         bucket_exists=row_content.bucket_exists,
+        backups=PeriodicBackup(
+            settings, settings.load.backup_interval_s, settings.load.backup_keep_days
+        )
+        if settings.load.backup_interval_s > 0
+        else None,
     )
 
 

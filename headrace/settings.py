@@ -370,6 +370,11 @@ class LoadSettings(_Section):
     batch_size: int = Field(default=5000, ge=1)
     # PostgreSQL: the schema the tables live in (created if missing).
     postgres_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    # `headrace db backup` writes here; the load group too, every backup_interval_s
+    # (0: never), pruning its backups older than backup_keep_days (0: keeps all).
+    backups_dir: Path = PROJECT_ROOT / ".headrace" / "backups"
+    backup_interval_s: float = Field(default=0.0, ge=0)
+    backup_keep_days: int = Field(default=0, ge=0)
 
 
 class VerifySettings(_Section):

@@ -1,4 +1,5 @@
-"""``headrace db stats|query``: what the load group's database holds.
+"""``headrace db stats|query``: what the load group's database holds (and its
+backups: ``storage.db.backup_cli``).
 
 Both commands open the database ``load.backend`` names and bring its schema
 up to date first (migrations are idempotent), so they work on a new one.
@@ -18,6 +19,7 @@ from rich.table import Column, Table
 
 from headrace.settings import Settings
 from storage.db import Database, open_database
+from storage.db.backup_cli import COMMANDS as BACKUP_COMMANDS
 
 
 def _open(settings: Settings) -> Database:
@@ -109,3 +111,7 @@ def query_(
             )
     if not as_json:
         Console(highlight=False).print(table)
+
+
+for _command in BACKUP_COMMANDS:  # backup, backups, restore, prune-backups
+    db.add_command(_command)

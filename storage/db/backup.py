@@ -20,9 +20,10 @@ restored, and the next backup removes it.
 the load group on this host, or a member of the group in Kafka), unless forced; it
 checks the copy's sha256, backs up the database it replaces first, then puts the copy
 in place (SQLite: an atomic rename over the database file, its WAL removed;
-PostgreSQL: ``pg_restore --clean --if-exists --single-transaction``). The load group
-then continues from the restored ledger: what was loaded after the backup is loaded
-again from Kafka, once, as its positions come from the database.
+PostgreSQL: ``pg_restore --clean --if-exists --single-transaction``), and commits the
+load group's offsets back to the restored ledger (:func:`rewind_group`). The load
+group then continues from there: what was loaded after the backup is loaded again
+from Kafka, once, as its positions come from the database.
 """
 
 from __future__ import annotations
@@ -271,6 +272,7 @@ def _pg_dump(settings: Settings, temp: Path) -> str:
 class Restored:
     backup: Backup
     replaced: Backup | None  # the database as it was before, backed up first
+    rewound: int = 0  # partitions whose committed offset went back to the ledger's
 
 
 def restore(settings: Settings, name_or_path: str, *, force: bool = False) -> Restored:
@@ -298,7 +300,54 @@ def restore(settings: Settings, name_or_path: str, *, force: bool = False) -> Re
         argv = [_tool("pg_restore"), "--clean", "--if-exists", "--no-owner"]
         argv += ["--single-transaction", f"--dbname={settings.postgres.database}"]
         _run_pg([*argv, str(chosen.path)], settings, f"restoring {_pg_source(settings)}")
-    return Restored(chosen, replaced)
+    try:
+        rewound = rewind_group(settings)
+    except HeadraceError as exc:
+        raise BackupError(
+            f"{chosen.name} is restored, but the load group's offsets were not rewound to"
+            f" its ledger ({exc}): restore it again before the load group runs"
+        ) from None
+    return Restored(chosen, replaced, rewound)
+
+
+def rewind_group(settings: Settings) -> int:
+    """Commit the load group's offsets back to the restored ledger's positions (the
+    partitions it has no entry for: to their start), so the group reloads what came
+    after the backup. Without it the runtime would start at the committed offsets,
+    which it takes as the sink's when ahead of them (they only skip dead letters
+    otherwise), and the rows loaded after the backup would be missing for good. The
+    partitions rewound; a record dead-lettered after the backup is dead-lettered again.
+    """
+    from confluent_kafka import KafkaException  # noqa: PLC0415 - only when restoring
+    from confluent_kafka import TopicPartition as KafkaPartition  # noqa: PLC0415
+
+    from headrace.kafka import make_consumer  # noqa: PLC0415
+    from storage.db import open_database  # noqa: PLC0415
+
+    group = settings.consumer.group_prefix + "load"
+    topics = settings.kafka.topics
+    consumer = make_consumer(settings.kafka, group)  # commits as the group, never joins it
+    try:
+        partitions: list[tuple[str, int]] = []
+        for topic in (topics.file_events, topics.run_events):
+            meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if meta is not None and meta.error is None:
+                partitions += [(topic, p) for p in sorted(meta.partitions)]
+        with open_database(settings, migrate=True) as database:
+            ledger = database.positions(group, partitions)
+        offsets = []
+        for topic, partition in partitions:
+            low, _high = consumer.get_watermark_offsets(KafkaPartition(topic, partition), 10)
+            offsets.append(KafkaPartition(topic, partition, ledger.get((topic, partition), low)))
+        if offsets:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        return len(offsets)
+    except KafkaException as exc:
+        raise BackupError(
+            f"Kafka at {settings.kafka.bootstrap_servers}: {exc.args[0].str()}"
+        ) from None
+    finally:
+        consumer.close()
 
 
 def _sqlite_restore(copy: Path, database: Path) -> None:

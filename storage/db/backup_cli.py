@@ -50,9 +50,11 @@ def restore_command(settings: Settings, name: str, force: bool, as_json: bool) -
     done = restore(settings, name, force=force)
     if as_json:
         replaced = None if done.replaced is None else done.replaced.to_json()
-        click.echo(orjson.dumps({"restored": done.backup.to_json(), "replaced": replaced}).decode())
+        found = {"restored": done.backup.to_json(), "replaced": replaced, "rewound": done.rewound}
+        click.echo(orjson.dumps(found).decode())
         return
     kept = "" if done.replaced is None else f"; the database it replaced is {done.replaced.name}"
+    kept += f"; the load group's offsets rewound to its ledger on {done.rewound} partitions"
     click.echo(
         f"restored {done.backup.name} (taken {done.backup.created_at:%Y-%m-%d %H:%M:%S}){kept}"
     )

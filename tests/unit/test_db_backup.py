@@ -22,6 +22,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("HEADRACE_LOAD__BACKUPS_DIR", str(tmp_path / "backups"))
     monkeypatch.setenv("HEADRACE_CONSUMER__INSTANCES_DIR", str(tmp_path / "instances"))
     monkeypatch.setattr(backups, "_group_members", lambda _settings, _group: 0)  # no Kafka
+    monkeypatch.setattr(backups, "rewind_group", lambda _settings: 0)
     return load_settings()
 
 

@@ -289,6 +289,10 @@ class IngestSettings(_Section):
     transaction_max_s: float = Field(default=10.0, gt=0)
     # Journals of runs finished longer ago are removed (records and cursors stay).
     checkpoint_max_age_days: float = Field(default=7.0, ge=0)
+    # Prices of the run's cost estimate (producers/costs.py), per GiB.
+    cost_storage_gb_month: float = Field(default=0.023, ge=0)
+    cost_transfer_gb: float = Field(default=0.09, ge=0)
+    cost_currency: str = "USD"
 
 
 class CacheSettings(_Section):

@@ -212,7 +212,14 @@ def run_group(
     port = settings.consumer.metrics_port if metrics_port is None else metrics_port
     try:
         if port:
-            bound = metrics.serve(settings.consumer.metrics_host, port)
+            try:
+                bound = metrics.serve(settings.consumer.metrics_host, port)
+            except OSError as exc:  # the port is taken (another group on this host)
+                raise ConfigError(
+                    f"cannot serve metrics on {settings.consumer.metrics_host}:{port}"
+                    f" ({exc.strerror}): set consumer.metrics_port to a free port, or 0"
+                    " for none"
+                ) from None
             log.info("metrics on http://%s:%s/metrics", settings.consumer.metrics_host, bound)
         with make_registry_client(settings.registry) as client:
             decoders: dict[str, Decoder] = {

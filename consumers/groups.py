@@ -24,7 +24,7 @@ from consumers.instance import InstanceSlot, membership_config
 from consumers.metrics import Metrics
 from consumers.runtime import ConsumerRuntime, Decoder, RuntimeStats
 from headrace.errors import ConfigError
-from headrace.kafka import ensure_topics, make_admin
+from headrace.kafka import cluster_metadata, ensure_topics, make_admin
 from headrace.settings import Settings
 from schemas.models import Event, FileEvent, RowEvent, RunEvent, VerificationEvent
 from schemas.registry import make_registry_client
@@ -192,8 +192,10 @@ def run_group(
     kafka, topics = settings.kafka, settings.kafka.topics
     group_id = settings.consumer.group_prefix + name
     names = {field: getattr(topics, field) for field in topics_of(group)}
+    admin = make_admin(kafka)
+    cluster_metadata(admin, kafka)  # no broker: one line now, not a timeout later
     ensure_topics(
-        make_admin(kafka),
+        admin,
         list(names.values()),
         partitions=kafka.partitions,
         replication_factor=kafka.replication_factor,

@@ -22,6 +22,7 @@ from consumers.base import Sink
 from consumers.dlq import DeadLetterQueue
 from consumers.instance import InstanceSlot, membership_config
 from consumers.metrics import Metrics
+from consumers.readiness import Readiness
 from consumers.runtime import ConsumerRuntime, Decoder, RuntimeStats
 from headrace.errors import ConfigError
 from headrace.kafka import cluster_metadata, ensure_topics, make_admin
@@ -205,9 +206,12 @@ def run_group(
     # librdkafka keys set in kafka.extra win (a test's shorter session, say).
     membership = membership_config(settings.consumer, group_id, slot.acquire(), kafka.extra)
     metrics = Metrics(group_id)
+    readiness = Readiness(settings, name)
     port = settings.consumer.metrics_port if metrics_port is None else metrics_port
     try:
         if port:
+            metrics.readiness = readiness.state
+            readiness.start()
             bound = metrics.serve(settings.consumer.metrics_host, port)
             log.info("metrics on http://%s:%s/metrics", settings.consumer.metrics_host, bound)
         with make_registry_client(settings.registry) as client:
@@ -228,5 +232,6 @@ def run_group(
             )
             return runtime.run()
     finally:
+        readiness.stop()
         metrics.close()
         slot.release()

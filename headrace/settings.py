@@ -409,7 +409,8 @@ class HealthSettings(_Section):
     min_free_gb: float = Field(default=10.0, ge=0)
     # /readyz answers from checks refreshed this often, off the consumer loop.
     ready_interval_s: float = Field(default=5.0, gt=0)
-    # Each service check gives up after this long.
+    # How long the Kafka check waits for a broker (the registry, object store and
+    # PostgreSQL checks give up after their clients' own connect timeouts).
     check_timeout_s: float = Field(default=3.0, gt=0)
 
 

@@ -91,7 +91,7 @@ def check_postgres(name: str, conninfo: str, address: str, secrets: list[str]) -
     def probe() -> str:
         from storage.db.postgres import check_connection  # noqa: PLC0415 - psycopg when used
 
-        return f"{check_connection(conninfo, address, secrets)} at {address}"
+        return f"{check_connection(conninfo, f'PostgreSQL at {address}', secrets)} at {address}"
 
     return _run(name, probe)
 
@@ -99,7 +99,7 @@ def check_postgres(name: str, conninfo: str, address: str, secrets: list[str]) -
 def check_database(settings: Settings) -> Check:
     pg = settings.postgres
     secrets = [pg.password.get_secret_value()]
-    return check_postgres("load database", pg.conninfo(), f"PostgreSQL at {pg.address}", secrets)
+    return check_postgres("load database", pg.conninfo(), pg.address, secrets)
 
 
 def _existing(path: Path) -> Path:

@@ -174,6 +174,7 @@ def catch_up(settings: Settings, name: str, timeout_s: float = 600.0) -> str:
     """Run the group to the end of its topics here, or wait for its deployment."""
     group_id = settings.consumer.group_prefix + name
     admin = make_admin(settings.kafka)
+    cluster_metadata(admin, settings.kafka)  # no broker: one line, not a future's timeout
     if _members(admin, group_id) and _wait_committed(
         settings, admin, group_id, topics_of(groups()[name]), timeout_s
     ):

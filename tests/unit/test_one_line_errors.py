@@ -149,3 +149,13 @@ def test_a_read_only_db_command_creates_nothing(
     assert code == 1
     assert f"no load database at {path} yet" in one_line(err)
     assert not path.parent.exists()
+
+
+def test_an_archive_root_that_cannot_be_made_is_one_storage_error(tmp_path: Path) -> None:
+    from headrace.errors import StorageError
+    from storage.archive import Archive
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StorageError, match="cannot create the archive directory"):
+        Archive(blocker / "archive")

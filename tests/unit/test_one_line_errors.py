@@ -8,17 +8,9 @@ from pathlib import Path
 import pytest
 
 from headrace import kafka
-from headrace.cli import main
 from headrace.errors import ConfigError
 from headrace.settings import KafkaSettings
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 0), out, err
+from tests.unit.test_cli import run
 
 
 def one_line(err: str) -> str:

@@ -22,9 +22,10 @@ from consumers.base import Sink
 from consumers.dlq import DeadLetterQueue
 from consumers.instance import InstanceSlot, membership_config
 from consumers.metrics import Metrics
+from consumers.readiness import Readiness
 from consumers.runtime import ConsumerRuntime, Decoder, RuntimeStats
 from headrace.errors import ConfigError
-from headrace.kafka import ensure_topics, make_admin
+from headrace.kafka import cluster_metadata, ensure_topics, make_admin
 from headrace.settings import Settings
 from schemas.models import Event, FileEvent, RowEvent, RunEvent, VerificationEvent
 from schemas.registry import make_registry_client
@@ -198,8 +199,10 @@ def run_group(
     kafka, topics = settings.kafka, settings.kafka.topics
     group_id = settings.consumer.group_prefix + name
     names = {field: getattr(topics, field) for field in topics_of(group)}
+    admin = make_admin(kafka)
+    cluster_metadata(admin, kafka)  # no broker: one line now, not a timeout later
     ensure_topics(
-        make_admin(kafka),
+        admin,
         list(names.values()),
         partitions=kafka.partitions,
         replication_factor=kafka.replication_factor,
@@ -209,9 +212,12 @@ def run_group(
     # librdkafka keys set in kafka.extra win (a test's shorter session, say).
     membership = membership_config(settings.consumer, group_id, slot.acquire(), kafka.extra)
     metrics = Metrics(group_id)
+    readiness = Readiness(settings, name)
     port = settings.consumer.metrics_port if metrics_port is None else metrics_port
     try:
         if port:
+            metrics.readiness = readiness.state
+            readiness.start()
             try:
                 bound = metrics.serve(settings.consumer.metrics_host, port)
             except OSError as exc:  # the port is taken (another group on this host)
@@ -239,5 +245,6 @@ def run_group(
             )
             return runtime.run()
     finally:
+        readiness.stop()
         metrics.close()
         slot.release()

@@ -1,13 +1,17 @@
-"""Per-process metrics and health: ``/metrics`` (Prometheus) and ``/healthz``.
+"""Per-process metrics and health: ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``.
 
 ``/healthz`` answers 200 while the loop has turned within ``stall_after_s``,
-503 once it has stalled. The server is off when the port is 0.
+503 once it has stalled. ``/readyz`` answers what the ``readiness`` callback
+returns (200 and a JSON body while none is set); the callback must answer at
+once, from checks made elsewhere (consumers/readiness.py). The server is off
+when the port is 0.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
@@ -55,6 +59,8 @@ class Metrics:
             registry=self.registry,
         )
         self._server: ThreadingHTTPServer | None = None
+        # () -> (ready, JSON body) for /readyz; None: ready, nothing checked.
+        self.readiness: Callable[[], tuple[bool, bytes]] | None = None
 
     def beat(self) -> None:
         self.last_beat = time.monotonic()
@@ -78,6 +84,11 @@ class Metrics:
                         (b"ok" if ok else b"stalled"),
                         "text/plain",
                     )
+                elif self.path == "/readyz":
+                    ready, body = (
+                        metrics.readiness() if metrics.readiness else (True, b'{"ready": true}')
+                    )
+                    status, kind = (200 if ready else 503), "application/json"
                 else:
                     status, body, kind = 404, b"not found", "text/plain"
                 self.send_response(status)

@@ -32,6 +32,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 from typing import Any
 
 import psycopg
@@ -73,12 +74,18 @@ class Limits:
 class Batch:
     """Rows selected and locked in the open transaction, in keyset order."""
 
-    rows: tuple[tuple[Column, ...], ...]  # each row's columns, with values (rows.encode_row)
+    values: tuple[tuple[str | None, ...], ...]  # each row's text forms, in column order
     keys: tuple[tuple[str, ...], ...]  # each row's primary key values, text forms
     last: Position | None  # the last row's place: the cursor once committed
+    columns: tuple[Column, ...] = ()  # the table's columns (names and types, no values)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.values)
+
+    @cached_property
+    def rows(self) -> tuple[tuple[Column, ...], ...]:
+        """Each row's columns, with values (rows.encode_row), made when first asked for."""
+        return tuple(tuple(rows.encode_row(self.columns, v)) for v in self.values)
 
 
 @dataclass(frozen=True)
@@ -195,12 +202,18 @@ class TableSource:
 
     # -- a batch ------------------------------------------------------------------
 
-    def select_batch(self, older_than: timedelta, limit: int | None = None) -> Batch:
-        """BEGIN, and lock the next rows older than ``now() - older_than`` (module docstring)."""
+    def select_batch(
+        self, older_than: timedelta, limit: int | None = None, *, after: Position | None = None
+    ) -> Batch:
+        """BEGIN, and lock the next rows older than ``now() - older_than`` (module docstring).
+
+        ``after``: start after this place, not after :attr:`after` (the kept cursor): an
+        archiver that selects the next batch while the one before is still open
+        (``producers.tables.archiver``) passes that batch's last row."""
         conn, shape = self._connection(), self.shape
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             raise RuntimeError("a batch is already open: commit() or rollback() it first")
-        where, params = self._eligible(shape, older_than)
+        where, params = self._eligible(shape, older_than, after or self._after)
         query = sql.SQL(
             "SELECT {columns} FROM {table} WHERE {where} ORDER BY {order} LIMIT %s"
             " FOR UPDATE SKIP LOCKED"
@@ -218,7 +231,7 @@ class TableSource:
         return self._batch
 
     def _eligible(
-        self, shape: TableShape, older_than: timedelta
+        self, shape: TableShape, older_than: timedelta, after: Position | None
     ) -> tuple[sql.Composed, list[object]]:
         """``ts < now() - older_than AND (ts, pk...) > (cursor...)``, and its parameters.
 
@@ -227,11 +240,11 @@ class TableSource:
         ts = sql.Identifier(shape.timestamp_column)
         where = [sql.SQL("{} < now() - %s::interval").format(ts)]
         params: list[object] = [older_than]
-        if self._after is not None:
+        if after is not None:
             order = sql.SQL(", ").join(sql.Identifier(c) for c in shape.order)
             marks = sql.SQL(", ").join(sql.Placeholder() * len(shape.order))
             where.append(sql.SQL("({}) > ({})").format(order, marks))
-            params.extend([self._after.timestamp, *self._after.key])
+            params.extend([after.timestamp, *after.key])
         return sql.SQL(" AND ").join(where), params
 
     def _begin(self, conn: psycopg.Connection[Any]) -> None:
@@ -248,14 +261,19 @@ class TableSource:
         self._deadline = time.monotonic() + limits.batch_timeout_s
 
     def _as_batch(self, shape: TableShape, fetched: Sequence[Sequence[Any]]) -> Batch:
-        encoded = tuple(tuple(rows.encode_row(shape.columns, values)) for values in fetched)
+        columns = tuple(shape.columns)
+        kinds = {type(v) for values in fetched for v in values}
+        if kinds <= {str, type(None)}:  # every column loads as text (rows.prepare)
+            texts: tuple[tuple[str | None, ...], ...] = tuple(tuple(v) for v in fetched)
+        else:
+            texts = tuple(tuple(rows.text_forms(columns, values)) for values in fetched)
         places = [shape.index(c) for c in shape.order]
-        keys = tuple(tuple(str(row[i].value) for i in places[1:]) for row in encoded)
+        keys = tuple(tuple(str(values[i]) for i in places[1:]) for values in texts)
         last = None
-        if encoded:
-            ts, *key = (str(encoded[-1][i].value) for i in places)
+        if texts:
+            ts, *key = (str(texts[-1][i]) for i in places)
             last = Position(ts, tuple(key))
-        return Batch(encoded, keys, last)
+        return Batch(texts, keys, last, columns)
 
     @contextmanager
     def _translated(self, doing: str) -> Iterator[None]:
@@ -356,7 +374,7 @@ class TableSource:
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             raise RuntimeError("a batch is open: commit() or rollback() it first")
         ts = sql.Identifier(shape.timestamp_column)
-        where, params = self._eligible(shape, older_than)
+        where, params = self._eligible(shape, older_than, self._after)
         query = sql.SQL(
             "SELECT count(*), min({ts}), max({ts}), now() - %s::interval FROM {table} WHERE {where}"
         ).format(ts=ts, table=relation(self.ref), where=where)

@@ -536,25 +536,18 @@ def _collector_paused() -> Iterator[None]:
 def _archived_checksum(event: dict[str, Any]) -> str | None:
     """The checksum of the row as the archive holds it, if the event's own agrees.
 
-    The row's columns are taken as they are when each is a plain ``{name, type, value}``
-    of strings (and a null value), as every RowEvent's is; anything else is read back
-    as the archive would (tags restored) and validated as Column models, as before."""
+    Every RowEvent's columns are maps of exactly ``name``, ``type`` and ``value``: those
+    are hashed as they are (a value that is not a string or null cannot hash as the
+    source row's, whose canonical form holds only those). A row of any other shape is
+    read back as the archive would (tags restored) and validated as Column models."""
     row = event.get("row") or []
-    items: list[list[str | None]] = []
-    for c in row:
-        if type(c) is not dict or len(c) != 3:
-            return _validated_checksum(event)
-        name, type_, value = c.get("name"), c.get("type"), c.get("value", _ABSENT)
-        if type(name) is not str or type(type_) is not str:
-            return _validated_checksum(event)
-        if value is not None and type(value) is not str:
-            return _validated_checksum(event)
-        items.append([name, type_, value])
-    computed = rows.checksum_items(items)
-    return computed if event.get("checksum") == computed else None
-
-
-_ABSENT = object()
+    try:
+        if sum(map(len, row)) == 3 * len(row):  # with the three keys each: no other key
+            computed = rows.checksum_items([(c["name"], c["type"], c["value"]) for c in row])
+            return computed if event.get("checksum") == computed else None
+    except (KeyError, TypeError):  # not maps of those keys
+        pass
+    return _validated_checksum(event)
 
 
 def _validated_checksum(event: dict[str, Any]) -> str | None:

@@ -49,6 +49,13 @@ from schemas.models import Column
 log = logging.getLogger(__name__)
 
 DELETE_CHUNK = 1000  # rows per DELETE statement: bound parameters stay under 65,535
+# Key types deleted by ``key = ANY(%s::type[])`` (one statement; the others go by
+# ``(key...) IN ((%s, ...), ...)``, DELETE_CHUNK rows a statement): built-in types
+# whose text input reads the text forms rows.py writes, spelt as Column.type has them.
+ARRAY_KEY_TYPES = frozenset(
+    ["int2", "int4", "int8", "numeric", "text", "varchar", "uuid", "date", "timestamp"]
+    + ["timestamptz"]
+)
 
 
 @dataclass(frozen=True)
@@ -328,6 +335,15 @@ class TableSource:
         if any(k not in locked for k in wanted):
             raise ValueError("delete() takes keys of the open batch only (the rows it locked)")
         self._check_deadline("its DELETE")
+        key_type = shape.columns[shape.index(shape.primary_key[0])].type
+        if len(shape.primary_key) == 1 and key_type in ARRAY_KEY_TYPES:
+            # One statement, one parameter: the keys as an array of the key's type, each
+            # element read by the type's input function, as an untyped literal would be.
+            query = sql.SQL("DELETE FROM {} WHERE {} = ANY(%s::{}[])").format(
+                relation(self.ref), sql.Identifier(shape.primary_key[0]), sql.SQL(key_type)
+            )
+            with self._translated("deleting a batch"):
+                return conn.execute(query, [[k[0] for k in wanted]]).rowcount
         pk = sql.SQL(", ").join(sql.Identifier(c) for c in shape.primary_key)
         one = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(shape.primary_key)))
         deleted = 0

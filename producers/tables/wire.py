@@ -100,40 +100,40 @@ class RowEventWriter:
         tail = (b"\x00" if version is None else b"\x02" + _string(version)) + _long(
             _MILLIS(event_time, {})
         )
-        columns, key, prefixes = self.columns, self.key, self._prefixes
+        columns, key, width = self.columns, self.key, len(self.columns)
+        names, types = [n for n, _ in columns], [t for _, t in columns]
+        key_names = [names[i] for i in key]
         key_start = _count(len(key))
-        row_start = b"\x00" + _count(len(columns))  # the key's end, then the row's count
-        row_end = b"\x00"
-        key_names = [columns[i][0] for i in key]
-        sha256, lengths, null = hashlib.sha256, _LENGTHS, b"\x00"
+        row_start = b"\x00" + _count(width)  # the key's end, then the row's count
+        # Each column's name and type, then the union's branch: string, or null.
+        strings = [p + b"\x02" for p in self._prefixes]
+        nulls = [p + b"\x00" for p in self._prefixes]
+        sha256, lengths = hashlib.sha256, _LENGTHS
         found = []
         for values in rows:
-            if len(values) != len(columns):
-                raise ValueError(f"{len(values)} values for {len(columns)} columns")
-            items = [[n, t, v] for (n, t), v in zip(columns, values, strict=True)]
-            checksum = sha256(canonical_items(items)).hexdigest()
+            if len(values) != width:
+                raise ValueError(f"{len(values)} values for {width} columns")
+            checksum = sha256(
+                canonical_items(list(zip(names, types, values, strict=True)))
+            ).hexdigest()
             pairs = [(key_names[k], values[i]) for k, i in enumerate(key)]
             event_id = row_event_id(source, schema, table, pairs, checksum)
             parts = [header, _string(event_id), middle, key_start]
             append = parts.append
             for i in key:
-                append(prefixes[i])
-                append(_value(values[i]))
+                append(nulls[i] if values[i] is None else strings[i] + _string(values[i] or ""))
             append(row_start)
-            for prefix, v in zip(prefixes, values, strict=True):
-                append(prefix)
+            for string, null, v in zip(strings, nulls, values):  # noqa: B905 - width checked
                 if v is None:
                     append(null)
                 else:
                     data = v.encode()
                     n = len(data)
-                    append(b"\x02" + (lengths[n] if n < 4096 else _long(n)) + data)
-            append(row_end)
+                    append(string)
+                    append(lengths[n] if n < 4096 else _long(n))
+                    append(data)
+            append(b"\x00")  # the row's end
             append(_string(checksum))
             append(tail)
             found.append(EncodedRow(event_id, checksum, b"".join(parts)))
         return found
-
-
-def _value(value: str | None) -> bytes:
-    return b"\x00" if value is None else b"\x02" + _string(value)

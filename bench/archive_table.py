@@ -225,7 +225,12 @@ def main() -> None:
         batches = Batches()
         group_cpu = cpu_seconds(group.pid)
         began, cpu = time.perf_counter(), time.process_time()
-        summary = archive_table(settings, request, batches)
+        try:
+            summary = archive_table(settings, request, batches)
+        except Exception:
+            log = (work / "archive-group.log").read_text(errors="replace").splitlines()
+            print("the archive group's log ends:", *log[-15:], sep="\n  ", file=sys.stderr)
+            raise
         seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
         group_cpu = cpu_seconds(group.pid) - group_cpu
         rate = summary.rows / seconds

@@ -346,6 +346,7 @@ class _Run:
                         each.reset_cursor()
                 return self._totals
             number += 1
+            self.pacer.done(len(batch))  # counted when selected: the next may be selected early
             try:
                 published = self._publish(source, batch, number, began)
             except BaseException as exc:
@@ -382,7 +383,6 @@ class _Run:
             raise
         batch, sent = pending.batch, pending.sent
         seconds = time.monotonic() - pending.began
-        self.pacer.done(len(batch))
         m = self.metrics
         m.batch("committed")
         m.batch_seconds.observe(seconds)

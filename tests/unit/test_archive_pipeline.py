@@ -240,3 +240,17 @@ def test_without_a_second_connection_batches_go_one_at_a_time() -> None:
     selects = [i for i, line in enumerate(table.log) if "select" in line]
     commits = [i for i, line in enumerate(table.log) if "commit" in line]
     assert all(c < s for c, s in zip(commits, selects[1:], strict=False))
+
+
+def test_the_pace_counts_rows_when_selected_so_a_batch_ahead_does_not_speed_it_up() -> None:
+    table, run, _ = make()
+    clock = [0.0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    run.pacer = Pacer(3.0, clock=lambda: clock[0], sleep=sleep)
+    assert run.all(timedelta(days=1), NoProgress()).rows == 10
+    # batches of 3: the 2nd, 3rd and 4th select wait until 3, 6, 9 rows are within 3 a
+    # second, and the last (empty) one until 10 are
+    assert run.pacer.slept == pytest.approx(10 / 3)

@@ -17,16 +17,16 @@ row-events topic), or be started by the command (``--run-archive``:
 anything is published. ``max_rows_per_second`` paces the batches (:class:`Pacer`).
 
 Two batches at a time, once the first has committed (so an archive that does not
-confirm fails the run with one batch locked, and alone it shows in the error): while
-the archive group writes batch N, batch N+1 is
-selected (after N's last row, on a second connection of its own), encoded and
-published; then N is confirmed, verified, deleted and committed, and so on. So
-at most two batches' rows are locked at once, and each batch's rows are still
-deleted only after the archive holds them verified. Batches commit in order, so
-the kept cursor only ever moves past committed batches. A failure of either
-rolls both back (the error is raised): their rows stay, unlocked, and their
-events are duplicates by event id of the next run's; a crash leaves both
-uncommitted, so the server rolls them back.
+confirm fails the run with one batch locked, and that batch is the one named): while
+the archive group writes batch N, batch N+1 is selected (after N's last row, on a
+second connection of its own), encoded and published; then N is confirmed, verified,
+deleted and committed, and so on. So at most two batches' rows are locked at once,
+and each batch's rows are still deleted only after the archive holds them verified.
+Batches commit in order, so the kept cursor only ever moves past committed batches.
+A failure of either rolls both back (the error is raised): their rows stay,
+unlocked, and their events are duplicates by event id of the next run's; a crash
+leaves both uncommitted, so the server rolls them back. The pacer counts a batch's
+rows when it is selected.
 """
 
 from __future__ import annotations

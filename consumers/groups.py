@@ -24,6 +24,7 @@ from consumers.instance import InstanceSlot, membership_config
 from consumers.metrics import Metrics
 from consumers.runtime import ConsumerRuntime, Decoder, RuntimeStats
 from headrace.errors import ConfigError
+from headrace.history import open_recorder
 from headrace.kafka import ensure_topics, make_admin
 from headrace.settings import Settings
 from schemas.models import Event, FileEvent, RowEvent, RunEvent, VerificationEvent
@@ -210,6 +211,9 @@ def run_group(
     membership = membership_config(settings.consumer, group_id, slot.acquire(), kafka.extra)
     metrics = Metrics(group_id)
     port = settings.consumer.metrics_port if metrics_port is None else metrics_port
+    history = open_recorder(settings, group_id)  # None: the history is disabled
+    if history is not None:
+        history.record("process.start", 1)  # `headrace metrics summary` counts restarts
     try:
         if port:
             bound = metrics.serve(settings.consumer.metrics_host, port)
@@ -229,8 +233,11 @@ def run_group(
                 batch_size=settings.consumer.batch_size,
                 max_event_time_skew_s=settings.consumer.max_event_time_skew_s,
                 consumer_config=membership,
+                history=history,
             )
             return runtime.run()
     finally:
         metrics.close()
         slot.release()
+        if history is not None:
+            history.close()  # a last flush

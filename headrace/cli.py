@@ -39,6 +39,7 @@ SUBCOMMANDS = {
     "verify": "consumers.verify.cli:verify",
     "sweep": "headrace.sweep_cli:sweep_command",
     "chaos": "headrace.chaos_cli:chaos",
+    "metrics": "headrace.history_cli:metrics",
 }
 
 

@@ -140,13 +140,14 @@ class Recorder:
         """Write what the queue holds in one transaction; how many samples were written.
         A failure is logged, and the samples are kept for the next flush."""
         started = time.monotonic() if scheduled is None else scheduled
-        if self.dropped > self._dropped_recorded:
-            self.record("history.dropped", float(self.dropped - self._dropped_recorded))
-            self._dropped_recorded = self.dropped
         queue, component, rows = self._queue, self.component, self._pending
         for _ in range(len(queue)):  # only what is there now: the hot path goes on appending
             ts, metric, value = queue.popleft()
             rows.append((ts, component, metric, value))
+        if self.dropped > self._dropped_recorded:  # past the queue: it may be full
+            dropped = float(self.dropped - self._dropped_recorded)
+            rows.append((self._clock(), component, "history.dropped", dropped))
+            self._dropped_recorded = self.dropped
         if not rows:
             return 0
         try:

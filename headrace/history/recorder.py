@@ -53,7 +53,10 @@ class Recorder:
         self.flushed = 0  # samples written
         self._clock = clock
         self._queue: deque[tuple[float, str, float]] = deque(maxlen=queue_size)
-        self._append = self._queue.append
+        # record(metric, value): queue one sample, stamped now; never blocks, no I/O. A
+        # closure, not a method: its state in cells, no bound method made per call.
+        self.record: Callable[[str, float], None] = self._recorder()
+        self._flushing = threading.Lock()  # a flush at a time (the flusher's, close's)
         self._pending: list[Row] = []  # taken, not yet written (the store failed)
         self._dropped_recorded = 0
         self._flush_max_s = 0.0
@@ -64,11 +67,16 @@ class Recorder:
 
     # --- the hot path ----------------------------------------------------------------
 
-    def record(self, metric: str, value: float) -> None:
-        """Queue one sample, stamped now. Never blocks, never does I/O."""
-        if len(self._queue) == self.queue_size:
-            self.dropped += 1  # the append below pushes the oldest out
-        self._append((self._clock(), metric, value))
+    def _recorder(self) -> Callable[[str, float], None]:
+        queue, size, clock = self._queue, self.queue_size, self._clock
+        append = queue.append
+
+        def record(metric: str, value: float) -> None:
+            if len(queue) == size:
+                self.dropped += 1  # the append below pushes the oldest out
+            append((clock(), metric, value))
+
+        return record
 
     def record_many(self, figures: Mapping[str, float]) -> None:
         for metric, value in figures.items():
@@ -139,6 +147,10 @@ class Recorder:
     def flush(self, scheduled: float | None = None) -> int:
         """Write what the queue holds in one transaction; how many samples were written.
         A failure is logged, and the samples are kept for the next flush."""
+        with self._flushing:
+            return self._flush(scheduled)
+
+    def _flush(self, scheduled: float | None) -> int:
         started = time.monotonic() if scheduled is None else scheduled
         queue, component, rows = self._queue, self.component, self._pending
         for _ in range(len(queue)):  # only what is there now: the hot path goes on appending

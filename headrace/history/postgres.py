@@ -12,8 +12,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from headrace.history.base import Bucket, Component, HistoryStore, Row, Sample
+from headrace.history.base import Row, Sample
 from headrace.history.errors import HistoryError
+from headrace.history.sql import SqlHistory
 from headrace.settings import PostgresSettings
 
 SCHEMA = (
@@ -24,7 +25,9 @@ SCHEMA = (
 )
 
 
-class PostgresHistory(HistoryStore):
+class PostgresHistory(SqlHistory):
+    marker, bucket = "%s", "floor(ts / {})::bigint"
+
     def __init__(self, settings: PostgresSettings, schema: str, *, readonly: bool = False):
         self.settings, self.schema, self.readonly = settings, schema, readonly
         self.where = f"postgresql://{settings.address}/{settings.database} schema {schema}"
@@ -77,53 +80,18 @@ class PostgresHistory(HistoryStore):
                 f"cannot write the operational history {self.where}: {exc}"
             ) from None
 
-    def delete_before(self, ts: float) -> int:
-        return self._run("DELETE FROM samples WHERE ts < %s", (ts,)).rowcount
-
-    def samples(self, since: float, until: float, component: str | None) -> list[Sample]:
-        where, args = _where(since, until, component)
-        found = self._run(
-            f"SELECT ts, component, metric, value FROM samples WHERE {where}"  # noqa: S608 - no input in it
-            " ORDER BY ts, component, metric",
-            args,
-        )
-        return [Sample(*row) for row in found.fetchall()]
-
-    def buckets(
-        self, since: float, until: float, component: str | None, width_s: float | None
-    ) -> list[Bucket]:
-        where, args = _where(since, until, component)
-        index = "0" if width_s is None else "floor(ts / %s)::bigint"
-        found = self._run(
-            f"SELECT {index} AS b, component, metric, count(*), min(value), max(value),"  # noqa: S608
-            f" sum(value) FROM samples WHERE {where}"
-            " GROUP BY b, component, metric ORDER BY component, metric, b",
-            (() if width_s is None else (width_s,)) + args,
-        )
-        return [
-            Bucket(since if width_s is None else b * width_s, c, m, n, lo, hi, total)
-            for b, c, m, n, lo, hi, total in found.fetchall()
-        ]
-
     def last(self, metric: str, since: float, until: float) -> dict[str, Sample]:
-        found = self._run(
+        rows, _ = self._execute(
             "SELECT DISTINCT ON (component) ts, component, metric, value FROM samples"
             " WHERE metric = %s AND ts >= %s AND ts < %s ORDER BY component, ts DESC",
             (metric, since, until),
         )
-        return {row[1]: Sample(*row) for row in found.fetchall()}
+        return {str(row[1]): Sample(*row) for row in rows}
 
-    def components(self) -> list[Component]:
-        found = self._run(
-            "SELECT component, min(ts), max(ts), count(*) FROM samples"
-            " GROUP BY component ORDER BY component",
-            (),
-        )
-        return [Component(*row) for row in found.fetchall()]
-
-    def _run(self, query: str, args: tuple[object, ...]) -> psycopg.Cursor[Any]:
+    def _execute(self, query: str, args: Sequence[object]) -> tuple[list[tuple[Any, ...]], int]:
         try:
-            return self._conn().execute(query.encode(), args)
+            cursor = self._conn().execute(query.encode(), tuple(args))
+            return (cursor.fetchall() if cursor.description else []), cursor.rowcount
         except psycopg.Error as exc:
             raise HistoryError(f"cannot read the operational history {self.where}: {exc}") from None
 
@@ -131,9 +99,3 @@ class PostgresHistory(HistoryStore):
         if self._db is not None:
             self._db.close()
             self._db = None
-
-
-def _where(since: float, until: float, component: str | None) -> tuple[str, tuple[object, ...]]:
-    if component is None:
-        return "ts >= %s AND ts < %s", (since, until)
-    return "component = %s AND ts >= %s AND ts < %s", (component, since, until)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from headrace.history.base import Bucket, Component, HistoryStore, Row, Sample
+from headrace.history.base import Row, Sample
 from headrace.history.errors import HistoryError
+from headrace.history.sql import SqlHistory
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS samples ("
@@ -18,7 +20,9 @@ SCHEMA = (
 )
 
 
-class SqliteHistory(HistoryStore):
+class SqliteHistory(SqlHistory):
+    marker, bucket = "?", "CAST(ts / {} AS INTEGER)"  # ts > 0: CAST truncates = floor
+
     def __init__(self, path: Path, *, readonly: bool = False, busy_timeout_s: float = 10.0):
         self.path, self.readonly, self.busy_timeout_s = path, readonly, busy_timeout_s
         self.where = str(path)
@@ -72,54 +76,19 @@ class SqliteHistory(HistoryStore):
         except sqlite3.Error as exc:
             raise HistoryError(f"cannot write the operational history {self.path}: {exc}") from None
 
-    def delete_before(self, ts: float) -> int:
-        return self._query("DELETE FROM samples WHERE ts < ?", (ts,)).rowcount
-
-    def samples(self, since: float, until: float, component: str | None) -> list[Sample]:
-        where, args = _where(since, until, component)
-        found = self._query(
-            f"SELECT ts, component, metric, value FROM samples WHERE {where}"  # noqa: S608 - no input in it
-            " ORDER BY ts, component, metric",
-            args,
-        )
-        return [Sample(*row) for row in found]
-
-    def buckets(
-        self, since: float, until: float, component: str | None, width_s: float | None
-    ) -> list[Bucket]:
-        where, args = _where(since, until, component)
-        index = "0" if width_s is None else "CAST(ts / ? AS INTEGER)"
-        found = self._query(
-            f"SELECT {index} AS b, component, metric, count(*), min(value), max(value),"  # noqa: S608
-            f" sum(value) FROM samples WHERE {where}"
-            " GROUP BY b, component, metric ORDER BY component, metric, b",
-            (() if width_s is None else (width_s,)) + args,
-        )
-        return [
-            Bucket(since if width_s is None else b * width_s, c, m, n, lo, hi, total)
-            for b, c, m, n, lo, hi, total in found
-        ]
-
     def last(self, metric: str, since: float, until: float) -> dict[str, Sample]:
         # SQLite takes the bare columns from the row whose ts is the max
-        found = self._query(
+        rows, _ = self._execute(
             "SELECT max(ts), component, metric, value FROM samples"
             " WHERE metric = ? AND ts >= ? AND ts < ? GROUP BY component",
             (metric, since, until),
         )
-        return {row[1]: Sample(*row) for row in found}
+        return {str(row[1]): Sample(*row) for row in rows}
 
-    def components(self) -> list[Component]:
-        found = self._query(
-            "SELECT component, min(ts), max(ts), count(*) FROM samples"
-            " GROUP BY component ORDER BY component",
-            (),
-        )
-        return [Component(*row) for row in found]
-
-    def _query(self, sql: str, args: tuple[object, ...]) -> sqlite3.Cursor:
+    def _execute(self, query: str, args: Sequence[object]) -> tuple[list[tuple[Any, ...]], int]:
         try:
-            return self._conn().execute(sql, args)
+            cursor = self._conn().execute(query, tuple(args))
+            return cursor.fetchall(), cursor.rowcount
         except sqlite3.Error as exc:
             raise HistoryError(f"cannot read the operational history {self.path}: {exc}") from None
 
@@ -127,9 +96,3 @@ class SqliteHistory(HistoryStore):
         if self._db is not None:
             self._db.close()
             self._db = None
-
-
-def _where(since: float, until: float, component: str | None) -> tuple[str, tuple[object, ...]]:
-    if component is None:
-        return "ts >= ? AND ts < ?", (since, until)
-    return "component = ? AND ts >= ? AND ts < ?", (component, since, until)

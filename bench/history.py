@@ -59,7 +59,7 @@ def per_call_ns(call: object, repeats: int, drain: Recorder | None) -> list[floa
     return figures
 
 
-def hot_path(repeats: int, tmp: Path) -> None:
+def hot_path(repeats: int, tmp: Path) -> float:
     recorder = Recorder(SqliteHistory(tmp / "hot.sqlite3"), "bench", flush_interval_s=2.0)
     recorder.start()
     noop = NoOp()
@@ -73,10 +73,12 @@ def hot_path(repeats: int, tmp: Path) -> None:
         f"record(): {rec:6.0f} ns median per call; no-op method: {nop:4.0f} ns;"
         f" added {rec - nop:4.0f} ns ({repeats} loops of {LOOP:,}, {recorder.dropped} dropped)"
     )
+    return rec
 
 
-def drain(topic: str, root: Path, history: Path | None) -> float:
-    """The archive group draining ``topic``: events/s from the first records in hand."""
+def drain(topic: str, root: Path, history: Path | None) -> tuple[float, float, int]:
+    """The archive group draining ``topic``: events/s from the first records in hand,
+    the seconds that took, and the samples the history wrote."""
     settings = load_settings()
     group = f"bench-history-{uuid.uuid4().hex[:8]}"
     kafka = settings.kafka.model_copy(
@@ -103,7 +105,8 @@ def drain(topic: str, root: Path, history: Path | None) -> float:
         finished = time.monotonic()
     if recorder is not None:
         recorder.close()
-    return stats.processed / (finished - (runtime.first_records or finished))
+    seconds = finished - (runtime.first_records or finished)
+    return stats.processed / seconds, seconds, recorder.flushed if recorder is not None else 0
 
 
 def main() -> None:
@@ -115,7 +118,7 @@ def main() -> None:
     settings = load_settings()
     with tempfile.TemporaryDirectory(prefix="headrace-bench-history-") as name:
         tmp = Path(name)
-        hot_path(args.calls, tmp)
+        record_ns = hot_path(args.calls, tmp)
         topic = f"bench.history-{uuid.uuid4().hex[:8]}"
         ensure_topics(
             make_admin(settings.kafka),
@@ -129,9 +132,15 @@ def main() -> None:
             for mode in ("off", "on"):
                 root = tmp / f"archive-{mode}-{i}"
                 history = tmp / "history.sqlite3" if mode == "on" else None
-                rate = drain(topic, root, history)
+                rate, seconds, samples = drain(topic, root, history)
                 rates[mode].append(rate)
-                print(f"  archive group, history {mode:<3} {rate:>10,.0f} events/s")
+                cost = (
+                    f"  {samples} samples: {samples * record_ns / 1e6:.2f} ms of record() at"
+                    f" its median, {100 * samples * record_ns / 1e9 / seconds:.4f}% of the drain"
+                    if history is not None
+                    else ""
+                )
+                print(f"  archive group, history {mode:<3} {rate:>10,.0f} events/s{cost}")
         off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
         print(
             f"archive group, {args.events:,} events, median of {args.rounds}: history off"

@@ -25,6 +25,7 @@ from consumers.metrics import Metrics
 from consumers.readiness import Readiness
 from consumers.runtime import ConsumerRuntime, Decoder, RuntimeStats
 from headrace.errors import ConfigError
+from headrace.history import open_recorder
 from headrace.kafka import cluster_metadata, ensure_topics, make_admin
 from headrace.settings import Settings
 from schemas.models import Event, FileEvent, RowEvent, RunEvent, VerificationEvent
@@ -214,6 +215,9 @@ def run_group(
     metrics = Metrics(group_id)
     readiness = Readiness(settings, name)
     port = settings.consumer.metrics_port if metrics_port is None else metrics_port
+    history = open_recorder(settings, group_id)  # None: the history is disabled
+    if history is not None:
+        history.record("process.start", 1)  # `headrace metrics summary` counts restarts
     try:
         if port:
             metrics.readiness = readiness.state
@@ -242,9 +246,12 @@ def run_group(
                 batch_size=settings.consumer.batch_size,
                 max_event_time_skew_s=settings.consumer.max_event_time_skew_s,
                 consumer_config=membership,
+                history=history,
             )
             return runtime.run()
     finally:
         readiness.stop()
         metrics.close()
         slot.release()
+        if history is not None:
+            history.close()  # a last flush

@@ -51,6 +51,7 @@ from consumers.dlq import REASON_OF, DeadLetterQueue
 from consumers.errors import RecordsRefused, StopConsuming
 from consumers.metrics import Metrics
 from headrace.errors import ConsumeError, HeadraceError, Terminal, is_transient
+from headrace.history import Recorder
 from headrace.kafka import LIBRDKAFKA_SESSION_TIMEOUT_MS
 from headrace.kafka import consumer_config as make_config
 from headrace.settings import KafkaSettings
@@ -102,6 +103,8 @@ class ConsumerRuntime:
         consumer_config: Mapping[str, Any] | None = None,  # librdkafka keys, over the defaults
         max_event_time_skew_s: float = DEFAULT_MAX_SKEW_S,  # consumer.max_event_time_skew_s
         assignment_wait_log_s: float = 5.0,
+        history: Recorder | None = None,  # the operational history: per batch, and the lag
+        history_lag_interval_s: float = 10.0,
     ) -> None:
         self.group, self.sink, self.dlq = group, sink, dlq
         self.decoders = dict(decoders)
@@ -128,6 +131,9 @@ class ConsumerRuntime:
         self._undelivered = False  # dead letters sent and not yet flushed
         self._waiting_since: float | None = None  # joined or revoked, not assigned since
         self._wait_logged = False
+        self.history, self.history_lag_interval_s = history, history_lag_interval_s
+        self._history_seen = (0, 0)  # processed, dead-lettered: as last recorded
+        self._lag_due = 0.0
 
     # --- the loop -------------------------------------------------------------------
 
@@ -164,13 +170,18 @@ class ConsumerRuntime:
                 self.sink.tick()
                 self._commit()
                 if consumed:
-                    self.metrics.batch_seconds.observe(time.perf_counter() - started)
+                    seconds = time.perf_counter() - started
+                    self.metrics.batch_seconds.observe(seconds)
+                    if self.history is not None:
+                        self._record_batch(seconds)
                 self.metrics.beat()
                 self._log_wait()
                 if self.until_caught_up and self._caught_up():
                     break
         finally:
             try:
+                if self.history is not None:
+                    self._record_lag()  # the lag at the end
                 self.sink.close()
                 self._flush_dead_letters()
                 self._commit()
@@ -180,6 +191,40 @@ class ConsumerRuntime:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
         return self.stats
+
+    def _record_batch(self, seconds: float) -> None:
+        """The batch's figures into the operational history, and the lag now and then."""
+        history, stats = self.history, self.stats
+        assert history is not None  # noqa: S101 - checked by the caller
+        processed, dead = self._history_seen
+        history.record("processed", stats.processed - processed)
+        history.record("failed", stats.dead_lettered - dead)
+        history.record("batch_seconds", seconds)
+        self._history_seen = (stats.processed, stats.dead_lettered)
+        if time.monotonic() >= self._lag_due:
+            self._record_lag()
+
+    def _record_lag(self) -> None:
+        """Records behind the end, summed over the assigned partitions, from what the
+        consumer knows (the high watermarks its fetches brought; no request)."""
+        assert self.history is not None  # noqa: S101 - checked by the caller
+        self._lag_due = time.monotonic() + self.history_lag_interval_s
+        if not self._assigned:
+            return
+        consumer, lag = self._consumer, 0
+        try:
+            for tp in consumer.position([KafkaPartition(t, p) for t, p in self._assigned]):
+                key = (tp.topic, tp.partition)
+                _low, high = consumer.get_watermark_offsets(tp, cached=True)
+                position = tp.offset if tp.offset >= 0 else self._begun.get(key, -1)
+                if high < 0:  # nothing fetched yet: the end seen at assignment
+                    high = self._targets.get(key, -1)
+                if high >= 0 and position >= 0:
+                    lag += max(high - position, 0)
+        except (KafkaException, RuntimeError) as exc:
+            log.debug("lag not recorded: %s", exc)
+            return
+        self.history.record("lag", lag)
 
     def _process(self, messages: Sequence[Message]) -> None:
         # Every record of every group passes here: a microsecond here is a large part of

@@ -40,6 +40,7 @@ SUBCOMMANDS = {
     "sweep": "headrace.sweep_cli:sweep_command",
     "chaos": "headrace.chaos_cli:chaos",
     "doctor": "headrace.doctor_cli:doctor_command",
+    "metrics": "headrace.history_cli:metrics",
 }
 
 

@@ -162,6 +162,8 @@ def writable_paths(settings: Settings) -> dict[str, Path]:
     }
     if settings.load.backend == "sqlite":
         paths["load.sqlite_path (its directory)"] = settings.load.sqlite_path.parent
+    if settings.history.enabled and settings.history.backend == "sqlite":
+        paths["history.sqlite_path (its directory)"] = settings.history.sqlite_path.parent
     return paths
 
 

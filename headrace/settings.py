@@ -394,6 +394,23 @@ class VerifySettings(_Section):
     instances_dir: Path | None = None
 
 
+class HistorySettings(_Section):
+    """The operational history (``headrace metrics``): every process's own figures."""
+
+    enabled: bool = True  # false: nothing is recorded
+    backend: Literal["sqlite", "postgres"] = "sqlite"  # postgres: the [postgres] section
+    sqlite_path: Path = PROJECT_ROOT / ".headrace" / "history" / "history.sqlite3"
+    # PostgreSQL: the schema of the samples table (created if missing).
+    postgres_schema: str = Field(default="headrace_history", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    # Samples wait in memory this long at most before a background flush writes them:
+    # a crash loses at most this long plus one flush's duration.
+    flush_interval_s: float = Field(default=2.0, gt=0)
+    # The in-memory queue's bound: when full, the oldest sample goes (and is counted).
+    queue_size: int = Field(default=100_000, ge=1)
+    retention_days: float = Field(default=30.0, ge=0)  # older samples are deleted; 0 keeps all
+    process_interval_s: float = Field(default=60.0, gt=0)  # CPU, memory, open files, uptime
+
+
 class StackSettings(_Section):
     """Where the local stack lives and which versions it installs."""
 
@@ -451,6 +468,7 @@ class Settings(BaseSettings):
     # Databases the table archiver reads, by name: [sources.NAME].
     sources: dict[str, SourceSettings] = Field(default_factory=dict)
     tables: TablesSettings = TablesSettings()
+    history: HistorySettings = HistorySettings()
     stack: StackSettings = StackSettings()
     health: HealthSettings = HealthSettings()
     log: LogSettings = LogSettings()

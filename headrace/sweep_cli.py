@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from headrace.history import record_final
 from headrace.settings import Settings
 from producers.cli import content_options, make_request
 
@@ -90,6 +91,8 @@ def sweep_command(
             bar.update(task, description=step, completed=done, total=total)
 
         result = sweep(settings, request, skip=skip, progress=progress)
+    figures = {f"{step.name}.seconds": step.seconds for step in result.steps}
+    record_final(settings, "sweep", {**figures, "ok": float(result.ok)})
     if as_json:
         click.echo(orjson.dumps(result.as_json(), option=orjson.OPT_INDENT_2).decode())
     else:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from headrace.history import record_final
 from headrace.redact import REDACTOR, credentials_in, strip_credentials
 from headrace.settings import Settings
 from headrace.telemetry import set_run_id
@@ -140,7 +141,37 @@ def run_ingest(
         ingest = settings.ingest
         prices = Prices(ingest.cost_storage_gb_month, ingest.cost_transfer_gb, ingest.cost_currency)
         summary.cost = CostEstimate(summary.object_store_bytes, summary.uploaded_bytes, prices)
+    if not dry_run and not summary.already_completed:
+        record_final(settings, "ingest", run_figures(summary))  # the operational history
     return summary
+
+
+def run_figures(summary: Summary) -> dict[str, float]:
+    """A run's figures for the operational history: counts, uploads, skips by reason."""
+    c = summary.counts
+    figures: dict[str, float] = {
+        "files": c.files,
+        "bytes": c.bytes,
+        "inline": c.inline,
+        "object_storage": c.object_storage,
+        "git_reference": c.git_reference,
+        "deleted": c.deleted,
+        "skipped": len(summary.skipped),
+        "failed": len(summary.failed),
+        "uploads": summary.uploads,
+        "uploaded_bytes": summary.uploaded_bytes,
+        "deduplicated": summary.deduplicated,
+        "transactions": summary.transactions,
+        "duration_seconds": summary.duration_s,
+    }
+    for skipped in summary.skipped:
+        key = f"skipped.{skipped.reason.value.lower()}"
+        figures[key] = figures.get(key, 0) + 1
+    if summary.cost is not None:  # the estimate of producers/costs.py
+        figures["object_store_bytes"] = summary.cost.stored_bytes
+        figures["cost.storage_per_month"] = summary.cost.storage_per_month
+        figures["cost.transfer_to_read_once"] = summary.cost.transfer_to_read_once
+    return figures
 
 
 def republish(

@@ -23,6 +23,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from headrace.history import record_final
 from headrace.settings import Settings, SourceSettings
 from producers.tables.archive_process import ArchiveProcess
 from producers.tables.archiver import ArchiveRequest, BatchDone, Summary, archive_table
@@ -220,6 +221,9 @@ def archive_table_command(
         if bar is not None:
             bar.stop()
         metrics.close()
+    if summary.dry_run is None:  # the run's figures into the operational history
+        figures = {k: v for k, v in summary.to_json().items() if isinstance(v, int | float)}
+        record_final(settings, "archive-table", figures)
     if as_json:
         click.echo(orjson.dumps(summary.to_json()).decode())
     else:

@@ -26,6 +26,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def ingest_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """An ingest remembers its runs: in the test's own directory, not the checkout's."""
     monkeypatch.setenv("HEADRACE_INGEST__STATE_DIR", str(tmp_path_factory.mktemp("runs")))
+    # ... and every process its operational history.
+    history = tmp_path_factory.mktemp("history") / "history.sqlite3"
+    monkeypatch.setenv("HEADRACE_HISTORY__SQLITE_PATH", str(history))
 
 
 @pytest.fixture(scope="session")

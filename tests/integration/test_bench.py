@@ -123,3 +123,15 @@ def test_recovery_benchmark_runs_small(kafka: KafkaSettings, registry: RegistryS
     assert lines[0].startswith("SIGKILL of `headrace consume archive`")
     assert sum("kill to assigned/consuming" in line for line in lines) == 3
     assert sum("x baseline" in line for line in lines) == 2
+
+
+def test_history_benchmark_runs_small(kafka: KafkaSettings, registry: RegistrySettings) -> None:
+    env = {
+        "HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "HEADRACE_REGISTRY__URL": registry.url,
+        "PYTHONPATH": str(PROJECT_ROOT),  # this checkout's code, whatever is installed
+    }
+    done = bench("history.py", "--events", "2000", "--rounds", "1", "--calls", "20", env=env)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("record():") and "no-op method:" in lines[0]
+    assert "history off" in lines[-1] and "slower with history" in lines[-1]

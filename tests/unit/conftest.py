@@ -14,3 +14,6 @@ def hermetic_environment(
             monkeypatch.delenv(var)
     # An ingest remembers its runs: in the test's own directory, not the developer's.
     monkeypatch.setenv("HEADRACE_INGEST__STATE_DIR", str(tmp_path_factory.mktemp("runs")))
+    # ... and every process its operational history.
+    history = tmp_path_factory.mktemp("history") / "history.sqlite3"
+    monkeypatch.setenv("HEADRACE_HISTORY__SQLITE_PATH", str(history))

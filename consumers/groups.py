@@ -202,7 +202,7 @@ def run_group(
     slot = InstanceSlot(settings.consumer.instances_dir, group_id)
     # librdkafka keys set in kafka.extra win (a test's shorter session, say).
     membership = membership_config(settings.consumer, group_id, slot.acquire(), kafka.extra)
-    metrics = Metrics(group_id)
+    metrics = Metrics(group_id, targets_dir=settings.metrics.targets_dir)
     port = settings.consumer.metrics_port if metrics_port is None else metrics_port
     try:
         if port:

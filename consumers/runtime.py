@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import collections
 import gc
 import logging
 import signal
@@ -128,6 +129,7 @@ class ConsumerRuntime:
         self._undelivered = False  # dead letters sent and not yet flushed
         self._waiting_since: float | None = None  # joined or revoked, not assigned since
         self._wait_logged = False
+        self._lag_reported = 0.0  # monotonic time the lag gauge was last set
 
     # --- the loop -------------------------------------------------------------------
 
@@ -166,6 +168,7 @@ class ConsumerRuntime:
                 if consumed:
                     self.metrics.batch_seconds.observe(time.perf_counter() - started)
                 self.metrics.beat()
+                self._report_lag()
                 self._log_wait()
                 if self.until_caught_up and self._caught_up():
                     break
@@ -288,13 +291,15 @@ class ConsumerRuntime:
             self._write(batch[half:])
             return
         self.stats.processed += len(batch)
-        self.metrics.processed.inc(len(batch))
+        for topic, count in collections.Counter(d.record.topic for d in batch).items():
+            self.metrics.processed.labels(self.group, topic).inc(count)
 
     def _with_retries(self, call: Callable[[], None]) -> None:
         paused = False
 
         def pause(state: RetryCallState) -> None:
             nonlocal paused
+            self.metrics.retries.inc()
             if not paused and self._assigned:
                 self._consumer.pause([KafkaPartition(t, p) for t, p in self._assigned])
                 paused = True
@@ -336,7 +341,7 @@ class ConsumerRuntime:
         tp = (record.topic, record.partition)
         self._dead[tp] = max(self._dead.get(tp, -1), record.offset)
         self.stats.dead_lettered += 1
-        self.metrics.dead_lettered.inc()
+        self.metrics.dead_lettered.labels(self.group, record.topic, reason.value).inc()
         self.metrics.failed.inc()
 
     # --- offsets and rebalances --------------------------------------------------------
@@ -422,12 +427,15 @@ class ConsumerRuntime:
         self._flush_dead_letters()
         self._commit(going)
         self._assigned -= going
+        self._forget_lag(going)
         consumer.unassign()
         if not self._stop:
             self._waiting()  # an eager rebalance: the next assignment follows
 
     def _on_lost(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
-        self._assigned -= {(tp.topic, tp.partition) for tp in partitions}
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        self._assigned -= lost
+        self._forget_lag(lost)
 
     # --- membership ----------------------------------------------------------------
 
@@ -466,6 +474,26 @@ class ConsumerRuntime:
                 consumer.consume(self.batch_size, 0.1)  # serves the revocation; not handled
         except (KafkaException, RuntimeError) as exc:
             log.warning("could not leave group %s: %s", self.group, exc)
+
+    def _report_lag(self, every_s: float = 5.0) -> None:
+        """Set the lag gauge of each assigned partition, every ``every_s`` at most: the
+        end offset librdkafka last fetched (no broker request) less the position."""
+        now = time.monotonic()
+        if now - self._lag_reported < every_s or not self._assigned:
+            return
+        self._lag_reported = now
+        partitions = [KafkaPartition(t, p) for t, p in self._assigned]
+        for tp in self._consumer.position(partitions):
+            _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0:
+                continue  # nothing fetched from it yet
+            begun = self._begun.get((tp.topic, tp.partition), -1)
+            lag = max(high - (tp.offset if tp.offset >= 0 else max(begun, 0)), 0)
+            self.metrics.lag.labels(self.group, tp.topic, str(tp.partition)).set(lag)
+
+    def _forget_lag(self, partitions: set[TopicPartition]) -> None:
+        for topic, partition in partitions:
+            self.metrics.lag.remove(self.group, topic, str(partition))
 
     def _caught_up(self) -> bool:
         if not self._assigned:

@@ -39,6 +39,16 @@ def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
+def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+    """Whether ``GET url`` answers 200: a service's readiness probe."""
+    import httpx  # lazily: the process helpers need no HTTP client
+
+    try:
+        return httpx.get(url, timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

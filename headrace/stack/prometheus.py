@@ -13,13 +13,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 from headrace.discovery import sweep
 from headrace.settings import Settings
 from headrace.stack.base import Port, Service
-from headrace.stack.process import apt_install
+from headrace.stack.process import apt_install, http_ok
 
 HOST = "127.0.0.1"
 PACKAGE_BINARY = Path("/usr/bin/prometheus")  # where Debian's package puts it
@@ -103,8 +102,4 @@ class Prometheus(Service):
         )
 
     def healthy(self) -> bool:
-        try:
-            response = httpx.get(f"{self.address}/-/ready", timeout=2.0)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        return http_ok(f"{self.address}/-/ready")

@@ -127,7 +127,7 @@ def test_a_dead_process_file_is_swept_other_hosts_files_are_not(tmp_path: Path) 
         ("", "127.0.0.1:9"),
         ("10.0.0.5", "10.0.0.5:9"),
         ("::1", "[::1]:9"),
-    ],  # noqa: S104
+    ],
 )
 def test_target_addresses(host: str, expected: str) -> None:
     assert target_address(host, 9) == expected

@@ -483,8 +483,13 @@ class ConsumerRuntime:
             return
         self._lag_reported = now
         partitions = [KafkaPartition(t, p) for t, p in self._assigned]
-        for tp in self._consumer.position(partitions):
-            _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+        try:
+            positions = self._consumer.position(partitions)
+            ends = [self._consumer.get_watermark_offsets(tp, cached=True)[1] for tp in positions]
+        except KafkaException as exc:  # a gauge is never worth stopping the group for
+            log.debug("lag not reported: %s", exc)
+            return
+        for tp, high in zip(positions, ends, strict=True):
             if high < 0:
                 continue  # nothing fetched from it yet
             begun = self._begun.get((tp.topic, tp.partition), -1)

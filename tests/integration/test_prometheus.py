@@ -102,6 +102,14 @@ def test_prometheus_scrapes_a_registered_group_and_its_count_matches(
 
         wait_for(scraped_all, 60, f"Prometheus to read {RECORDS} (last read {seen})")
         assert own_count(port, group) == RECORDS  # nothing more arrived meanwhile
+        # A long-running group keeps its lag current: the file events' 3 partitions at 0.
+        topic = env["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"]
+        lag = f'headrace_consumer_lag{{group="{group}", topic="{topic}"}}'
+        wait_for(
+            lambda: [float(r["value"][1]) for r in query(base, lag)] == [0.0] * 3,
+            60,
+            "the lag of the file events' 3 partitions to read 0",
+        )
         # The target's labels ride on every series of the process, its own included.
         (series,) = query(base, f'process_start_time_seconds{{group="{group}"}}')
         labels = series["metric"]

@@ -170,3 +170,31 @@ def test_archive_table_registers_while_it_serves(tmp_path: Path) -> None:
     finally:
         metrics.close()
     assert list(tmp_path.glob("*.json")) == []
+
+
+def test_prometheus_installs_debians_package_without_recommends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import headrace.stack.process as process
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(process.shutil, "which", lambda _tool: "/usr/bin/apt-get")
+    monkeypatch.setattr(process.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(process, "run_tool", lambda _s, argv, **_kw: calls.append(list(argv)))
+    Stack(settings_for(tmp_path)).services["prometheus"].install()
+    wait = ["-o", "DPkg::Lock::Timeout=300"]
+    assert calls == [
+        ["/usr/bin/apt-get", *wait, "update", "-q"],
+        ["/usr/bin/apt-get", *wait, "install", "-y", "-q", "--no-install-recommends", "prometheus"],
+    ]
+
+
+def test_without_root_the_install_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import headrace.stack.process as process
+    from headrace.errors import StackError
+
+    monkeypatch.setattr(process.os, "geteuid", lambda: 1000)
+    with pytest.raises(StackError, match="install Debian's 'prometheus' package"):
+        Stack(settings_for(tmp_path)).services["prometheus"].install()

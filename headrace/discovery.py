@@ -10,7 +10,8 @@ A process that serves ``/metrics`` writes one target file into
 Prometheus' ``file_sd_configs`` reads ``*.json`` there (the local stack's
 config, headrace/stack/prometheus.py). A file is written whole (a temporary
 name, fsync, rename), so Prometheus never reads half of one. It is named
-``HOST-PID-START.json``, START the kernel's start time of the process: a file
+``HOST-PID-START-N.json``, START the kernel's start time of the process and N a
+number of the process's own (one per server it runs): a file
 left by a process that died without removing it (SIGKILL) is stale once that
 process is gone, and :func:`sweep` (run by every registration and by the
 stack's Prometheus at start) removes the stale files of this host.
@@ -19,6 +20,7 @@ stack's Prometheus at start) removes the stale files of this host.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -29,6 +31,7 @@ from pathlib import Path
 from headrace.stack.process import pid_alive, started_at
 
 log = logging.getLogger(__name__)
+_serial = itertools.count(1)  # a file per server, should a process run two
 
 # Addresses that mean "every interface": Prometheus is told the loopback one.
 _WILDCARDS = {"", "0.0.0.0", "::"}  # noqa: S104 - compared, never bound
@@ -40,10 +43,6 @@ def target_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _name(host: str, pid: int, start: str) -> str:
-    return f"{host}-{pid}-{start}.json"
-
-
 def register(
     directory: Path, address: str, labels: Mapping[str, str], *, pid: int | None = None
 ) -> Path:
@@ -53,7 +52,7 @@ def register(
     host = socket.gethostname()
     directory.mkdir(parents=True, exist_ok=True)
     sweep(directory)
-    path = directory / _name(host, pid, started_at(pid) or "0")
+    path = directory / f"{host}-{pid}-{started_at(pid) or '0'}-{next(_serial)}.json"
     body = [{"targets": [address], "labels": {**labels, "pid": str(pid), "host": host}}]
     partial = directory / f".{path.name}.partial"  # not *.json: Prometheus ignores it
     with open(partial, "w") as out:
@@ -74,8 +73,9 @@ def unregister(path: Path | None) -> None:
 def stale(path: Path, host: str | None = None) -> bool:
     """Whether ``path`` is a target file of a process of this host that no longer runs."""
     host = host or socket.gethostname()
-    stem, _, start = path.stem.rpartition("-")
-    file_host, _, pid = stem.rpartition("-")
+    rest, _, _serial_number = path.stem.rpartition("-")
+    rest, _, start = rest.rpartition("-")
+    file_host, _, pid = rest.rpartition("-")
     if file_host != host or not pid.isdigit():
         return False  # another host's, or not ours: left alone
     return not pid_alive(int(pid)) or (started_at(int(pid)) or "0") != start

@@ -57,7 +57,7 @@ def test_the_written_config_is_the_generated_one_and_stale_targets_go(tmp_path: 
     settings = settings_for(tmp_path)
     targets = settings.metrics.targets_dir
     targets.mkdir(parents=True)
-    dead = targets / f"{socket.gethostname()}-{_dead_pid()}-1.json"
+    dead = targets / f"{socket.gethostname()}-{_dead_pid()}-1-1.json"
     dead.write_text("[]")
     service = Stack(settings).services["prometheus"]
     written = service.write_config()  # type: ignore[attr-defined]
@@ -109,9 +109,9 @@ def test_a_registration_is_one_whole_json_file_with_pid_and_host(tmp_path: Path)
 
 def test_a_dead_process_file_is_swept_other_hosts_files_are_not(tmp_path: Path) -> None:
     host = socket.gethostname()
-    dead = tmp_path / f"{host}-{_dead_pid()}-123.json"
-    reused = tmp_path / f"{host}-{os.getpid()}-1.json"  # this pid, another start time
-    elsewhere = tmp_path / "another-host-1-1.json"
+    dead = tmp_path / f"{host}-{_dead_pid()}-123-1.json"
+    reused = tmp_path / f"{host}-{os.getpid()}-1-1.json"  # this pid, another start time
+    elsewhere = tmp_path / "another-host-1-1-1.json"
     for path in (dead, reused, elsewhere):
         path.write_text("[]")
     assert stale(dead) and stale(reused) and not stale(elsewhere)
@@ -198,3 +198,11 @@ def test_without_root_the_install_says_what_to_do(
     monkeypatch.setattr(process.os, "geteuid", lambda: 1000)
     with pytest.raises(StackError, match="install Debian's 'prometheus' package"):
         Stack(settings_for(tmp_path)).services["prometheus"].install()
+
+
+def test_two_servers_of_one_process_have_a_file_each(tmp_path: Path) -> None:
+    first = register(tmp_path, "127.0.0.1:1", {"n": "1"})
+    second = register(tmp_path, "127.0.0.1:2", {"n": "2"})
+    assert first != second and not stale(first) and not stale(second)
+    unregister(first)
+    assert list(tmp_path.glob("*.json")) == [second]

@@ -11,6 +11,9 @@ bytea, an enum), all older than the retention, then in the same run measures:
   (``headrace consume archive``, a process of its own) to hold it, read it
   back and verify every checksum, delete, commit; rows/s, seconds per batch,
   and its fraction of COPY's rows/s;
+- CPU time per row of the archiver (this process) and of the archive group (its
+  process, from /proc), each over the run only: the cost of a row whatever else
+  the machine is doing (wall-clock figures on a shared machine are not);
 - proof: the table is empty afterwards and the archive holds every row once
   (checksums compared with those of the rows read before).
 
@@ -132,6 +135,12 @@ def archived(root: Path, topic: str, schema: str) -> dict[str, str]:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Batches:
     def __init__(self) -> None:
         self.done: list[BatchDone] = []
@@ -214,9 +223,16 @@ def main() -> None:
             batch_size=args.batch_size,
         )
         batches = Batches()
-        began = time.perf_counter()
-        summary = archive_table(settings, request, batches)
-        seconds = time.perf_counter() - began
+        group_cpu = cpu_seconds(group.pid)
+        began, cpu = time.perf_counter(), time.process_time()
+        try:
+            summary = archive_table(settings, request, batches)
+        except Exception:
+            log = (work / "archive-group.log").read_text(errors="replace").splitlines()
+            print("the archive group's log ends:", *log[-15:], sep="\n  ", file=sys.stderr)
+            raise
+        seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
+        group_cpu = cpu_seconds(group.pid) - group_cpu
         rate = summary.rows / seconds
         per_batch = [b.seconds for b in batches.done]
         print(
@@ -227,6 +243,10 @@ def main() -> None:
         print(
             f"  seconds per batch: mean {statistics.mean(per_batch):.2f},"
             f" median {statistics.median(per_batch):.2f}, max {max(per_batch):.2f}"
+        )
+        print(
+            f"  CPU per row: archiver {cpu / summary.rows * 1e6:.0f} us,"
+            f" archive group {group_cpu / summary.rows * 1e6:.0f} us"
         )
         left = conn.execute(
             sql.SQL("SELECT count(*) FROM {}.events").format(sql.Identifier(schema))

@@ -20,7 +20,13 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from consumers.base import Record
 from headrace.errors import ProduceError
-from headrace.kafka import ensure_topics, make_admin, make_consumer, make_producer
+from headrace.kafka import (
+    cluster_metadata,
+    ensure_topics,
+    make_admin,
+    make_consumer,
+    make_producer,
+)
 from headrace.redact import REDACTOR
 from headrace.settings import KafkaSettings, Settings
 from schemas.catalog import EventType
@@ -117,7 +123,8 @@ def read_dead_letters(
     with make_registry_client(settings.registry) as client:
         decode = EventDeserializer(client, DeadLetter)
         try:
-            metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+            cluster = cluster_metadata(consumer, settings.kafka, topic, timeout_s)
+            metadata = cluster.topics.get(topic)
             if metadata is None or metadata.error is not None:
                 return
             ends = {}

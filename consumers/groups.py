@@ -22,9 +22,10 @@ from consumers.base import Sink
 from consumers.dlq import DeadLetterQueue
 from consumers.instance import InstanceSlot, membership_config
 from consumers.metrics import Metrics
+from consumers.readiness import Readiness
 from consumers.runtime import ConsumerRuntime, Decoder, RuntimeStats
 from headrace.errors import ConfigError
-from headrace.kafka import ensure_topics, make_admin
+from headrace.kafka import cluster_metadata, ensure_topics, make_admin
 from headrace.settings import Settings
 from schemas.models import Event, FileEvent, RowEvent, RunEvent, VerificationEvent
 from schemas.registry import make_registry_client
@@ -53,6 +54,7 @@ def _load_sink(settings: Settings, group_id: str, _metrics: Metrics) -> Sink:
     from consumers.load.content import load_row_content  # noqa: PLC0415 - the database only
     from consumers.load.sink import LoadSink  # noqa: PLC0415 - when loading
     from storage.db import open_database  # noqa: PLC0415
+    from storage.db.backup import PeriodicBackup  # noqa: PLC0415
 
     row_content = load_row_content(settings)
     db = open_database(settings, migrate=True)
@@ -65,6 +67,11 @@ def _load_sink(settings: Settings, group_id: str, _metrics: Metrics) -> Sink:
         content=settings.load.content,
         resolver=row_content.resolver,
         bucket_exists=row_content.bucket_exists,
+        backups=PeriodicBackup(
+            settings, settings.load.backup_interval_s, settings.load.backup_keep_days
+        )
+        if settings.load.backup_interval_s > 0
+        else None,
     )
 
 
@@ -192,8 +199,10 @@ def run_group(
     kafka, topics = settings.kafka, settings.kafka.topics
     group_id = settings.consumer.group_prefix + name
     names = {field: getattr(topics, field) for field in topics_of(group)}
+    admin = make_admin(kafka)
+    cluster_metadata(admin, kafka)  # no broker: one line now, not a timeout later
     ensure_topics(
-        make_admin(kafka),
+        admin,
         list(names.values()),
         partitions=kafka.partitions,
         replication_factor=kafka.replication_factor,
@@ -203,10 +212,20 @@ def run_group(
     # librdkafka keys set in kafka.extra win (a test's shorter session, say).
     membership = membership_config(settings.consumer, group_id, slot.acquire(), kafka.extra)
     metrics = Metrics(group_id, targets_dir=settings.metrics.targets_dir)
+    readiness = Readiness(settings, name)
     port = settings.consumer.metrics_port if metrics_port is None else metrics_port
     try:
         if port:
-            bound = metrics.serve(settings.consumer.metrics_host, port)
+            metrics.readiness = readiness.state
+            readiness.start()
+            try:
+                bound = metrics.serve(settings.consumer.metrics_host, port)
+            except OSError as exc:  # the port is taken (another group on this host)
+                raise ConfigError(
+                    f"cannot serve metrics on {settings.consumer.metrics_host}:{port}"
+                    f" ({exc.strerror}): set consumer.metrics_port to a free port, or 0"
+                    " for none"
+                ) from None
             log.info("metrics on http://%s:%s/metrics", settings.consumer.metrics_host, bound)
         with make_registry_client(settings.registry) as client:
             decoders: dict[str, Decoder] = {
@@ -226,5 +245,6 @@ def run_group(
             )
             return runtime.run()
     finally:
+        readiness.stop()
         metrics.close()
         slot.release()

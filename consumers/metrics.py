@@ -1,16 +1,19 @@
-"""Per-process metrics and health: ``/metrics`` (Prometheus) and ``/healthz``.
+"""Per-process metrics and health: ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``.
 
 ``/healthz`` answers 200 while the loop has turned within ``stall_after_s``,
-503 once it has stalled. The server is off when the port is 0. With
-``targets_dir`` set, a serving process is registered for Prometheus there
-(headrace/discovery.py) until :meth:`Metrics.close`. The registry holds the
-process collectors too (headrace/metrics.py).
+503 once it has stalled. ``/readyz`` answers what the ``readiness`` callback
+returns (200 and a JSON body while none is set); the callback must answer at
+once, from checks made elsewhere (consumers/readiness.py). The server is off
+when the port is 0. With ``targets_dir`` set, a serving process is registered
+for Prometheus there (headrace/discovery.py) until :meth:`Metrics.close`. The
+registry holds the process collectors too (headrace/metrics.py).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -72,6 +75,8 @@ class Metrics:
         )
         self._server: ThreadingHTTPServer | None = None
         self._target: Path | None = None
+        # () -> (ready, JSON body) for /readyz; None: ready, nothing checked.
+        self.readiness: Callable[[], tuple[bool, bytes]] | None = None
 
     def beat(self) -> None:
         self.last_beat = time.monotonic()
@@ -95,6 +100,11 @@ class Metrics:
                         (b"ok" if ok else b"stalled"),
                         "text/plain",
                     )
+                elif self.path == "/readyz":
+                    ready, body = (
+                        metrics.readiness() if metrics.readiness else (True, b'{"ready": true}')
+                    )
+                    status, kind = (200 if ready else 503), "application/json"
                 else:
                     status, body, kind = 404, b"not found", "text/plain"
                 self.send_response(status)

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from consumers.groups import groups, topics_of
 from headrace.errors import ConfigError
-from headrace.kafka import make_consumer
+from headrace.kafka import cluster_metadata, make_consumer
 from headrace.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def _dead_letters(settings: Settings) -> Counter[str]:
     consumer = make_consumer(settings.kafka, f"headrace-status-{uuid.uuid4().hex[:8]}")
     counts: Counter[str] = Counter()
     try:
-        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        meta = cluster_metadata(consumer, settings.kafka, topic).topics.get(topic)
         if meta is None or meta.error is not None:
             return counts
         ends = {
@@ -83,7 +83,7 @@ def group_status(settings: Settings, name: str) -> list[PartitionStatus]:
     try:
         wanted = []
         for topic in topics:
-            meta = probe.list_topics(topic, timeout=10).topics.get(topic)
+            meta = cluster_metadata(probe, settings.kafka, topic).topics.get(topic)
             if meta is not None and meta.error is None:
                 wanted += [TopicPartition(topic, p) for p in sorted(meta.partitions)]
         for tp in offsets.committed(wanted, timeout=10) if wanted else []:

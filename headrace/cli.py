@@ -15,7 +15,7 @@ import click
 import orjson
 
 from headrace import __version__
-from headrace.errors import HeadraceError
+from headrace.errors import ConfigError, HeadraceError
 from headrace.redact import REDACTOR
 from headrace.settings import Settings, load_settings
 from headrace.telemetry import configure_logging
@@ -39,6 +39,7 @@ SUBCOMMANDS = {
     "verify": "consumers.verify.cli:verify",
     "sweep": "headrace.sweep_cli:sweep_command",
     "chaos": "headrace.chaos_cli:chaos",
+    "doctor": "headrace.doctor_cli:doctor_command",
 }
 
 
@@ -88,7 +89,13 @@ def cli(
     "__", e.g. HEADRACE_KAFKA__BOOTSTRAP_SERVERS), then the config file, then
     defaults that point at the local stack.
     """
-    settings = load_settings(config)
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        if ctx.invoked_subcommand != "doctor":
+            raise
+        ctx.obj = exc  # doctor reports it as its first, failed, check
+        return
     for secret in settings.secrets():  # a config file's too: the environment's are known
         REDACTOR.add(secret)
     fmt = log_format or settings.log.format

@@ -6,6 +6,7 @@ Where it happened::
      ├── ConfigError          settings that cannot be used as given
      ├── StackError           the local stack could not install, start or stop a service
      ├── ServiceUnavailable   a service did not answer in time            (transient)
+     │    └── KafkaUnavailable    no Kafka broker answered                (transient)
      ├── ProduceError         publishing to Kafka failed
      ├── ConsumeError         consuming from Kafka failed
      ├── SchemaError          the event contract or the registry refused something
@@ -64,6 +65,14 @@ class ServiceUnavailable(HeadraceError, Transient):
         self.service = service
         self.address = address
         self.reason = reason
+
+
+class KafkaUnavailable(ServiceUnavailable):
+    """No Kafka broker answered at the bootstrap servers within the time allowed."""
+
+    def __init__(self, address: str, timeout_s: float, reason: str) -> None:
+        super().__init__("Kafka", address, reason)
+        self.message = f"no Kafka broker answered at {address} within {timeout_s:.0f}s ({reason})"
 
 
 class ProduceError(HeadraceError):

@@ -2,27 +2,51 @@
 
 Every client headrace makes goes through here, so the delivery guarantees
 are set in one place: producers are idempotent with ``acks=all``; consumers
-read committed records only and never auto-commit.
+read committed records only and never auto-commit. A setting librdkafka
+refuses is a :class:`~headrace.errors.ConfigError` naming it, and no broker
+answering is one :class:`~headrace.errors.KafkaUnavailable` line
+(:func:`cluster_metadata`), not a raw ``KafkaException``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._metadata import ClusterMetadata  # not re-exported in its stubs
 from confluent_kafka.cimpl import NewTopic
 
-from headrace.errors import ProduceError
+from headrace.errors import ConfigError, KafkaUnavailable, ProduceError
 from headrace.settings import KafkaSettings
 
 ClientConfig = dict[str, Any]
+_C = TypeVar("_C", Producer, Consumer, AdminClient)
 # librdkafka's session.timeout.ms when none is set: how long a dead member keeps its
 # partitions (consumers.instance sets the groups' own, consumer.session_timeout_s).
 LIBRDKAFKA_SESSION_TIMEOUT_MS = 45_000
-_librdkafka_log = logging.getLogger("headrace.librdkafka")
+# How long a command waits for the first broker to answer before it gives up.
+BROKER_TIMEOUT_S = 10.0
+
+
+class _LibrdkafkaLog(logging.LoggerAdapter[logging.Logger]):
+    """librdkafka's log lines, through Python logging.
+
+    Its connection failures (facility ``FAIL``: a refused connection, a lost one, a
+    failed handshake, once per retry, hundreds a minute while a broker is down) go
+    at DEBUG: what they mean reaches the user as one line (KafkaUnavailable, or the
+    failed call's own error), and ``--log-level debug`` still shows each attempt.
+    """
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if args and args[0] == "FAIL":
+            level = logging.DEBUG
+        super().log(level, msg, *args, **kwargs)
+
+
+_librdkafka_log = _LibrdkafkaLog(logging.getLogger("headrace.librdkafka"))
 
 
 def client_config(settings: KafkaSettings) -> ClientConfig:
@@ -78,15 +102,51 @@ def consumer_config(
 
 
 def make_producer(settings: KafkaSettings, **overrides: Any) -> Producer:
-    return Producer(producer_config(settings, overrides))
+    return _client(Producer, producer_config(settings, overrides), settings)
 
 
 def make_consumer(settings: KafkaSettings, group_id: str, **overrides: Any) -> Consumer:
-    return Consumer(consumer_config(settings, group_id, overrides))
+    return _client(Consumer, consumer_config(settings, group_id, overrides), settings)
 
 
 def make_admin(settings: KafkaSettings) -> AdminClient:
-    return AdminClient(client_config(settings))
+    return _client(AdminClient, client_config(settings), settings)
+
+
+def _client(cls: type[_C], config: ClientConfig, settings: KafkaSettings) -> _C:
+    """``cls(config)``; a property librdkafka refuses is a ConfigError naming it."""
+    try:
+        return cls(config)
+    except KafkaException as exc:
+        error = exc.args[0]
+        if error.code() != KafkaError._INVALID_ARG:  # noqa: SLF001 - librdkafka's local code
+            raise
+        reason = error.str()
+        bad = reason.rpartition(": ")[2].strip('"') if "No such" in reason else ""
+        named = any(key == bad or f'"{key}"' in reason for key in settings.extra)
+        if named or not settings.extra:
+            where = "kafka.extra" if named else "Kafka client settings"
+        else:  # librdkafka names an alias's target (linger.ms: queue.buffering.max.ms)
+            where = f"kafka.extra ({', '.join(sorted(settings.extra))})"
+        if bad:
+            reason = f"{bad!r} is an unknown property"
+        raise ConfigError(f"{where}: {reason} (see librdkafka's CONFIGURATION.md)") from None
+
+
+def cluster_metadata(
+    client: Producer | Consumer | AdminClient,
+    settings: KafkaSettings,
+    topic: str | None = None,
+    timeout_s: float | None = None,
+) -> ClusterMetadata:
+    """The cluster's metadata (of ``topic`` only, if given); no broker answering
+    within ``timeout_s`` (default BROKER_TIMEOUT_S) is a KafkaUnavailable naming the
+    bootstrap servers."""
+    timeout_s = BROKER_TIMEOUT_S if timeout_s is None else timeout_s
+    try:
+        return client.list_topics(topic, timeout=timeout_s)
+    except KafkaException as exc:
+        raise KafkaUnavailable(settings.bootstrap_servers, timeout_s, exc.args[0].str()) from None
 
 
 def ensure_topics(

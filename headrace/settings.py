@@ -4,13 +4,17 @@ Values come, highest first, from keyword arguments, ``HEADRACE_``
 environment variables with ``__`` between section and key
 (``HEADRACE_KAFKA__BOOTSTRAP_SERVERS``), an optional TOML config file
 (``--config`` or ``HEADRACE_CONFIG``), then the defaults, which point at the
-local stack. Unknown keys are rejected; secrets are ``SecretStr`` and print
-masked.
+local stack. Unknown keys are rejected, and so are environment variables
+``HEADRACE_SECTION__KEY`` whose section is unknown (``HEADRACE_`` variables
+without ``__``, such as ``HEADRACE_CONFIG`` or ``HEADRACE_FAILPOINTS``, are
+not settings and are left alone); secrets are ``SecretStr`` and print masked.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -289,6 +293,10 @@ class IngestSettings(_Section):
     transaction_max_s: float = Field(default=10.0, gt=0)
     # Journals of runs finished longer ago are removed (records and cursors stay).
     checkpoint_max_age_days: float = Field(default=7.0, ge=0)
+    # Prices of the run's cost estimate (producers/costs.py), per GiB.
+    cost_storage_gb_month: float = Field(default=0.023, ge=0)
+    cost_transfer_gb: float = Field(default=0.09, ge=0)
+    cost_currency: str = "USD"
 
 
 class CacheSettings(_Section):
@@ -370,6 +378,11 @@ class LoadSettings(_Section):
     batch_size: int = Field(default=5000, ge=1)
     # PostgreSQL: the schema the tables live in (created if missing).
     postgres_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    # `headrace db backup` writes here; the load group too, every backup_interval_s
+    # (0: never), pruning its backups older than backup_keep_days (0: keeps all).
+    backups_dir: Path = PROJECT_ROOT / ".headrace" / "backups"
+    backup_interval_s: float = Field(default=0.0, ge=0)
+    backup_keep_days: int = Field(default=0, ge=0)
 
 
 class VerifySettings(_Section):
@@ -409,6 +422,19 @@ class MetricsSettings(_Section):
     targets_dir: Path = PROJECT_ROOT / ".headrace" / "prometheus" / "targets"
 
 
+class HealthSettings(_Section):
+    """``headrace doctor`` and the groups' ``/readyz``: what counts as healthy."""
+
+    # The archive, caches and database disks need this much free space (doctor's
+    # --min-free-gb overrides it for one run).
+    min_free_gb: float = Field(default=10.0, ge=0)
+    # /readyz answers from checks refreshed this often, off the consumer loop.
+    ready_interval_s: float = Field(default=5.0, gt=0)
+    # How long the Kafka check waits for a broker (the registry, object store and
+    # PostgreSQL checks give up after their clients' own connect timeouts).
+    check_timeout_s: float = Field(default=3.0, gt=0)
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -438,6 +464,7 @@ class Settings(BaseSettings):
     sources: dict[str, SourceSettings] = Field(default_factory=dict)
     tables: TablesSettings = TablesSettings()
     stack: StackSettings = StackSettings()
+    health: HealthSettings = HealthSettings()
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
 
@@ -482,6 +509,9 @@ class Settings(BaseSettings):
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Read the settings once, at start-up; a bad value is a ConfigError."""
+    unknown = unknown_sections(os.environ)
+    if unknown:
+        raise ConfigError("invalid settings: " + "; ".join(unknown))
     path = config_file or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
     cls: type[Settings] = Settings
     if path is not None:
@@ -501,6 +531,23 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     # pickled, and worker processes (verify run's) are handed the settings.
     values = {name: getattr(built, name) for name in Settings.model_fields}
     return Settings.model_construct(_fields_set=built.model_fields_set, **values)
+
+
+def unknown_sections(environ: Mapping[str, str]) -> list[str]:
+    """Why each ``HEADRACE_SECTION__KEY`` variable of an unknown section is refused.
+
+    pydantic-settings ignores them (it only looks up the names it knows), so a typo
+    such as ``HEADRACE_KAFAK__PARTITIONS`` would silently change nothing."""
+    sections = sorted(Settings.model_fields)
+    problems = []
+    for name in sorted(environ):
+        head, sep, _key = name.upper().removeprefix("HEADRACE_").partition("__")
+        if not name.upper().startswith("HEADRACE_") or not sep or head.lower() in sections:
+            continue
+        close = difflib.get_close_matches(head.lower(), sections, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"the sections: {', '.join(sections)}"
+        problems.append(f"{name}: no settings section {head.lower()!r} ({hint})")
+    return problems
 
 
 def _explain(exc: ValidationError) -> str:

@@ -32,7 +32,7 @@ from consumers.groups import groups, run_group, topics_of
 from consumers.verify.reconcile import verify_run
 from consumers.verify.report import RunReport
 from headrace.errors import HeadraceError
-from headrace.kafka import make_admin, make_consumer
+from headrace.kafka import cluster_metadata, make_admin, make_consumer
 from headrace.settings import Settings
 from producers.command import IngestRequest, run_ingest
 from producers.ingest import Ingest, Summary
@@ -174,6 +174,7 @@ def catch_up(settings: Settings, name: str, timeout_s: float = 600.0) -> str:
     """Run the group to the end of its topics here, or wait for its deployment."""
     group_id = settings.consumer.group_prefix + name
     admin = make_admin(settings.kafka)
+    cluster_metadata(admin, settings.kafka)  # no broker: one line, not a future's timeout
     if _members(admin, group_id) and _wait_committed(
         settings, admin, group_id, topics_of(groups()[name]), timeout_s
     ):
@@ -208,7 +209,7 @@ def _wait_committed(
     try:
         ends: dict[tuple[str, int], int] = {}
         for topic in topics:
-            for p in probe.list_topics(topic, timeout=10).topics[topic].partitions:
+            for p in cluster_metadata(probe, settings.kafka, topic).topics[topic].partitions:
                 _low, high = probe.get_watermark_offsets(KafkaPartition(topic, p), timeout=10)
                 ends[(topic, p)] = high
         deadline = time.monotonic() + timeout_s

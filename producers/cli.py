@@ -356,6 +356,8 @@ def _print_summary(summary: Summary) -> None:
         f"{c.deleted} deletes"
     )
     click.echo(f"  uploads: {summary.uploads} made, {summary.deduplicated} already stored")
+    if summary.cost is not None and summary.cost.stored_bytes:
+        click.echo(f"  {summary.cost.line()}")
     reasons: dict[str, int] = {}
     for skipped in summary.skipped:
         reason = skipped.reason.value.lower()

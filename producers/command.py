@@ -20,6 +20,7 @@ from headrace.redact import REDACTOR, credentials_in, strip_credentials
 from headrace.settings import Settings
 from headrace.telemetry import set_run_id
 from producers.base import Candidate, Source, SourceInfo, SourceKind
+from producers.costs import CostEstimate, Prices
 from producers.errors import SourceError
 from producers.ingest import Ingest, IngestOptions, Summary, resumed_options
 from producers.publisher import Publisher
@@ -134,7 +135,12 @@ def run_ingest(
             incremental=request.incremental,
             resume_only=request.resume,
         )
-        return runner(job)
+        summary = runner(job)
+    if not summary.already_completed:
+        ingest = settings.ingest
+        prices = Prices(ingest.cost_storage_gb_month, ingest.cost_transfer_gb, ingest.cost_currency)
+        summary.cost = CostEstimate(summary.object_store_bytes, summary.uploaded_bytes, prices)
+    return summary
 
 
 def republish(

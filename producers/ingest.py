@@ -49,6 +49,7 @@ from producers.base import (
     file_signature,
 )
 from producers.breaker import CircuitBreaker
+from producers.costs import CostEstimate, stored_bytes
 from producers.errors import TransactionAborted
 from producers.policy import FilePolicy, Skip, detect_encoding, is_utf8, shown_path
 from producers.runs import (
@@ -196,6 +197,8 @@ class Summary:
     unchanged: int = 0  # an incremental run: files as the base run left them
     base_run: str | None = None  # an incremental run's base
     transactions: int = 0
+    object_store_bytes: int = 0  # the run's distinct object-storage content (by sha256)
+    cost: CostEstimate | None = None  # from the configured prices (producers/costs.py)
 
     @property
     def ok(self) -> bool:
@@ -238,6 +241,7 @@ class Summary:
             "resumed": self.resumed,
             "incremental": {"base_run": self.base_run, "unchanged": self.unchanged},
             "transactions": self.transactions,
+            "cost_estimate": None if self.cost is None else self.cost.to_json(),
             "duration_s": round(self.duration_s, 3),
         }
 
@@ -419,6 +423,9 @@ class Ingest:
         entries = [*checkpoint.files.values(), *batcher.batch.files]
         summary.counts = _counts(entries, len(summary.skipped))
         summary.digest = run_digest((e.path, e.sha256) for e in entries if e.op == "upsert")
+        summary.object_store_bytes = stored_bytes(
+            (e.sha256, e.size) for e in entries if e.strategy == "object_storage"
+        )
         if self.publisher is not None:
             batcher.settle()  # the files' deliveries, before the run claims them
         if summary.ok:

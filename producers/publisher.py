@@ -28,9 +28,15 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from headrace.errors import ProduceError
-from headrace.kafka import ensure_topics, make_admin, make_consumer, make_producer
+from headrace.kafka import (
+    cluster_metadata,
+    ensure_topics,
+    make_admin,
+    make_consumer,
+    make_producer,
+)
 from headrace.settings import KafkaSettings
-from producers.errors import BrokerUnavailable, Fenced, TransactionAborted
+from producers.errors import Fenced, TransactionAborted
 from producers.runs import Probe
 from schemas.catalog import EventType
 from schemas.models import FileEvent, RunEvent
@@ -63,13 +69,7 @@ class Publisher:
         topics = self.settings.topics
         self.file_topic, self.run_topic = topics.file_events, topics.run_events
         admin = make_admin(self.settings)
-        try:
-            admin.list_topics(timeout=self.connect_timeout_s)
-        except KafkaException as exc:
-            raise BrokerUnavailable(
-                f"no Kafka broker answered at {self.settings.bootstrap_servers} within "
-                f"{self.connect_timeout_s:.0f}s ({exc.args[0].str()})"
-            ) from None
+        cluster_metadata(admin, self.settings, timeout_s=self.connect_timeout_s)
         ensure_topics(
             admin,
             [self.file_topic, self.run_topic],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import fnmatch
 import sys
-from datetime import date as Date
 from typing import Any
 
 import click
@@ -14,6 +13,7 @@ from rich.table import Table
 
 from consumers.archive.check import COUNTS, check_archive
 from consumers.report import console, print_findings
+from headrace.params import DAY
 from headrace.settings import Settings
 from storage.archive import (
     ColdStore,
@@ -50,7 +50,7 @@ def archive() -> None:
 
 
 @archive.command("verify")
-@click.option("--date", metavar="YYYY-MM-DD", help="Only this day (default: every day).")
+@click.option("--date", type=DAY, help="Only this day (default: every day).")
 @click.option("--all", "all_days", is_flag=True, help="Every day (the default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
@@ -60,13 +60,6 @@ def verify_(settings: Settings, date: str | None, all_days: bool, as_json: bool)
     has the shape of `headrace verify run`'s."""
     if date and all_days:
         raise click.UsageError("give --date or --all, not both")
-    if date is not None:
-        try:
-            Date.fromisoformat(date)
-        except ValueError:
-            raise click.BadParameter(
-                f"{date!r} is not a YYYY-MM-DD date", param_hint="--date"
-            ) from None
     report = check_archive(_backend(settings), date, cold_store(settings))
     if as_json:
         click.echo(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode())
@@ -94,8 +87,8 @@ def _json_default(value: Any) -> str:
 
 @archive.command("read")
 @click.option("--topic", help="Only this topic.")
-@click.option("--since", metavar="YYYY-MM-DD", help="From this day (inclusive).")
-@click.option("--until", metavar="YYYY-MM-DD", help="To this day (inclusive).")
+@click.option("--since", type=DAY, help="From this day (inclusive).")
+@click.option("--until", type=DAY, help="To this day (inclusive).")
 @click.option("--project", help="Only events of this project.")
 @click.option("--path", "path_glob", metavar="GLOB", help="Only files whose path matches GLOB.")
 @click.pass_obj
@@ -166,7 +159,7 @@ def retain_(settings: Settings, days: int) -> None:
 
 @archive.command("request-deletion")
 @click.option("--topic", required=True)
-@click.option("--date", "day", required=True, metavar="YYYY-MM-DD")
+@click.option("--date", "day", required=True, type=DAY)
 @click.option("--reason", required=True)
 @click.pass_obj
 def request_deletion_(settings: Settings, topic: str, day: str, reason: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import date
 from typing import Any
 
 import click
@@ -20,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from consumers.archive.cli import cold_store
 from consumers.load.content import RowContent, load_row_content
 from headrace.errors import Terminal
+from headrace.params import DAY
 from headrace.settings import Settings
 from storage.archive import Backend, open_backend, read
 from storage.content.errors import ContentError
@@ -113,8 +113,8 @@ def rows_from_archive(
     is_flag=True,
     help="Read the events from the archive (required: the live loader is `consume load`).",
 )
-@click.option("--since", metavar="YYYY-MM-DD", help="From this day (inclusive).")
-@click.option("--until", metavar="YYYY-MM-DD", help="To this day (inclusive).")
+@click.option("--since", type=DAY, help="From this day (inclusive).")
+@click.option("--until", type=DAY, help="To this day (inclusive).")
 @click.option("--project", help="Only this project's files and runs.")
 @click.option(
     "--batch-size",
@@ -140,9 +140,6 @@ def load(
         raise click.UsageError(
             "give --from-archive (to load from Kafka, run `headrace consume load`)"
         )
-    for name, bound in (("--since", since), ("--until", until)):
-        if bound is not None and not _is_date(bound):
-            raise click.BadParameter(f"{bound!r} is not a date (YYYY-MM-DD)", param_hint=name)
     size = batch_size or settings.load.batch_size
     backend = open_backend(settings.archive, settings.object_store)
     topics = [settings.kafka.topics.file_events, settings.kafka.topics.run_events]
@@ -208,11 +205,3 @@ def load(
         raise click.ClickException(
             f"{len(refused)} archived events could not become rows (the rest were loaded)"
         )
-
-
-def _is_date(text: str) -> bool:
-    try:
-        date.fromisoformat(text)
-    except ValueError:
-        return False
-    return len(text) == 10

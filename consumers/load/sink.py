@@ -40,6 +40,7 @@ from storage.db import (
     file_row,
     run_row,
 )
+from storage.db.backup import PeriodicBackup
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,10 @@ class LoadSink(Sink):
         content: ContentMode | str = ContentMode.INLINE_AND_REFS,
         resolver: ContentResolver | None = None,
         bucket_exists: Callable[[str], bool] | None = None,
+        backups: PeriodicBackup | None = None,
     ) -> None:
         self.db, self.group = db, group
+        self.backups = backups  # load.backup_interval_s: the database backed up meanwhile
         self.file_topic, self.run_topic = file_topic, run_topic
         self.content = ContentMode(content)
         self.row_content = RowContent(self.content, resolver, bucket_exists)
@@ -131,7 +134,13 @@ class LoadSink(Sink):
         self._durable.update(found)
         return found
 
+    def tick(self) -> None:
+        if self.backups is not None:
+            self.backups.tick()  # starts a backup in its own thread when one is due
+
     def close(self) -> None:
+        if self.backups is not None:
+            self.backups.close()
         self.db.close()
         self.row_content.close()
 

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError
 from confluent_kafka import TopicPartition as KafkaPartition
 
 from consumers.verify.store import Row, write_file
 from headrace.errors import ConsumeError, HeadraceError
-from headrace.kafka import make_consumer
+from headrace.kafka import cluster_metadata, make_consumer
 from headrace.settings import Settings
 from schemas.models import FileEvent, VerificationEvent
 from schemas.registry import make_registry_client
@@ -162,10 +162,7 @@ def records(
     group = f"headrace-verify-read-{uuid.uuid4().hex[:12]}"
     consumer = make_consumer(settings.kafka, group, **{"queued.max.messages.kbytes": QUEUED_KIB})
     try:
-        try:
-            metadata = consumer.list_topics(topic, timeout=10).topics[topic]
-        except KafkaException as exc:
-            raise ConsumeError(f"cannot read {topic}: {exc.args[0].str()}") from None
+        metadata = cluster_metadata(consumer, settings.kafka, topic).topics[topic]
         if metadata.error is not None:
             return  # no such topic: nothing published there
         partitions = list(metadata.partitions)

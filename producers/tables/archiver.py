@@ -15,16 +15,30 @@ The archive group must be running (``headrace consume archive``, which reads the
 row-events topic), or be started by the command (``--run-archive``:
 ``producers.tables.archive_process``); without a member the run is refused before
 anything is published. ``max_rows_per_second`` paces the batches (:class:`Pacer`).
+
+Two batches at a time, once the first has committed (so an archive that does not
+confirm fails the run with one batch locked, and that batch is the one named): while
+the archive group writes batch N, batch N+1 is selected (after N's last row, on a
+second connection of its own), encoded and published; then N is confirmed, verified,
+deleted and committed, and so on. So at most two batches' rows are locked at once,
+and each batch's rows are still deleted only after the archive holds them verified.
+Batches commit in order, so the kept cursor only ever moves past committed batches.
+A failure of either rolls both back (the error is raised): their rows stay,
+unlocked, and their events are duplicates by event id of the next run's; a crash
+leaves both uncommitted, so the server rolls them back. The pacer counts a batch's
+rows when it is selected.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 from consumers.instance import InstanceSlot
@@ -39,13 +53,16 @@ from producers.errors import (
 from producers.tables import rows
 from producers.tables.archive_process import ArchiveProcess
 from producers.tables.catalog import TableRef, TableShape
-from producers.tables.confirm import ArchiveConfirm, days_around
-from producers.tables.cursors import CursorStore
+from producers.tables.confirm import ArchiveConfirm, Placed, days_around
+from producers.tables.cursors import CursorStore, Position
 from producers.tables.metrics import TableMetrics
 from producers.tables.publish import RowPublisher
 from producers.tables.source import Batch, DryRun, Limits, TableSource
+from producers.tables.wire import EncodedRow, RowEventWriter
 from schemas.models import Column, RowEvent
 from schemas.registry import make_registry_client
+from schemas.serde import HEADER_SIZE
+from storage.archive.layout import restore
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +217,14 @@ def archive_table(
         limits=limits,
         cursors=CursorStore(settings.tables.state_dir),
     )
+    ahead = TableSource(  # the second batch's connection (module docstring)
+        request.source,
+        request.source_name,
+        request.table,
+        timestamp_column=request.timestamp_column,
+        limits=limits,
+        cursors=CursorStore(settings.tables.state_dir),
+    )
     with source:
         if request.dry_run:
             found = source.dry_run(request.older_than)
@@ -220,6 +245,7 @@ def archive_table(
                 )
                 publisher.start()
                 try:
+                    ahead.open()
                     run = _Run(
                         source,
                         publisher,
@@ -227,9 +253,11 @@ def archive_table(
                         archive_timeout(settings, request),
                         pacer,
                         metrics or TableMetrics(request.source_name, str(request.table)),
+                        ahead=ahead,
                     )
                     summary = run.all(request.older_than, progress)
                 finally:
+                    ahead.close()
                     publisher.close()
                     slot.release()
         finally:
@@ -261,8 +289,23 @@ def _require_archive(confirm: ArchiveConfirm) -> None:
         )
 
 
+@dataclass
+class _Pending:
+    """A batch selected and published, its transaction open on ``source``."""
+
+    number: int
+    source: TableSource
+    batch: Batch
+    events: list[EncodedRow]
+    placed: list[Placed]
+    sent: int
+    day: date
+    began: float
+
+
 class _Run:
-    """One run's batches: each published, confirmed, verified, deleted and committed."""
+    """One run's batches: each published, confirmed, verified, deleted and committed;
+    with ``ahead``, the next one selected and published while one is confirmed."""
 
     def __init__(
         self,
@@ -272,8 +315,11 @@ class _Run:
         timeout_s: float,
         pacer: Pacer,
         metrics: TableMetrics,
+        *,
+        ahead: TableSource | None = None,
     ) -> None:
         self.source = source
+        self.ahead = ahead
         self.publisher = publisher
         self.confirm = confirm
         self.timeout_s = timeout_s
@@ -281,57 +327,129 @@ class _Run:
         self.metrics = metrics
         self.run_id = uuid.uuid4().hex
         self._totals = Summary()
+        self._writer: RowEventWriter | None = None
+        self._writer_shape: TableShape | None = None
 
     def all(self, older_than: timedelta, progress: Progress) -> Summary:
+        with _collector_paused():
+            return self._all(older_than, progress)
+
+    def _all(self, older_than: timedelta, progress: Progress) -> Summary:
         number = 0
+        pending: _Pending | None = None
+        after: Position | None = None  # None: the kept cursor
         while True:
+            source = self.source  # the connection with no batch open
+            if pending is not None and self.ahead is not None and pending.source is source:
+                source = self.ahead
             self.pacer.wait()
             began = time.monotonic()
-            batch = self.source.select_batch(older_than)
+            try:
+                batch = source.select_batch(older_than, after=after)
+            except BaseException as exc:
+                self._roll_back(pending, exc)
+                raise
             if not batch:
-                self.source.rollback()  # the SELECT's transaction: nothing locked
-                self.source.reset_cursor()
+                source.rollback()  # the SELECT's transaction: nothing locked
+                if pending is not None:
+                    self._finish(pending, progress)
+                for each in (self.source, self.ahead):
+                    if each is not None:
+                        each.reset_cursor()
                 return self._totals
             number += 1
+            self.pacer.done(len(batch))  # counted when selected: the next may be selected early
             try:
-                sent, deleted = self._one(batch, f"{self.run_id}-{number}")
+                published = self._publish(source, batch, number, began)
             except BaseException as exc:
-                self.source.rollback()
-                self.metrics.batch("rolled_back")
-                if isinstance(exc, ArchiveUnconfirmed):
-                    self.metrics.verification_failed(exc.reason)
+                self._failed(source, exc)
+                self._roll_back(pending, exc)
                 raise
-            seconds = time.monotonic() - began
-            self.pacer.done(len(batch))
-            m = self.metrics
-            m.batch("committed")
-            m.batch_seconds.observe(seconds)
-            m.rows_archived.inc(len(batch))
-            m.rows_deleted.inc(deleted)
-            m.bytes_published.inc(sent)
-            t = self._totals
-            self._totals = Summary(
-                t.batches + 1,
-                t.rows + len(batch),
-                t.bytes + sent,
-                t.deleted + deleted,
-                t.verified + len(batch),
-            )
-            progress.batch(BatchDone(number, len(batch), sent, deleted, seconds))
+            after = batch.last
+            if pending is not None:
+                self._finish(pending, progress, also=published)
+            if self.ahead is None or not self._totals.batches:  # the first batch runs alone
+                self._finish(published, progress)
+                pending = None
+            else:
+                pending = published
 
-    def _one(self, batch: Batch, batch_id: str) -> tuple[int, int]:
-        shape = self.source.shape
+    def _roll_back(self, pending: _Pending | None, exc: BaseException | None = None) -> None:
+        if pending is not None:
+            self._failed(pending.source, exc)
+
+    def _failed(self, source: TableSource, exc: BaseException | None) -> None:
+        source.rollback()
+        self.metrics.batch("rolled_back")
+        if isinstance(exc, ArchiveUnconfirmed):
+            self.metrics.verification_failed(exc.reason)
+
+    def _finish(self, pending: _Pending, progress: Progress, also: _Pending | None = None) -> None:
+        """Confirm, verify, delete and commit ``pending``; on failure roll it back, and
+        ``also`` (the batch published after it), and raise."""
+        try:
+            deleted = self._confirm(pending)
+        except BaseException as exc:
+            self._failed(pending.source, exc)
+            self._roll_back(also, exc)
+            raise
+        batch, sent = pending.batch, pending.sent
+        seconds = time.monotonic() - pending.began
+        m = self.metrics
+        m.batch("committed")
+        m.batch_seconds.observe(seconds)
+        m.rows_archived.inc(len(batch))
+        m.rows_deleted.inc(deleted)
+        m.bytes_published.inc(sent)
+        t = self._totals
+        self._totals = Summary(
+            t.batches + 1,
+            t.rows + len(batch),
+            t.bytes + sent,
+            t.deleted + deleted,
+            t.verified + len(batch),
+        )
+        progress.batch(BatchDone(pending.number, len(batch), sent, deleted, seconds))
+        gc.collect(0)  # the young objects the batch left (module docstring of _collector_paused)
+
+    def _publish(self, source: TableSource, batch: Batch, number: int, began: float) -> _Pending:
+        """Encode the batch's events and publish them in one Kafka transaction."""
+        shape = source.shape
+        batch_id = f"{self.run_id}-{number}"
         now = datetime.now(UTC)
-        events = [self._event(shape, row, batch_id, now) for row in batch.rows]
-        placed, sent = self.publisher.publish(events)
-        where = f"{shape.ref} batch {batch_id}"
+        writer = self._writer_for(shape)
+        # The first row through the model and the registry's serializer: the header, and
+        # a check that the writer still writes what the model does (producers.tables.wire).
+        first_row = rows.encode_row(batch.columns, batch.values[0])
+        model = self._event(shape, first_row, batch_id, now)
+        expected = self.publisher.serialize(model)
+        events = writer.encode(expected[:HEADER_SIZE], batch_id, now, batch.values)
+        first = events[0]
+        if (first.event_id, first.checksum, first.value) != (
+            model.event_id,
+            model.checksum,
+            expected,
+        ):
+            raise RuntimeError(
+                "producers.tables.wire no longer writes the RowEvent the model does:"
+                f" update it to the schema ({shape.ref}, batch {batch_id})"
+            )
+        placed, sent = self.publisher.publish_encoded(
+            [(e.event_id.encode(), e.value) for e in events]
+        )
+        pending = _Pending(number, source, batch, events, placed, sent, now.date(), began)
         if len(placed) != len(batch):
             raise VerificationFailed(
-                f"{where}: {len(batch)} rows selected but {len(placed)} published:"
-                " rolled back, its rows stay"
+                f"{shape.ref} batch {batch_id}: {len(batch)} rows selected but {len(placed)}"
+                " published: rolled back, its rows stay"
             )
-        days = days_around(now.date())
-        segments = self.confirm.wait_durable(placed, days, self.timeout_s)
+        return pending
+
+    def _confirm(self, pending: _Pending) -> int:
+        """Wait for the archive, verify, delete and commit: the rows deleted."""
+        source, batch, placed = pending.source, pending.batch, pending.placed
+        where = f"{source.shape.ref} batch {self.run_id}-{pending.number}"
+        segments = self.confirm.wait_durable(placed, days_around(pending.day), self.timeout_s)
         if segments is None:
             members, _ = self.confirm.members()
             why = "no archive group is running" if members == 0 else "the archive is behind"
@@ -339,14 +457,28 @@ class _Run:
                 f"{where}: the archive did not hold all {len(placed)} row events within"
                 f" {self.timeout_s:g} s ({why}): rolled back, its rows stay"
             )
-        self._verify(where, events, self.confirm.read_back(placed, segments))
-        deleted = self.source.delete(batch.keys)
+        self._verify(where, pending.events, self.confirm.read_back_rows(placed, segments))
+        deleted = source.delete(batch.keys)
         if deleted != len(batch):
             raise VerificationFailed(
                 f"{where}: {deleted} rows deleted of {len(batch)} locked: rolled back, rows stay"
             )
-        self.source.commit()
-        return sent, deleted
+        source.commit()
+        return deleted
+
+    def _writer_for(self, shape: TableShape) -> RowEventWriter:
+        if self._writer is None or self._writer_shape != shape:
+            self._writer_shape = shape
+            self._writer = RowEventWriter(
+                [(c.name, c.type) for c in shape.columns],
+                [shape.index(name) for name in shape.primary_key],
+                run_id=self.run_id,
+                source=self.source.source_name,
+                schema=shape.ref.schema,
+                table=shape.ref.table,
+                producer_version=__version__,
+            )
+        return self._writer
 
     def _event(
         self, shape: TableShape, row: Sequence[Column], batch_id: str, now: datetime
@@ -366,7 +498,9 @@ class _Run:
         )
 
     @staticmethod
-    def _verify(where: str, events: Sequence[RowEvent], archived: Sequence[dict[str, Any]]) -> None:
+    def _verify(
+        where: str, events: Sequence[_Published], archived: Sequence[dict[str, Any]]
+    ) -> None:
         wanted = {e.event_id: e.checksum for e in events}
         found: dict[str, dict[str, Any]] = {}
         for event in archived:
@@ -386,8 +520,49 @@ class _Run:
             )
 
 
+class _Published(Protocol):
+    @property
+    def event_id(self) -> str: ...
+
+    @property
+    def checksum(self) -> str: ...
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Run without Python's cycle collector (as consumers.runtime does per batch): a batch
+    makes hundreds of thousands of containers (rows, events, the archive's JSON read
+    back) that live until it commits, and the collector would go over them many times for
+    nothing. Reference counting frees each batch; after each commit the young objects it
+    left are collected once (``gc.collect(0)``)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def _archived_checksum(event: dict[str, Any]) -> str | None:
-    """The checksum of the row as the archive holds it, if the event's own agrees."""
-    row = [Column.model_validate(c) for c in event.get("row") or []]
+    """The checksum of the row as the archive holds it, if the event's own agrees.
+
+    Every RowEvent's columns are maps of exactly ``name``, ``type`` and ``value``: those
+    are hashed as they are (a value that is not a string or null cannot hash as the
+    source row's, whose canonical form holds only those). A row of any other shape is
+    read back as the archive would (tags restored) and validated as Column models."""
+    row = event.get("row") or []
+    try:
+        if sum(map(len, row)) == 3 * len(row):  # with the three keys each: no other key
+            computed = rows.checksum_items([(c["name"], c["type"], c["value"]) for c in row])
+            return computed if event.get("checksum") == computed else None
+    except (KeyError, TypeError):  # not maps of those keys
+        pass
+    return _validated_checksum(event)
+
+
+def _validated_checksum(event: dict[str, Any]) -> str | None:
+    row = [Column.model_validate(c) for c in restore(event.get("row") or [])]
     computed = rows.checksum(row)
     return computed if event.get("checksum") == computed else None

@@ -3,8 +3,9 @@
 :class:`RowPublisher` connects on :meth:`start`, not before. Its ``transactional_id``
 is one per (source, table) and live archiver of it (``archiver.transactional_id``):
 a restarted archiver takes its dead predecessor's, and the broker aborts whatever
-that one left open. :meth:`publish` returns the (partition, offset) of every event,
-from the delivery reports, so the caller can ask the archive for exactly those records.
+that one left open. :meth:`publish` returns the (partition, offset) of every event
+(in the order delivered), from the delivery reports, so the caller can ask the
+archive for exactly those records.
 """
 
 from __future__ import annotations
@@ -83,34 +84,46 @@ class RowPublisher:
         self._producer = producer
         self._serialize = EventSerializer(self._registry, EventType.ROW_EVENT)
 
+    def serialize(self, event: RowEvent) -> bytes:
+        """The event's Kafka value, as :meth:`publish` sends it (the registry's header first)."""
+        if self._serialize is None:
+            raise RuntimeError("RowPublisher.start() first")
+        return self._serialize(event, self._ctx)
+
     def publish(self, events: Sequence[RowEvent]) -> tuple[list[Placed], int]:
         """Publish ``events`` in one transaction: where each landed, and the bytes sent.
 
         Anything undelivered aborts the transaction (TransactionAborted): none is visible."""
-        producer, serialize = self._producer, self._serialize
-        if producer is None or serialize is None:
+        return self.publish_encoded([(e.event_id.encode(), self.serialize(e)) for e in events])
+
+    def publish_encoded(self, records: Sequence[tuple[bytes, bytes]]) -> tuple[list[Placed], int]:
+        """:meth:`publish` of events already serialized, as (key, value): the event id and
+        the bytes :meth:`serialize` makes (``producers.tables.wire`` writes them faster)."""
+        producer = self._producer
+        if producer is None:
             raise RuntimeError("RowPublisher.start() first")
-        placed: list[Placed | None] = [None] * len(events)
+        placed: list[Placed] = []  # in the order delivered
         failed: list[str] = []
         sent = 0
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                failed.append(err.str())
+            else:
+                placed.append((msg.partition() or 0, msg.offset() or 0))
+
         try:
             producer.begin_transaction()
-            for i, event in enumerate(events):
-                value = serialize(event, self._ctx)
+            for i, (key, value) in enumerate(records):
                 sent += len(value)
-
-                def report(err: KafkaError | None, msg: Message, i: int = i) -> None:
-                    if err is not None:
-                        failed.append(err.str())
-                    else:
-                        placed[i] = (msg.partition() or 0, msg.offset() or 0)
-
-                self._produce(producer, event.event_id.encode(), value, report)
+                self._produce(producer, key, value, report)
+                if i % 1000 == 999:  # serve delivery reports now and then, not per record
+                    producer.poll(0)
             producer.flush(self.timeout_s)
-            if failed or any(p is None for p in placed):
+            if failed or len(placed) != len(records):
                 reason = failed[0] if failed else f"no delivery report within {self.timeout_s:g}s"
                 producer.abort_transaction(self.timeout_s)
-                raise TransactionAborted(f"{len(events)} row events not delivered: {reason}")
+                raise TransactionAborted(f"{len(records)} row events not delivered: {reason}")
             producer.commit_transaction(self.timeout_s)
             failpoint("archive_table.after_publish")
         except KafkaException as exc:
@@ -119,7 +132,7 @@ class RowPublisher:
                 producer.abort_transaction(self.timeout_s)
                 raise TransactionAborted(error.str()) from None
             raise ProduceError(f"the row events' transaction failed: {error.str()}") from None
-        return [p for p in placed if p is not None], sent
+        return placed, sent
 
     def _produce(self, producer: Producer, key: bytes, value: bytes, report: Any) -> None:
         while True:
@@ -128,7 +141,6 @@ class RowPublisher:
                 break
             except BufferError:  # the local queue is full: let deliveries drain it
                 producer.poll(0.05)
-        producer.poll(0)
 
     def close(self) -> None:
         if self._producer is not None:

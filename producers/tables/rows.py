@@ -41,7 +41,10 @@ The UTF-8 bytes of the JSON array ``[[name, type, value], ...]`` in the
 table's column order (``attnum``, as ``SELECT *`` returns them), ``value``
 ``null`` for NULL, with no whitespace (``,`` and ``:`` separators), non-ASCII
 characters literal, and only ``"``, ``\\`` and control characters escaped
-(``\\n``, ``\\r``, ``\\t``, ``\\b``, ``\\f``, else ``\\u00XX``). Names and types
+(``\\n``, ``\\r``, ``\\t``, ``\\b``, ``\\f``, else ``\\u00XX``): what
+``json.dumps(items, ensure_ascii=False, separators=(",", ":"))`` writes, and what
+orjson writes too, byte for byte (tests/unit/test_row_codec_speed.py compares them on
+every code point), so orjson makes it. Names and types
 are part of it, so a renamed or retyped column changes the checksum. The
 text of a ``timestamptz`` depends on ``TimeZone`` (and others on the rest of
 :data:`SESSION`): a checksum is reproducible under :data:`SESSION` only.
@@ -54,6 +57,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import sql
 from psycopg.types.string import TextLoader
@@ -124,12 +128,18 @@ def table_types(conn: psycopg.Connection[Any], schema: str, table: str) -> list[
 
 def encode_row(types: Sequence[Column], values: Sequence[object]) -> list[Column]:
     """The row's columns: each value's text form under its column's name and type."""
+    return [
+        Column(name=c.name, type=c.type, value=v)
+        for c, v in zip(types, text_forms(types, values), strict=True)
+    ]
+
+
+def text_forms(types: Sequence[Column], values: Sequence[object]) -> list[str | None]:
+    """Each value's text form (None for NULL) for its column's type: :func:`encode_row`'s
+    values, without the columns."""
     if len(types) != len(values):
         raise ValueError(f"{len(values)} values for {len(types)} columns")
-    return [
-        Column(name=c.name, type=c.type, value=None if v is None else text_form(v, c.type))
-        for c, v in zip(types, values, strict=True)
-    ]
+    return [None if v is None else text_form(v, c.type) for c, v in zip(types, values, strict=True)]
 
 
 def values_of(row: Sequence[Column]) -> list[str | None]:
@@ -148,10 +158,22 @@ def insert_statement(schema: str, table: str, row: Sequence[Column]) -> sql.Comp
 
 def canonical(row: Sequence[Column]) -> bytes:
     """The row's canonical bytes (see the module docstring)."""
-    items = [[c.name, c.type, c.value] for c in row]
-    return json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode()
+    return canonical_items([[c.name, c.type, c.value] for c in row])
+
+
+def canonical_items(items: Sequence[Sequence[str | None]]) -> bytes:
+    """:func:`canonical` of the row as ``[[name, type, value], ...]`` (strings and None)."""
+    try:
+        return orjson.dumps(items)
+    except orjson.JSONEncodeError:  # a lone surrogate: fail as json fails, not otherwise
+        return json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def checksum(row: Sequence[Column]) -> str:
     """sha256 of :func:`canonical`, lowercase hex: the RowEvent's ``checksum``."""
     return hashlib.sha256(canonical(row)).hexdigest()
+
+
+def checksum_items(items: Sequence[Sequence[str | None]]) -> str:
+    """:func:`checksum` of the row as ``[[name, type, value], ...]``."""
+    return hashlib.sha256(canonical_items(items)).hexdigest()

@@ -32,6 +32,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 from typing import Any
 
 import psycopg
@@ -49,6 +50,13 @@ from schemas.models import Column
 log = logging.getLogger(__name__)
 
 DELETE_CHUNK = 1000  # rows per DELETE statement: bound parameters stay under 65,535
+# Key types deleted by ``key = ANY(%s::type[])`` (one statement; the others go by
+# ``(key...) IN ((%s, ...), ...)``, DELETE_CHUNK rows a statement): built-in types
+# whose text input reads the text forms rows.py writes, spelt as Column.type has them.
+ARRAY_KEY_TYPES = frozenset(
+    ["int2", "int4", "int8", "numeric", "text", "varchar", "uuid", "date", "timestamp"]
+    + ["timestamptz"]
+)
 
 
 @dataclass(frozen=True)
@@ -74,12 +82,18 @@ class Limits:
 class Batch:
     """Rows selected and locked in the open transaction, in keyset order."""
 
-    rows: tuple[tuple[Column, ...], ...]  # each row's columns, with values (rows.encode_row)
+    values: tuple[tuple[str | None, ...], ...]  # each row's text forms, in column order
     keys: tuple[tuple[str, ...], ...]  # each row's primary key values, text forms
     last: Position | None  # the last row's place: the cursor once committed
+    columns: tuple[Column, ...] = ()  # the table's columns (names and types, no values)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.values)
+
+    @cached_property
+    def rows(self) -> tuple[tuple[Column, ...], ...]:
+        """Each row's columns, with values (rows.encode_row), made when first asked for."""
+        return tuple(tuple(rows.encode_row(self.columns, v)) for v in self.values)
 
 
 @dataclass(frozen=True)
@@ -196,12 +210,18 @@ class TableSource:
 
     # -- a batch ------------------------------------------------------------------
 
-    def select_batch(self, older_than: timedelta, limit: int | None = None) -> Batch:
-        """BEGIN, and lock the next rows older than ``now() - older_than`` (module docstring)."""
+    def select_batch(
+        self, older_than: timedelta, limit: int | None = None, *, after: Position | None = None
+    ) -> Batch:
+        """BEGIN, and lock the next rows older than ``now() - older_than`` (module docstring).
+
+        ``after``: start after this place, not after :attr:`after` (the kept cursor): an
+        archiver that selects the next batch while the one before is still open
+        (``producers.tables.archiver``) passes that batch's last row."""
         conn, shape = self._connection(), self.shape
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             raise RuntimeError("a batch is already open: commit() or rollback() it first")
-        where, params = self._eligible(shape, older_than)
+        where, params = self._eligible(shape, older_than, after or self._after)
         query = sql.SQL(
             "SELECT {columns} FROM {table} WHERE {where} ORDER BY {order} LIMIT %s"
             " FOR UPDATE SKIP LOCKED"
@@ -219,7 +239,7 @@ class TableSource:
         return self._batch
 
     def _eligible(
-        self, shape: TableShape, older_than: timedelta
+        self, shape: TableShape, older_than: timedelta, after: Position | None
     ) -> tuple[sql.Composed, list[object]]:
         """``ts < now() - older_than AND (ts, pk...) > (cursor...)``, and its parameters.
 
@@ -228,11 +248,11 @@ class TableSource:
         ts = sql.Identifier(shape.timestamp_column)
         where = [sql.SQL("{} < now() - %s::interval").format(ts)]
         params: list[object] = [older_than]
-        if self._after is not None:
+        if after is not None:
             order = sql.SQL(", ").join(sql.Identifier(c) for c in shape.order)
             marks = sql.SQL(", ").join(sql.Placeholder() * len(shape.order))
             where.append(sql.SQL("({}) > ({})").format(order, marks))
-            params.extend([self._after.timestamp, *self._after.key])
+            params.extend([after.timestamp, *after.key])
         return sql.SQL(" AND ").join(where), params
 
     def _begin(self, conn: psycopg.Connection[Any]) -> None:
@@ -249,14 +269,19 @@ class TableSource:
         self._deadline = time.monotonic() + limits.batch_timeout_s
 
     def _as_batch(self, shape: TableShape, fetched: Sequence[Sequence[Any]]) -> Batch:
-        encoded = tuple(tuple(rows.encode_row(shape.columns, values)) for values in fetched)
+        columns = tuple(shape.columns)
+        kinds = {type(v) for values in fetched for v in values}
+        if kinds <= {str, type(None)}:  # every column loads as text (rows.prepare)
+            texts: tuple[tuple[str | None, ...], ...] = tuple(tuple(v) for v in fetched)
+        else:
+            texts = tuple(tuple(rows.text_forms(columns, values)) for values in fetched)
         places = [shape.index(c) for c in shape.order]
-        keys = tuple(tuple(str(row[i].value) for i in places[1:]) for row in encoded)
+        keys = tuple(tuple(str(values[i]) for i in places[1:]) for values in texts)
         last = None
-        if encoded:
-            ts, *key = (str(encoded[-1][i].value) for i in places)
+        if texts:
+            ts, *key = (str(texts[-1][i]) for i in places)
             last = Position(ts, tuple(key))
-        return Batch(encoded, keys, last)
+        return Batch(texts, keys, last, columns)
 
     @contextmanager
     def _translated(self, doing: str) -> Iterator[None]:
@@ -311,6 +336,15 @@ class TableSource:
         if any(k not in locked for k in wanted):
             raise ValueError("delete() takes keys of the open batch only (the rows it locked)")
         self._check_deadline("its DELETE")
+        key_type = shape.columns[shape.index(shape.primary_key[0])].type
+        if len(shape.primary_key) == 1 and key_type in ARRAY_KEY_TYPES:
+            # One statement, one parameter: the keys as an array of the key's type, each
+            # element read by the type's input function, as an untyped literal would be.
+            query = sql.SQL("DELETE FROM {} WHERE {} = ANY(%s::{}[])").format(
+                relation(self.ref), sql.Identifier(shape.primary_key[0]), sql.SQL(key_type)
+            )
+            with self._translated("deleting a batch"):
+                return conn.execute(query, [[k[0] for k in wanted]]).rowcount
         pk = sql.SQL(", ").join(sql.Identifier(c) for c in shape.primary_key)
         one = sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() * len(shape.primary_key)))
         deleted = 0
@@ -358,7 +392,7 @@ class TableSource:
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             raise RuntimeError("a batch is open: commit() or rollback() it first")
         ts = sql.Identifier(shape.timestamp_column)
-        where, params = self._eligible(shape, older_than)
+        where, params = self._eligible(shape, older_than, self._after)
         query = sql.SQL(
             "SELECT count(*), min({ts}), max({ts}), now() - %s::interval FROM {table} WHERE {where}"
         ).format(ts=ts, table=relation(self.ref), where=where)

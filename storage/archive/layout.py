@@ -340,6 +340,12 @@ def _restore(value: Any) -> Any:
     return value
 
 
+def restore(value: Any) -> Any:
+    """A value of an event as the JSON of a line has it, its tags read back (what
+    :func:`decode_line` does to the event); ValueError for an unknown tag."""
+    return _restore(value)
+
+
 def decode_line(line: bytes) -> ArchiveRecord:
     """The record of one line; ValueError (orjson.JSONDecodeError is one) if it is not one."""
     obj = orjson.loads(line)

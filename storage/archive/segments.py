@@ -44,6 +44,7 @@ from typing import BinaryIO
 
 import zstandard
 
+from headrace.errors import StorageError
 from storage.archive.backend import Backend, LocalBackend, as_backend
 from storage.archive.layout import (
     DAY_MS,
@@ -151,7 +152,10 @@ class Archive:
         self._zstd = zstandard.ZstdCompressor(level=3, write_checksum=True)
         self.skipped = 0  # records skipped because they were archived already
         staging = self.backend.staging_root
-        ensure_dir(staging)
+        try:
+            ensure_dir(staging)
+        except OSError as exc:  # a root that cannot be made: one line, before any record
+            raise StorageError(f"cannot create the archive directory {staging}: {exc}") from None
         removed = remove_stale_temps(staging)
         if removed:
             log.info("removed %s temporary files left under %s", removed, staging)

@@ -1,7 +1,9 @@
-"""``headrace db stats|query``: what the load group's database holds.
+"""``headrace db stats|query``: what the load group's database holds (and its
+backups: ``storage.db.backup_cli``).
 
 Both commands open the database ``load.backend`` names and bring its schema
-up to date first (migrations are idempotent), so they work on a new one.
+up to date first (migrations are idempotent). Neither creates one: a SQLite
+file that does not exist yet is one line saying which command makes it.
 Content is never printed: a row shows its strategy, its size, how many bytes
 are stored inline and its reference (bucket and key, or git coordinates).
 """
@@ -17,10 +19,17 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from headrace.settings import Settings
-from storage.db import Database, open_database
+from storage.db import Database, DatabaseError, open_database
+from storage.db.backup_cli import COMMANDS as BACKUP_COMMANDS
 
 
 def _open(settings: Settings) -> Database:
+    path = settings.load.sqlite_path
+    if settings.load.backend == "sqlite" and not path.exists():
+        raise DatabaseError(
+            f"no load database at {path} yet: `headrace consume load` (or `headrace load"
+            " --from-archive`) makes it"
+        )
     return open_database(settings, migrate=True)
 
 
@@ -109,3 +118,7 @@ def query_(
             )
     if not as_json:
         Console(highlight=False).print(table)
+
+
+for _command in BACKUP_COMMANDS:  # backup, backups, restore, prune-backups
+    db.add_command(_command)

@@ -118,6 +118,20 @@ _file_values = attrgetter(*FILE_COLUMNS)
 _run_values = attrgetter(*RUN_COLUMNS)
 
 
+def check_connection(conninfo: str, where: str, secrets: Sequence[str] = ()) -> str:
+    """Connect with ``conninfo`` and ask the server's version: what ``headrace doctor``
+    and ``/readyz`` check. DatabaseUnavailable, one line, no password, if it fails."""
+    try:
+        with psycopg.connect(conninfo, application_name="headrace-check") as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+    except psycopg.Error as exc:
+        reason = exc.diag.message_primary or str(exc) or type(exc).__name__
+        raise DatabaseUnavailable(
+            where, Redactor(secrets).redact(" ".join(reason.split()))
+        ) from None
+    return f"PostgreSQL {row[0] if row else '?'}"
+
+
 class PostgresDatabase(Database):
     """One connection: for one thread (open one per thread or process)."""
 

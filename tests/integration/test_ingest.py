@@ -154,9 +154,17 @@ def test_identical_content_is_stored_once_across_projects(
         "deduplicated": 0,
         "bytes": 20 * 1024 * 1024 + 200_000,
     }
+    stored = 20 * 1024 * 1024 + 200_000
+    cost = json.loads(out)["cost_estimate"]
+    assert (cost["object_store_bytes"], cost["uploaded_bytes"]) == (stored, stored)
+    assert cost["storage_per_month"] == round(stored / 2**30 * 0.023, 6)  # default prices
+    assert cost["transfer_to_read_once"] == round(stored / 2**30 * 0.09, 6)
     code, out, _ = run(["ingest", str(tree), "--project", "two", "--json"], capsys)
     assert code == 0 and json.loads(out)["uploads"]["made"] == 0
     assert json.loads(out)["uploads"]["deduplicated"] == 2
+    # Nothing uploaded, but the run's content is stored all the same: it costs the same.
+    cost = json.loads(out)["cost_estimate"]
+    assert (cost["object_store_bytes"], cost["uploaded_bytes"]) == (stored, 0)
 
 
 def git(repo: Path, *args: str) -> str:

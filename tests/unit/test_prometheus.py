@@ -206,3 +206,17 @@ def test_two_servers_of_one_process_have_a_file_each(tmp_path: Path) -> None:
     assert first != second and not stale(first) and not stale(second)
     unregister(first)
     assert list(tmp_path.glob("*.json")) == [second]
+
+
+def test_the_compose_prometheus_finds_every_group_service_of_the_image() -> None:
+    import tomllib
+
+    config = yaml.safe_load(
+        (PROJECT_ROOT / "compose" / "prometheus" / "prometheus.yml").read_text()
+    )
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "headrace-groups"]
+    (dns,) = job["dns_sd_configs"]
+    groups = yaml.safe_load((PROJECT_ROOT / "compose" / "headrace.yml").read_text())["services"]
+    image = tomllib.loads((PROJECT_ROOT / "compose" / "headrace.toml").read_text())
+    assert sorted(dns["names"]) == sorted(groups)
+    assert dns["port"] == image["consumer"]["metrics_port"]

@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create .venv and install headrace with its pinned dependencies
 
-stack-up: install ## Install (if missing) and start Kafka, the registry, MinIO and PostgreSQL
+stack-up: install ## Install (if missing) and start Kafka, the registry, MinIO, PostgreSQL and Prometheus
 	$(HEADRACE) stack up
 
 stack-down: install ## Stop the local stack (its data stays in .headrace/)

@@ -212,7 +212,7 @@ def run_group(
     slot = InstanceSlot(settings.consumer.instances_dir, group_id)
     # librdkafka keys set in kafka.extra win (a test's shorter session, say).
     membership = membership_config(settings.consumer, group_id, slot.acquire(), kafka.extra)
-    metrics = Metrics(group_id)
+    metrics = Metrics(group_id, targets_dir=settings.metrics.targets_dir)
     readiness = Readiness(settings, name)
     port = settings.consumer.metrics_port if metrics_port is None else metrics_port
     history = open_recorder(settings, group_id)  # None: the history is disabled

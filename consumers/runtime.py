@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import collections
 import gc
 import logging
 import signal
@@ -134,6 +135,7 @@ class ConsumerRuntime:
         self.history, self.history_lag_interval_s = history, history_lag_interval_s
         self._history_seen = (0, 0)  # processed, dead-lettered: as last recorded
         self._lag_due = 0.0
+        self._lag_reported = 0.0  # monotonic time the lag gauge was last set
 
     # --- the loop -------------------------------------------------------------------
 
@@ -175,13 +177,13 @@ class ConsumerRuntime:
                     if self.history is not None:
                         self._record_batch(seconds)
                 self.metrics.beat()
+                self._report_lag()
                 self._log_wait()
                 if self.until_caught_up and self._caught_up():
                     break
         finally:
             try:
-                if self.history is not None:
-                    self._record_lag()  # the lag at the end
+                self._report_lag(final=True)  # the lag at the end
                 self.sink.close()
                 self._flush_dead_letters()
                 self._commit()
@@ -193,7 +195,7 @@ class ConsumerRuntime:
         return self.stats
 
     def _record_batch(self, seconds: float) -> None:
-        """The batch's figures into the operational history, and the lag now and then."""
+        """The batch's figures into the operational history (the lag: _report_lag)."""
         history, stats = self.history, self.stats
         assert history is not None  # noqa: S101 - checked by the caller
         processed, dead = self._history_seen
@@ -201,30 +203,6 @@ class ConsumerRuntime:
         history.record("failed", stats.dead_lettered - dead)
         history.record("batch_seconds", seconds)
         self._history_seen = (stats.processed, stats.dead_lettered)
-        if time.monotonic() >= self._lag_due:
-            self._record_lag()
-
-    def _record_lag(self) -> None:
-        """Records behind the end, summed over the assigned partitions, from what the
-        consumer knows (the high watermarks its fetches brought; no request)."""
-        assert self.history is not None  # noqa: S101 - checked by the caller
-        self._lag_due = time.monotonic() + self.history_lag_interval_s
-        if not self._assigned:
-            return
-        consumer, lag = self._consumer, 0
-        try:
-            for tp in consumer.position([KafkaPartition(t, p) for t, p in self._assigned]):
-                key = (tp.topic, tp.partition)
-                _low, high = consumer.get_watermark_offsets(tp, cached=True)
-                position = tp.offset if tp.offset >= 0 else self._begun.get(key, -1)
-                if high < 0:  # nothing fetched yet: the end seen at assignment
-                    high = self._targets.get(key, -1)
-                if high >= 0 and position >= 0:
-                    lag += max(high - position, 0)
-        except (KafkaException, RuntimeError) as exc:
-            log.debug("lag not recorded: %s", exc)
-            return
-        self.history.record("lag", lag)
 
     def _process(self, messages: Sequence[Message]) -> None:
         # Every record of every group passes here: a microsecond here is a large part of
@@ -333,13 +311,15 @@ class ConsumerRuntime:
             self._write(batch[half:])
             return
         self.stats.processed += len(batch)
-        self.metrics.processed.inc(len(batch))
+        for topic, count in collections.Counter(d.record.topic for d in batch).items():
+            self.metrics.processed.labels(self.group, topic).inc(count)
 
     def _with_retries(self, call: Callable[[], None]) -> None:
         paused = False
 
         def pause(state: RetryCallState) -> None:
             nonlocal paused
+            self.metrics.retries.inc()
             if not paused and self._assigned:
                 self._consumer.pause([KafkaPartition(t, p) for t, p in self._assigned])
                 paused = True
@@ -381,7 +361,7 @@ class ConsumerRuntime:
         tp = (record.topic, record.partition)
         self._dead[tp] = max(self._dead.get(tp, -1), record.offset)
         self.stats.dead_lettered += 1
-        self.metrics.dead_lettered.inc()
+        self.metrics.dead_lettered.labels(self.group, record.topic, reason.value).inc()
         self.metrics.failed.inc()
 
     # --- offsets and rebalances --------------------------------------------------------
@@ -467,12 +447,15 @@ class ConsumerRuntime:
         self._flush_dead_letters()
         self._commit(going)
         self._assigned -= going
+        self._forget_lag(going)
         consumer.unassign()
         if not self._stop:
             self._waiting()  # an eager rebalance: the next assignment follows
 
     def _on_lost(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
-        self._assigned -= {(tp.topic, tp.partition) for tp in partitions}
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        self._assigned -= lost
+        self._forget_lag(lost)
 
     # --- membership ----------------------------------------------------------------
 
@@ -511,6 +494,53 @@ class ConsumerRuntime:
                 consumer.consume(self.batch_size, 0.1)  # serves the revocation; not handled
         except (KafkaException, RuntimeError) as exc:
             log.warning("could not leave group %s: %s", self.group, exc)
+
+    def _report_lag(self, *, every_s: float = 5.0, final: bool = False) -> None:
+        """The lag of each assigned partition into its gauge every ``every_s`` at most, and
+        their sum into the operational history every ``history_lag_interval_s``; both
+        once more at the end (``final``)."""
+        if not self._assigned:
+            return
+        now = time.monotonic()
+        gauge_due = final or now - self._lag_reported >= every_s
+        history_due = self.history is not None and (final or now >= self._lag_due)
+        if not (gauge_due or history_due):
+            return
+        lags = self._partition_lags()
+        if lags is None:
+            return
+        if gauge_due:
+            self._lag_reported = now
+            for (topic, partition), lag in lags.items():
+                self.metrics.lag.labels(self.group, topic, str(partition)).set(lag)
+        if history_due and self.history is not None:
+            self._lag_due = now + self.history_lag_interval_s
+            self.history.record("lag", sum(lags.values()))
+
+    def _partition_lags(self) -> dict[TopicPartition, int] | None:
+        """Records behind the end per assigned partition, from what the consumer knows:
+        the end offset librdkafka last fetched (else the one seen at assignment) less
+        the position; no broker request. None if librdkafka cannot say now."""
+        partitions = [KafkaPartition(t, p) for t, p in self._assigned]
+        try:
+            positions = self._consumer.position(partitions)
+            ends = [self._consumer.get_watermark_offsets(tp, cached=True)[1] for tp in positions]
+        except (KafkaException, RuntimeError) as exc:  # never worth stopping the group for
+            log.debug("lag not measured: %s", exc)
+            return None
+        lags: dict[TopicPartition, int] = {}
+        for tp, high in zip(positions, ends, strict=True):
+            key = (tp.topic, tp.partition)
+            end = high if high >= 0 else self._targets.get(key, -1)
+            if end < 0:
+                continue  # nothing fetched from it yet, and no end seen
+            begun = self._begun.get(key, -1)
+            lags[key] = max(end - (tp.offset if tp.offset >= 0 else max(begun, 0)), 0)
+        return lags
+
+    def _forget_lag(self, partitions: set[TopicPartition]) -> None:
+        for topic, partition in partitions:
+            self.metrics.lag.remove(self.group, topic, str(partition))
 
     def _caught_up(self) -> bool:
         if not self._assigned:

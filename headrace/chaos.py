@@ -72,6 +72,9 @@ from headrace.kafka import ensure_topics, make_admin, make_consumer
 from headrace.settings import Settings, TopicSettings, load_settings
 from headrace.stack.manager import Stack
 
+# The services the pipeline needs, and chaos stops and starts (not Prometheus).
+PIPELINE_SERVICES = ("postgres", "minio", "kafka", "registry")
+
 GROUP_NAMES = ("archive", "load", "cache", "verify")
 # The failpoint between each group's durable write and its offset commit.
 FAILPOINTS = {
@@ -644,7 +647,7 @@ class Chaos:
         # This process's own clients (the lag probes) see the broker go on purpose: their
         # reconnection errors say nothing the schedule does not.
         logging.getLogger("headrace.librdkafka").setLevel(logging.CRITICAL)
-        down = [s.name for s in self.stack.status() if not s.healthy]
+        down = [s.name for s in self.stack.status(PIPELINE_SERVICES) if not s.healthy]
         if down:
             raise ChaosError(
                 f"the local stack is not up ({', '.join(down)}): chaos stops and starts its"
@@ -692,7 +695,8 @@ class Chaos:
                 watcher.join(timeout=self.options.recover_timeout_s)
             self.supervisor.stop()
             self.lag.close()
-            self.stack.up()  # a service stopped when the run was interrupted runs again
+            # A service stopped when the run was interrupted runs again.
+            self.stack.up(PIPELINE_SERVICES)
         self._verdict(expected)
         self.result.seconds = time.monotonic() - started
         return self.result

@@ -425,6 +425,18 @@ class StackSettings(_Section):
     minio_console_port: int = 9001
     java_home: Path | None = None
     start_timeout_s: float = Field(default=120.0, gt=0)
+    # Prometheus (Debian's package) on 127.0.0.1; it scrapes what registers in
+    # metrics.targets_dir, every this many seconds.
+    prometheus_port: int = Field(default=9090, ge=1, le=65535)
+    prometheus_scrape_interval_s: float = Field(default=5.0, gt=0)
+
+
+class MetricsSettings(_Section):
+    """Prometheus' file-based service discovery: where processes announce /metrics."""
+
+    # Each process serving /metrics keeps a JSON target file here while it serves
+    # (headrace/discovery.py); the local stack's Prometheus reads *.json in it.
+    targets_dir: Path = PROJECT_ROOT / ".headrace" / "prometheus" / "targets"
 
 
 class HealthSettings(_Section):
@@ -472,6 +484,7 @@ class Settings(BaseSettings):
     stack: StackSettings = StackSettings()
     health: HealthSettings = HealthSettings()
     log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -31,6 +31,7 @@ EXPLICIT_ENV: dict[str, tuple[str, ...]] = {
     "registry": ("HEADRACE_REGISTRY__URL",),
     "minio": ("HEADRACE_OBJECT_STORE__ENDPOINT",),
     "postgres": ("HEADRACE_POSTGRES__HOST", "HEADRACE_POSTGRES__PORT"),
+    "prometheus": ("HEADRACE_STACK__PROMETHEUS_PORT",),
 }
 
 
@@ -98,7 +99,7 @@ class ServiceResolver:
             )
         if _answers(probe):
             return Found(service, "local stack", self.settings)
-        if self.docker_available():
+        if service in CONTAINERS and self.docker_available():
             return Found(service, "testcontainers", self._start_container(service))
         return Missing(
             service,

@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from storage.content.cache import CacheStats
 
 _FETCH_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300)
+
+
+class _Evictions(Collector):
+    """``headrace_cache_evictions_total``: a counter kept by the cache itself (its stats,
+    shared by every process), so exported as read rather than incremented here."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self.value = 0.0
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "headrace_cache_evictions",
+            "Entries evicted since the cache was made (all processes)",
+            labels=["group"],
+        )
+        family.add_metric([self.group], self.value)
+        yield family
 
 
 class CacheMetrics:
@@ -35,8 +57,8 @@ class CacheMetrics:
             buckets=_FETCH_BUCKETS,
             registry=registry,
         )
-        self.hit_rate = Gauge(
-            "headrace_cache_hit_rate",
+        self.hit_ratio = Gauge(
+            "headrace_cache_hit_ratio",
             "Hits over lookups since the cache was made (all processes)",
             ["group"],
             registry=registry,
@@ -47,12 +69,8 @@ class CacheMetrics:
         self.entries = Gauge(
             "headrace_cache_entries", "Entries in the content cache", ["group"], registry=registry
         )
-        self.evictions = Gauge(
-            "headrace_cache_evictions",
-            "Entries evicted since the cache was made (all processes)",
-            ["group"],
-            registry=registry,
-        )
+        self.evictions = _Evictions(group)
+        registry.register(self.evictions)
 
     def observe_fetch(self, strategy: str, seconds: float, nbytes: int) -> None:
         self.fetch_seconds.labels(self.group, strategy).observe(seconds)
@@ -61,6 +79,6 @@ class CacheMetrics:
     def observe_cache(self, stats: CacheStats) -> None:
         self.size.labels(self.group).set(stats.total.bytes)
         self.entries.labels(self.group).set(stats.total.entries)
-        self.evictions.labels(self.group).set(stats.total.evictions)
+        self.evictions.value = stats.total.evictions
         rate = stats.total.hit_rate
-        self.hit_rate.labels(self.group).set(rate if rate is not None else 0.0)
+        self.hit_ratio.labels(self.group).set(rate if rate is not None else 0.0)

@@ -20,7 +20,7 @@ def _console(stderr: bool = False) -> Console:
 
 @click.group()
 def stack() -> None:
-    """The local stack: Kafka, the schema registry, MinIO and PostgreSQL on loopback.
+    """The local stack: Kafka, the schema registry, MinIO, PostgreSQL and Prometheus on loopback.
 
     State (downloads, data, logs) lives under .headrace/ in the project.
     SERVICES default to all of them.

@@ -13,12 +13,13 @@ from headrace.stack.base import Service, ServiceStatus
 from headrace.stack.kafka import Kafka
 from headrace.stack.minio import MinIO
 from headrace.stack.postgres import Postgres
+from headrace.stack.prometheus import Prometheus
 from headrace.stack.registry import Registry
 
 log = logging.getLogger(__name__)
 
 # Start order; stop order is the reverse.
-SERVICES: tuple[type[Service], ...] = (Postgres, MinIO, Kafka, Registry)
+SERVICES: tuple[type[Service], ...] = (Postgres, MinIO, Kafka, Registry, Prometheus)
 SERVICE_NAMES = tuple(s.name for s in SERVICES)
 
 

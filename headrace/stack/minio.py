@@ -5,11 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import httpx
-
 from headrace.errors import StackError
 from headrace.stack.base import Port, Service
-from headrace.stack.process import run_tool, split_host_port
+from headrace.stack.process import http_ok, run_tool, split_host_port
 
 MODULE = "github.com/minio/minio"
 
@@ -81,8 +79,4 @@ class MinIO(Service):
         )
 
     def healthy(self) -> bool:
-        try:
-            response = httpx.get(f"{self.address}/minio/health/live", timeout=2.0)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        return http_ok(f"{self.address}/minio/health/live")

@@ -17,7 +17,7 @@ from psycopg import sql
 from headrace.errors import StackError
 from headrace.settings import Settings
 from headrace.stack.base import Port, Service
-from headrace.stack.process import read_pid, run_tool, stop_group
+from headrace.stack.process import apt_install, read_pid, run_tool, stop_group
 
 # PostgreSQL refuses to run as root; the Debian package brings this user.
 SERVICE_USER = "postgres"
@@ -70,21 +70,7 @@ class Postgres(Service):
         return find_bindir() is not None
 
     def install(self) -> None:
-        apt = shutil.which("apt-get")
-        if apt is None or os.geteuid() != 0:
-            raise StackError(
-                self.name,
-                "PostgreSQL is not installed: install Debian's "
-                "'postgresql' package (needs root and apt-get)",
-            )
-        env = {"DEBIAN_FRONTEND": "noninteractive"}
-        run_tool(self.name, [apt, "update", "-q"], env=env, what="apt-get update")
-        run_tool(
-            self.name,
-            [apt, "install", "-y", "-q", "--no-install-recommends", "postgresql"],
-            env=env,
-            what="installing Debian's postgresql package",
-        )
+        apt_install(self.name, "postgresql")
 
     def _bin(self, tool: str) -> str:
         bindir = find_bindir()

@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -38,6 +39,16 @@ def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
+def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+    """Whether ``GET url`` answers 200: a service's readiness probe."""
+    import httpx  # lazily: the process helpers need no HTTP client
+
+    try:
+        return httpx.get(url, timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -52,7 +63,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _started_at(pid: int) -> str | None:
+def started_at(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (clock ticks since boot), to tell reused pids apart."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
@@ -73,7 +84,7 @@ def read_pid(pidfile: Path) -> int | None:
         return None
     if not pid_alive(pid):
         return None
-    if len(fields) > 1 and fields[1] != _started_at(pid):
+    if len(fields) > 1 and fields[1] != started_at(pid):
         return None  # the pid now belongs to another process
     return pid
 
@@ -104,7 +115,7 @@ def spawn(
         except OSError as exc:
             raise StackError(service, f"cannot run {argv[0]}: {exc.strerror}") from None
     _children[proc.pid] = proc
-    pidfile.write_text(f"{proc.pid} {_started_at(proc.pid) or ''}\n")
+    pidfile.write_text(f"{proc.pid} {started_at(proc.pid) or ''}\n")
     return proc.pid
 
 
@@ -189,6 +200,32 @@ def run_tool(
         detail = (errors or output or [f"exit code {done.returncode}"])[0][:400]
         raise StackError(service, f"{what} failed: {detail}")
     return done.stdout
+
+
+# Installs by apt-get, one at a time: the stack installs its services in parallel,
+# and dpkg holds one lock.
+_apt_lock = threading.Lock()
+
+
+def apt_install(service: str, package: str) -> None:
+    """Install Debian's ``package`` (without its recommends); needs root and apt-get."""
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        raise StackError(
+            service,
+            f"{service} is not installed: install Debian's '{package}' package "
+            "(needs root and apt-get)",
+        )
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    wait = ["-o", "DPkg::Lock::Timeout=300"]  # another apt-get on this machine: wait for it
+    with _apt_lock:
+        run_tool(service, [apt, *wait, "update", "-q"], env=env, what="apt-get update")
+        run_tool(
+            service,
+            [apt, *wait, "install", "-y", "-q", "--no-install-recommends", package],
+            env=env,
+            what=f"installing Debian's {package} package",
+        )
 
 
 def maven(service: str, goals: Sequence[str], *, what: str) -> None:

@@ -7,12 +7,10 @@ import tarfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
-
 from headrace.errors import StackError
 from headrace.stack.base import Port, Service
 from headrace.stack.java import find_java
-from headrace.stack.process import maven, replacing
+from headrace.stack.process import http_ok, maven, replacing
 
 # Apicurio 3.3 is compiled for Java 21 (class file version 65).
 REGISTRY_JAVA = 21
@@ -99,8 +97,4 @@ class Registry(Service):
         )
 
     def healthy(self) -> bool:
-        try:
-            response = httpx.get(f"{self.settings.registry.url}/subjects", timeout=2.0)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        return http_ok(f"{self.settings.registry.url}/subjects")

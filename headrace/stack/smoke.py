@@ -19,10 +19,14 @@ from confluent_kafka import KafkaError, Message
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+from headrace.discovery import register, unregister
 from headrace.errors import HeadraceError
 from headrace.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from headrace.settings import Settings
+from headrace.stack.process import wait_until
+from headrace.stack.prometheus import Prometheus
 from schemas.registry import SUBJECT_STRATEGY, make_registry_client
 from storage.objectstore import open_storage
 
@@ -43,7 +47,7 @@ def run_smoke(settings: Settings) -> list[Row]:
     run = uuid.uuid4().hex[:8]
     with make_registry_client(settings.registry) as registry:
         rows = _kafka_and_registry(settings, registry, run)
-    return [*rows, _object_store(settings), _postgres(settings)]
+    return [*rows, _object_store(settings), _postgres(settings), _prometheus(settings, run)]
 
 
 def _kafka_and_registry(settings: Settings, registry: SchemaRegistryClient, run: str) -> list[Row]:
@@ -137,4 +141,42 @@ def _postgres(settings: Settings) -> Row:
         "postgres",
         "bytea row written and read back",
         f"ok, PostgreSQL {version[0] if version else '?'}",
+    )
+
+
+def _prometheus(settings: Settings, run: str) -> Row:
+    """A target registered through file-based discovery is scraped: its value read back."""
+    registry = CollectorRegistry()
+    probe = Gauge("headrace_smoke_probe", "The smoke run's probe", ["run"], registry=registry)
+    value = int.from_bytes(os.urandom(3), "big")
+    probe.labels(run).set(value)
+    server, _thread = start_http_server(0, "127.0.0.1", registry=registry)
+    address = f"127.0.0.1:{server.server_address[1]}"
+    target = register(settings.metrics.targets_dir, address, {"component": "smoke"})
+    base = Prometheus(settings).address
+    read: list[float] = []
+
+    def scraped() -> bool:
+        answer = httpx.get(
+            f"{base}/api/v1/query", params={"query": f'headrace_smoke_probe{{run="{run}"}}'}
+        ).json()
+        read[:] = [float(r["value"][1]) for r in answer["data"]["result"]]
+        return bool(read)
+
+    started = time.perf_counter()
+    try:
+        # Discovery and the scrape each take up to an interval.
+        wait_until(
+            "prometheus", scraped, timeout_s=4 * settings.stack.prometheus_scrape_interval_s + 10
+        )
+    finally:
+        unregister(target)
+        server.shutdown()
+        server.server_close()
+    if read != [value]:
+        raise SmokeFailed(f"prometheus: scraped {read}, the target served {value}")
+    return (
+        "prometheus",
+        "a target registered by file SD, scraped and queried",
+        f"ok in {time.perf_counter() - started:.1f} s",
     )

@@ -204,7 +204,7 @@ def archive_table_command(
     if run_archive and not dry_run:
         config = ctx.find_root().params.get("config")
         archive = ArchiveProcess(settings.tables.state_dir, config)
-    metrics = TableMetrics(name, str(ref))
+    metrics = TableMetrics(name, str(ref), targets_dir=settings.metrics.targets_dir)
     if metrics_port is not None:
         bound = metrics.serve(settings.tables.metrics_host, metrics_port)
         click.echo(f"metrics on http://{settings.tables.metrics_host}:{bound}/metrics", err=True)

@@ -10,13 +10,21 @@ Labelled by source and table (``schema.table``)::
                                                 count, checksum, timeout (the archive
                                                 did not hold a batch in time)
     headrace_table_batch_seconds                a batch, from SELECT to COMMIT
+
+plus the process collectors (headrace/metrics.py). With ``targets_dir`` set, a
+serving run is registered for Prometheus there (headrace/discovery.py) until
+:meth:`TableMetrics.close`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import Counter, Histogram, start_http_server
+
+from headrace.discovery import register, target_address, unregister
+from headrace.metrics import process_registry
 
 BATCH_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0)
 
@@ -24,8 +32,9 @@ BATCH_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 
 class TableMetrics:
     """The counters of one run, on a registry of their own (no I/O until :meth:`serve`)."""
 
-    def __init__(self, source: str, table: str) -> None:
-        self.registry = CollectorRegistry()
+    def __init__(self, source: str, table: str, *, targets_dir: Path | None = None) -> None:
+        self.registry = process_registry()
+        self.targets_dir = targets_dir
         labels = ["source", "table"]
         values = (source, table)
 
@@ -62,6 +71,7 @@ class TableMetrics:
         ).labels(*values)
         self._values = values
         self._server: Any = None
+        self._target: Path | None = None
         for outcome in ("committed", "rolled_back"):
             self._batches.labels(*values, outcome)
         for reason in ("count", "checksum", "timeout"):
@@ -76,9 +86,16 @@ class TableMetrics:
     def serve(self, host: str, port: int) -> int:
         """Serve ``/metrics`` in a daemon thread; the port bound (0: any free one)."""
         self._server, _thread = start_http_server(port, host, registry=self.registry)
-        return int(self._server.server_address[1])
+        bound = int(self._server.server_address[1])
+        if self.targets_dir is not None:
+            source, table = self._values
+            labels = {"component": "archive-table", "source": source, "table": table}
+            self._target = register(self.targets_dir, target_address(host, bound), labels)
+        return bound
 
     def close(self) -> None:
+        unregister(self._target)
+        self._target = None
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

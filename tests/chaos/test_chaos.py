@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from headrace.chaos import FAULT_KINDS, ChaosOptions, run_chaos
+from headrace.chaos import FAULT_KINDS, PIPELINE_SERVICES, ChaosOptions, run_chaos
 from headrace.settings import Settings
 from headrace.stack.manager import Stack
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.chaos
 
 @pytest.fixture
 def local_stack(base_settings: Settings) -> Settings:
-    if not all(s.healthy for s in Stack(base_settings).status()):
+    if not all(s.healthy for s in Stack(base_settings).status(PIPELINE_SERVICES)):
         why = "the chaos test stops and starts the local stack's processes: `headrace stack up`"
         if os.environ.get("CI"):
             pytest.fail(why)

@@ -31,6 +31,15 @@ def ingest_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     monkeypatch.setenv("HEADRACE_HISTORY__SQLITE_PATH", str(history))
 
 
+@pytest.fixture(autouse=True)
+def metrics_targets(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process serving /metrics registers for Prometheus: in the test's own directory,
+    not the one a developer's Prometheus scrapes (test_prometheus.py uses that one)."""
+    monkeypatch.setenv("HEADRACE_METRICS__TARGETS_DIR", str(tmp_path_factory.mktemp("targets")))
+
+
 @pytest.fixture(scope="session")
 def resolver(base_settings: Settings) -> Iterator[ServiceResolver]:
     with resolver_for_session(base_settings) as found:
@@ -55,3 +64,8 @@ def object_store(resolver: ServiceResolver) -> ObjectStoreSettings:
 @pytest.fixture(scope="session")
 def postgres(resolver: ServiceResolver) -> PostgresSettings:
     return resolver.require("postgres").postgres
+
+
+@pytest.fixture(scope="session")
+def prometheus(resolver: ServiceResolver) -> Settings:
+    return resolver.require("prometheus")

@@ -132,8 +132,15 @@ def test_poison_messages_are_dead_lettered_and_the_group_goes_on(
     publish(settings, client, events(25)[20:])
     sink = MemorySink()
     group = f"test-rt-{uuid.uuid4().hex[:6]}"
-    stats = runtime(settings, client, sink, group).run()
+    consumer = runtime(settings, client, sink, group)
+    stats = consumer.run()
     assert stats.processed == 25 and stats.dead_lettered == 2
+    topic = settings.topics.file_events
+    value = consumer.metrics.registry.get_sample_value
+    for reason in ("DESERIALIZATION", "SCHEMA"):
+        labels = {"group": group, "topic": topic, "reason": reason}
+        assert value("headrace_records_dead_lettered_total", labels) == 1
+    assert value("headrace_records_processed_total", {"group": group, "topic": topic}) == 25
 
     decode = EventDeserializer(client, DeadLetter)
     letters = read_topic(
@@ -223,9 +230,14 @@ def test_transient_failures_are_retried_not_dead_lettered(
     settings, client = setup
     publish(settings, client, events(40))
     sink = FlakySink(failures=3)
-    stats = runtime(settings, client, sink, f"test-rt-{uuid.uuid4().hex[:6]}").run()
+    group = f"test-rt-{uuid.uuid4().hex[:6]}"
+    consumer = runtime(settings, client, sink, group)
+    stats = consumer.run()
     assert stats.processed == 40 and stats.dead_lettered == 0
     assert sink.attempts >= 4
+    assert (
+        consumer.metrics.registry.get_sample_value("headrace_retries_total", {"group": group}) == 3
+    )
     assert sorted(d.event.path for d in sink.rows) == [e.path for e in events(40)]  # type: ignore[union-attr]
 
 

@@ -135,3 +135,30 @@ def test_history_benchmark_runs_small(kafka: KafkaSettings, registry: RegistrySe
     lines = done.stdout.splitlines()
     assert lines[0].startswith("record():") and "no-op method:" in lines[0]
     assert "history off" in lines[-1] and "slower with history" in lines[-1]
+
+
+def test_db_backup_benchmark_runs_small() -> None:
+    env = {"PYTHONPATH": str(PROJECT_ROOT), "HEADRACE_HISTORY__ENABLED": "false"}
+    done = bench("db_backup.py", "--gb", "0.02", "--seconds", "1", env=env)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("database:") and "GB, built in" in lines[0]
+    assert any(line.startswith("backup (VACUUM INTO") and "MB/s" in line for line in lines)
+    assert any("of alone)" in line for line in lines)
+    assert lines[-1].startswith("proof: integrity_check ok;")
+
+
+def test_archive_table_benchmark_runs_small(
+    kafka: KafkaSettings, registry: RegistrySettings, postgres: PostgresSettings
+) -> None:
+    env = {
+        "HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "HEADRACE_REGISTRY__URL": registry.url,
+        "HEADRACE_POSTGRES__HOST": postgres.host,
+        "HEADRACE_POSTGRES__PORT": str(postgres.port),
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+    done = bench("archive_table.py", "--rows", "3000", "--batch-size", "1000", env=env)
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("baseline COPY TO STDOUT:") for line in lines)
+    assert any("rows/s" in line and "of COPY's rows/s" in line for line in lines)
+    assert lines[-1].startswith("proof: 0 rows left in the table; 3,000 archived, 3,000 of 3,000")

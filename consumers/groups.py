@@ -51,8 +51,9 @@ def _archive_sink(settings: Settings, _group_id: str, _metrics: Metrics) -> Sink
     return ArchiveSink(Archive(open_backend(config, settings.object_store), policy))
 
 
-def _load_sink(settings: Settings, group_id: str, _metrics: Metrics) -> Sink:
+def _load_sink(settings: Settings, group_id: str, metrics: Metrics) -> Sink:
     from consumers.load.content import load_row_content  # noqa: PLC0415 - the database only
+    from consumers.load.metrics import LoadMetrics  # noqa: PLC0415
     from consumers.load.sink import LoadSink  # noqa: PLC0415 - when loading
     from storage.db import open_database  # noqa: PLC0415
     from storage.db.backup import PeriodicBackup  # noqa: PLC0415
@@ -73,6 +74,7 @@ def _load_sink(settings: Settings, group_id: str, _metrics: Metrics) -> Sink:
         )
         if settings.load.backup_interval_s > 0
         else None,
+        metrics=LoadMetrics(metrics.registry, group_id, settings.load.backend),
     )
 
 

@@ -163,6 +163,9 @@ def run_figures(summary: Summary) -> dict[str, float]:
         "deduplicated": summary.deduplicated,
         "transactions": summary.transactions,
         "duration_seconds": summary.duration_s,
+        "upload_retries": summary.upload_retries,
+        "breaker_opened": summary.breaker_opened,  # times the object store's breaker opened
+        "breaker_open": 1.0 if summary.breaker != "closed" else 0.0,  # at the end
     }
     for skipped in summary.skipped:
         key = f"skipped.{skipped.reason.value.lower()}"

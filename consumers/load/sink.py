@@ -20,11 +20,13 @@ own dead-letter reason; the rest of the batch is written.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 from consumers.base import Decoded, Sink, SinkCapabilities, TopicPartition
 from consumers.errors import RecordsRefused
 from consumers.load.content import RowContent
+from consumers.load.metrics import LoadMetrics
 from headrace.errors import Terminal
 from headrace.failpoints import failpoint
 from storage.content.errors import ContentError
@@ -59,9 +61,11 @@ class LoadSink(Sink):
         resolver: ContentResolver | None = None,
         bucket_exists: Callable[[str], bool] | None = None,
         backups: PeriodicBackup | None = None,
+        metrics: LoadMetrics | None = None,
     ) -> None:
         self.db, self.group = db, group
         self.backups = backups  # load.backup_interval_s: the database backed up meanwhile
+        self.metrics = metrics
         self.file_topic, self.run_topic = file_topic, run_topic
         self.content = ContentMode(content)
         self.row_content = RowContent(self.content, resolver, bucket_exists)
@@ -101,6 +105,7 @@ class LoadSink(Sink):
             LedgerEntry(self.group, topic, partition, first, last, count)
             for (topic, partition), (first, last, count) in sorted(ranges.items())
         ]
+        began = time.perf_counter()
         try:
             result = self.db.write(files, runs, ledger)
         except LedgerConflict:
@@ -109,6 +114,8 @@ class LoadSink(Sink):
             log.info("a batch was found in the ledger already (a commit whose answer was lost)")
         else:
             self.rows_written += result.files_written + result.runs_written
+            if self.metrics is not None:
+                self.metrics.written(result, time.perf_counter() - began)
         failpoint("load.after_write")  # tests: die between the transaction and the commit
         for (topic, partition), (_first, last, _count) in ranges.items():
             key = (topic, partition)

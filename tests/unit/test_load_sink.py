@@ -177,3 +177,25 @@ def test_a_ledger_conflict_for_offsets_not_all_loaded_stays_an_error(sink: LoadS
     with pytest.raises(LedgerConflict):
         sink.write([decoded(0, "a"), decoded(1, "b")])  # starts at a loaded offset
     assert [r["path"] for r in sink.db.query("p")] == ["a"]
+
+
+def test_the_database_metrics_count_rows_written_skipped_and_time_each_transaction(
+    tmp_path: Path,
+) -> None:
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415 - this test only
+
+    from consumers.load.metrics import LoadMetrics  # noqa: PLC0415
+
+    registry = CollectorRegistry()
+    db = SqliteDatabase(tmp_path / "load.sqlite3")
+    db.migrate()
+    sink = LoadSink(
+        db, "g", file_topic=FILES, run_topic=RUNS, metrics=LoadMetrics(registry, "g", "sqlite")
+    )
+    sink.write([decoded(0, "a"), decoded(1, "b")])
+    sink.write([decoded(2, "a", event_time=datetime(2025, 1, 1, tzinfo=UTC))])  # older: skipped
+    value = registry.get_sample_value
+    assert value("headrace_db_rows_written_total", {"group": "g", "table": "files"}) == 2
+    assert value("headrace_db_rows_skipped_total", {"group": "g"}) == 1
+    count = value("headrace_db_transaction_seconds_count", {"group": "g", "backend": "sqlite"})
+    assert count == 2

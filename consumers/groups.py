@@ -82,10 +82,13 @@ def _cache_sink(settings: Settings, group_id: str, metrics: Metrics) -> Sink:
     from consumers.cache.metrics import CacheMetrics  # noqa: PLC0415 - the resolver only
     from consumers.cache.sink import CacheSink  # noqa: PLC0415 - when caching
     from storage.content.factory import open_resolver  # noqa: PLC0415
+    from storage.git_cache import GitCache  # noqa: PLC0415
 
     cache_metrics = CacheMetrics(metrics.registry, group_id)
     resolver = open_resolver(settings)
     resolver.on_fetch = cache_metrics.observe_fetch
+    if isinstance(resolver.git, GitCache):
+        resolver.git.on_event = cache_metrics.observe_git
     return CacheSink(
         resolver,
         file_topic=settings.kafka.topics.file_events,

@@ -44,8 +44,9 @@ import io
 import logging
 import shutil
 import threading
+import time
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
@@ -125,6 +126,11 @@ class GitCache:
         self._token = token
         self._readers: dict[Path, _Reader] = {}
         self._guard = threading.Lock()
+        # Told what the cache did, for metrics: ("hit", 0.0) when a read found every
+        # object on disk, ("fill", s) for a clone or fetch it had to make (s: seconds
+        # under the lock), ("clone", s) for a new clone, ("evicted", n) for n clones
+        # removed to stay within max_size.
+        self.on_event: Callable[[str, float], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: GitSettings) -> GitCache:
@@ -261,8 +267,12 @@ class GitCache:
                 call = self._call(url, token)
                 with self._locked(dest, url):
                     self._drop_reader(dest)
+                    began = time.monotonic()
                     oids = self._fill(call, dest, commit, items)
+                    self._tell("fill", time.monotonic() - began)
                 self.evict(keep=dest)
+            else:
+                self._tell("hit", 0.0)
         except BaseException:
             lease.release()
             raise
@@ -329,6 +339,8 @@ class GitCache:
             if clone != keep and self._remove(clone):
                 total -= size
                 evicted.append(clone)
+        if evicted:
+            self._tell("evicted", float(len(evicted)))
         if total > self.max_size:
             log.warning(
                 "the git clone cache %s holds %s bytes, above its bound of %s: the rest is in use",
@@ -397,6 +409,7 @@ class GitCache:
         tmp = dest.with_name(dest.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         log.info("cloning %s into %s", call.url, dest)
+        began = time.monotonic()
         clone = ["clone", "--bare", "--quiet"]
         # A local path as a file:// URL: cloned through upload-pack (a partial clone, in an
         # environment of its own) rather than copied by git itself, which would look for
@@ -414,7 +427,12 @@ class GitCache:
         for setting in _CLONE_CONFIG:
             call.git(tmp, ["-C", str(tmp), "config", *setting], "configure", local=True)
         tmp.rename(dest)
+        self._tell("clone", time.monotonic() - began)
         return True
+
+    def _tell(self, what: str, value: float) -> None:
+        if self.on_event is not None:
+            self.on_event(what, value)
 
     def _prefetch(self, call: RemoteCall, repo: GitRepo, commit: str) -> None:
         """Fetch the blobs of ``commit`` that a partial clone lacks, in one batch."""

@@ -71,6 +71,37 @@ class CacheMetrics:
         )
         self.evictions = _Evictions(group)
         registry.register(self.evictions)
+        self.git_reads = Counter(
+            "headrace_git_cache_reads",
+            "Reads of the git clone cache: hit (every object on disk) or fill (clone/fetch)",
+            ["group", "outcome"],
+            registry=registry,
+        )
+        self.git_seconds = Histogram(
+            "headrace_git_cache_seconds",
+            "A clone cache fill (clone or fetch, under its lock), or a new clone alone",
+            ["group", "action"],
+            buckets=_FETCH_BUCKETS,
+            registry=registry,
+        )
+        self.git_evictions = Counter(
+            "headrace_git_cache_evictions",
+            "Whole clones removed to keep the clone cache within git.cache_max_size",
+            ["group"],
+            registry=registry,
+        )
+        for outcome in ("hit", "fill"):
+            self.git_reads.labels(group, outcome)
+        self.git_evictions.labels(group)
+
+    def observe_git(self, what: str, value: float) -> None:
+        """The clone cache's events (``storage.git_cache.GitCache.on_event``)."""
+        if what in ("hit", "fill"):
+            self.git_reads.labels(self.group, what).inc()
+        if what in ("fill", "clone"):
+            self.git_seconds.labels(self.group, what).observe(value)
+        elif what == "evicted":
+            self.git_evictions.labels(self.group).inc(value)
 
     def observe_fetch(self, strategy: str, seconds: float, nbytes: int) -> None:
         self.fetch_seconds.labels(self.group, strategy).observe(seconds)

@@ -514,3 +514,36 @@ def test_the_benchmark_runs_small() -> None:
     out = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=True).stdout
     for figure in ("new/old:", "GitPython:", "read_blobs (clone", "read_blob(path=): p50"):
         assert figure in out, out
+
+
+def test_the_cache_tells_its_clones_fills_hits_and_evictions_to_its_metrics(
+    remotes: list[Path], tmp_path: Path
+) -> None:
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415 - this test only
+
+    from consumers.cache.metrics import CacheMetrics  # noqa: PLC0415
+
+    registry = CollectorRegistry()
+    metrics = CacheMetrics(registry, "g")
+    one = _clone_size(remotes, tmp_path)
+    cache = GitCache(tmp_path / "cache", allowed_schemes=FILE, max_size=int(2.5 * one))
+    events: list[tuple[str, float]] = []
+
+    def tell(what: str, value: float) -> None:
+        events.append((what, value))
+        metrics.observe_git(what, value)
+
+    cache.on_event = tell
+    _read(cache, remotes[0])
+    _read(cache, remotes[0])  # warm: every object on disk
+    for remote in remotes[1:]:  # four clones in a bound of two and a half
+        _read(cache, remote)
+    cache.close()
+    kinds = [what for what, _ in events]
+    assert kinds[:3] == ["clone", "fill", "hit"]
+    value = registry.get_sample_value
+    assert value("headrace_git_cache_reads_total", {"group": "g", "outcome": "hit"}) == 1
+    assert value("headrace_git_cache_reads_total", {"group": "g", "outcome": "fill"}) == 4
+    assert value("headrace_git_cache_seconds_count", {"group": "g", "action": "clone"}) == 4
+    evicted = sum(v for what, v in events if what == "evicted")
+    assert evicted == 2 == value("headrace_git_cache_evictions_total", {"group": "g"})

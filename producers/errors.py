@@ -6,8 +6,7 @@
      ├── ProduceError (headrace.errors)
      │    ├── UndeliveredEvents   some events were not acknowledged by Kafka
      │    ├── TransactionAborted  a batch's transaction could not commit: aborted
-     │    ├── Fenced              another producer took the run's transactional id
-     │    └── BrokerUnavailable   no broker answered at start           (transient)
+     │    └── Fenced              another producer took the run's transactional id
      ├── SourceError              the source cannot be read as given    (terminal)
      ├── TableError               a table cannot be archived as given   (terminal)
      │    ├── TableNotFound       no such table in the source database
@@ -30,10 +29,6 @@ from headrace.errors import HeadraceError, ProduceError, Terminal, Transient
 
 class SourceError(HeadraceError, Terminal):
     """The source does not exist, is not a repository, or has no such ref."""
-
-
-class BrokerUnavailable(ProduceError, Transient):
-    """No Kafka broker answered before the run started."""
 
 
 class TransactionAborted(ProduceError):

@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from headrace.settings import SourceSettings
 from producers.errors import NoPrimaryKey, TableNotFound, TimestampColumnError
 from producers.tables import rows
 from schemas.models import Column
@@ -129,3 +130,10 @@ def choose_timestamp_column(ref: TableRef, columns: tuple[Column, ...], named: s
     raise TimestampColumnError(
         f"{ref} has several timestamp columns ({shown}): choose one with --timestamp-column"
     )
+
+
+def dsn_source_name(source: SourceSettings) -> str:
+    """The source name of a ``--dsn`` (in events, cursors and transactional ids):
+    ``host:port/database``, so two databases given by --dsn are never one source,
+    and the same one is the same source every run. No user, no password."""
+    return f"{source.host}:{source.port}/{source.database}"

@@ -27,7 +27,7 @@ from headrace.history import record_final
 from headrace.settings import Settings, SourceSettings
 from producers.tables.archive_process import ArchiveProcess
 from producers.tables.archiver import ArchiveRequest, BatchDone, Summary, archive_table
-from producers.tables.catalog import TableRef
+from producers.tables.catalog import TableRef, dsn_source_name
 from producers.tables.metrics import TableMetrics
 
 _AGE = re.compile(r"(\d+)([dhms])")
@@ -57,13 +57,6 @@ class AgeType(click.ParamType):  # type: ignore[type-arg]  # generic in click's 
             return parse_age(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
-
-
-def dsn_source_name(source: SourceSettings) -> str:
-    """The source name of a ``--dsn`` (in events, cursors and transactional ids):
-    ``host:port/database``, so two databases given by --dsn are never one source,
-    and the same one is the same source every run. No user, no password."""
-    return f"{source.host}:{source.port}/{source.database}"
 
 
 class EchoProgress:

@@ -20,9 +20,9 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from headrace.errors import ProduceError
 from headrace.failpoints import failpoint
-from headrace.kafka import ensure_topics, make_admin, make_producer
+from headrace.kafka import cluster_metadata, ensure_topics, make_admin, make_producer
 from headrace.settings import KafkaSettings
-from producers.errors import BrokerUnavailable, TransactionAborted
+from producers.errors import TransactionAborted
 from schemas.catalog import EventType
 from schemas.models import RowEvent
 from schemas.serde import EventSerializer
@@ -55,13 +55,7 @@ class RowPublisher:
     def start(self) -> None:
         """Connect: the topic made if missing, transactions initialised (fencing)."""
         admin = make_admin(self.settings)
-        try:
-            admin.list_topics(timeout=self.timeout_s / 6)
-        except KafkaException as exc:
-            raise BrokerUnavailable(
-                f"no Kafka broker answered at {self.settings.bootstrap_servers}"
-                f" ({exc.args[0].str()})"
-            ) from None
+        cluster_metadata(admin, self.settings)  # no broker: one line, KafkaUnavailable
         ensure_topics(
             admin,
             [self.topic],

@@ -14,8 +14,7 @@ import click
 import orjson
 
 from headrace.settings import Settings, SourceSettings
-from producers.tables.catalog import TableRef
-from producers.tables.cli import dsn_source_name
+from producers.tables.catalog import TableRef, dsn_source_name
 from producers.tables.restore import RestoreRequest, RestoreSummary, restore_table
 
 UNCLEAN = 3

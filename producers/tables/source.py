@@ -43,7 +43,7 @@ from headrace.failpoints import failpoint
 from headrace.settings import SourceSettings, TablesSettings
 from producers.errors import BatchTimeout
 from producers.tables import rows
-from producers.tables.catalog import TableRef, TableShape, read_shape, relation
+from producers.tables.catalog import TableRef, TableShape, dsn_source_name, read_shape, relation
 from producers.tables.cursors import Cursor, CursorStore, Position
 from schemas.models import Column
 
@@ -128,6 +128,9 @@ class TableSource:
         self.limits = limits or Limits()
         self.cursors = cursors
         self._conn: psycopg.Connection[Any] | None = None
+        # What an error names: a --dsn source's name is its address already.
+        named = source_name != dsn_source_name(source)
+        self._what = f"PostgreSQL source {source_name}" if named else "PostgreSQL (--dsn)"
         self._shape: TableShape | None = None
         self._after: Position | None = None
         self._batch: Batch | None = None
@@ -145,9 +148,7 @@ class TableSource:
             conn = psycopg.connect(self.source.conninfo())
         except psycopg.OperationalError as exc:
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "no answer"
-            raise ServiceUnavailable(
-                f"PostgreSQL source {self.source_name}", self.source.address, reason
-            ) from None
+            raise ServiceUnavailable(self._what, self.source.address, reason) from None
         try:
             rows.prepare(conn)
             conn.commit()
@@ -303,7 +304,7 @@ class TableSource:
             self._abandon()
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection lost"
             raise ServiceUnavailable(
-                f"PostgreSQL source {self.source_name}", self.source.address, f"{doing}: {reason}"
+                self._what, self.source.address, f"{doing}: {reason}"
             ) from None
 
     def _abandon(self) -> None:

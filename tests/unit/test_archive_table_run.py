@@ -13,8 +13,7 @@ from headrace.settings import SourceSettings
 from producers.errors import ArchiveNotRunning
 from producers.tables.archive_process import ArchiveProcess
 from producers.tables.archiver import Pacer, transactional_id
-from producers.tables.catalog import TableRef
-from producers.tables.cli import dsn_source_name
+from producers.tables.catalog import TableRef, dsn_source_name
 from producers.tables.metrics import TableMetrics
 from tests.unit.test_cli import run
 

@@ -13,7 +13,7 @@ from headrace.errors import ServiceUnavailable
 from headrace.settings import SourceSettings, TablesSettings
 from producers.errors import TimestampColumnError
 from producers.tables import catalog
-from producers.tables.catalog import TableRef
+from producers.tables.catalog import TableRef, dsn_source_name
 from producers.tables.cursors import Cursor, CursorStore, Position
 from producers.tables.source import Limits, TableSource
 from schemas.models import Column
@@ -113,3 +113,13 @@ def test_a_table_source_connects_on_open_only_and_never_shows_its_password(
     text = str(caught.value)
     assert text.startswith(f"PostgreSQL source db is not available at u@127.0.0.1:{source.port}/d")
     assert PASSWORD not in text and "\n" not in text
+
+
+def test_a_dsn_source_is_named_once_in_its_error() -> None:
+    port = closed_port()
+    source = SourceSettings.from_dsn(f"host=127.0.0.1 port={port} dbname=d user=u")
+    table = TableSource(source, dsn_source_name(source), TableRef("public", "t"))
+    with pytest.raises(ServiceUnavailable) as raised:
+        table.open()
+    text = str(raised.value)
+    assert text.startswith(f"PostgreSQL (--dsn) is not available at u@127.0.0.1:{port}/d"), text

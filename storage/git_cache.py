@@ -129,7 +129,7 @@ class GitCache:
         # Told what the cache did, for metrics: ("hit", 0.0) when a read found every
         # object on disk, ("fill", s) for a clone or fetch it had to make (s: seconds
         # under the lock), ("clone", s) for a new clone, ("evicted", n) for n clones
-        # removed to stay within max_size.
+        # removed to stay within max_size, ("size", bytes) after a fill or an eviction.
         self.on_event: Callable[[str, float], None] | None = None
 
     @classmethod
@@ -270,7 +270,9 @@ class GitCache:
                     began = time.monotonic()
                     oids = self._fill(call, dest, commit, items)
                     self._tell("fill", time.monotonic() - began)
-                self.evict(keep=dest)
+                self.evict(keep=dest)  # tells the size when bounded
+                if self.max_size is None and self.on_event is not None:
+                    self._tell("size", float(self.size()))
             else:
                 self._tell("hit", 0.0)
         except BaseException:
@@ -341,6 +343,7 @@ class GitCache:
                 evicted.append(clone)
         if evicted:
             self._tell("evicted", float(len(evicted)))
+        self._tell("size", float(total))
         if total > self.max_size:
             log.warning(
                 "the git clone cache %s holds %s bytes, above its bound of %s: the rest is in use",

@@ -90,6 +90,12 @@ class CacheMetrics:
             ["group"],
             registry=registry,
         )
+        self.git_size = Gauge(
+            "headrace_git_cache_size_bytes",
+            "Bytes the git clone cache takes on disk (after its last fill or eviction)",
+            ["group"],
+            registry=registry,
+        )
         for outcome in ("hit", "fill"):
             self.git_reads.labels(group, outcome)
         self.git_evictions.labels(group)
@@ -102,6 +108,8 @@ class CacheMetrics:
             self.git_seconds.labels(self.group, what).observe(value)
         elif what == "evicted":
             self.git_evictions.labels(self.group).inc(value)
+        elif what == "size":
+            self.git_size.labels(self.group).set(value)
 
     def observe_fetch(self, strategy: str, seconds: float, nbytes: int) -> None:
         self.fetch_seconds.labels(self.group, strategy).observe(seconds)

@@ -24,12 +24,10 @@
 from __future__ import annotations
 
 import collections
-import gc
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
@@ -51,6 +49,7 @@ from consumers.base import Decoded, Record, Sink, TopicPartition
 from consumers.dlq import REASON_OF, DeadLetterQueue
 from consumers.errors import RecordsRefused, StopConsuming
 from consumers.metrics import Metrics
+from headrace.collector import collector_paused
 from headrace.errors import ConsumeError, HeadraceError, Terminal, is_transient
 from headrace.history import Recorder
 from headrace.kafka import LIBRDKAFKA_SESSION_TIMEOUT_MS
@@ -163,7 +162,7 @@ class ConsumerRuntime:
             )
         try:
             while not self._stop:
-                with _collector_paused():  # while a batch is in hand
+                with collector_paused():  # while a batch is in hand
                     messages = consumer.consume(self.batch_size, self.poll_timeout_s)
                     started = time.perf_counter()
                     self._process(messages)
@@ -558,24 +557,6 @@ class ConsumerRuntime:
             lag = max(target - (tp.offset if tp.offset >= 0 else max(begun, 0)), 0)
             self.metrics.lag.labels(self.group, tp.topic, str(tp.partition)).set(lag)
         return True
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Run without Python's cycle collector, for one batch. A batch makes tens of
-    thousands of containers (messages, records, decoded events) that all live until
-    its end, so the collector would run many times over them for nothing, and move
-    them to older generations whose full collections then take tens of milliseconds:
-    about 15% of an archive's drain. Reference counting frees the batch when it is
-    done; the collector then finds little that is young."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _record(msg: Message) -> Record:

@@ -35,14 +35,14 @@ import gc
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 from consumers.instance import InstanceSlot
 from headrace import __version__
+from headrace.collector import collector_paused
 from headrace.settings import Settings, SourceSettings
 from producers.errors import (
     ArchiveNotRunning,
@@ -209,21 +209,18 @@ def archive_table(
     limits = Limits.from_settings(settings.tables)
     pacer = Pacer(request.max_rows_per_second)
     limits = replace(limits, batch_size=pacer.batch_size(request.batch_size or limits.batch_size))
-    source = TableSource(
-        request.source,
-        request.source_name,
-        request.table,
-        timestamp_column=request.timestamp_column,
-        limits=limits,
-        cursors=CursorStore(settings.tables.state_dir),
-    )
-    ahead = TableSource(  # the second batch's connection (module docstring)
-        request.source,
-        request.source_name,
-        request.table,
-        timestamp_column=request.timestamp_column,
-        limits=limits,
-        cursors=CursorStore(settings.tables.state_dir),
+    cursors = CursorStore(settings.tables.state_dir)
+    # Two connections to the table: the second batch's is ``ahead`` (module docstring).
+    source, ahead = (
+        TableSource(
+            request.source,
+            request.source_name,
+            request.table,
+            timestamp_column=request.timestamp_column,
+            limits=limits,
+            cursors=cursors,
+        )
+        for _ in range(2)
     )
     with source:
         if request.dry_run:
@@ -331,7 +328,7 @@ class _Run:
         self._writer_shape: TableShape | None = None
 
     def all(self, older_than: timedelta, progress: Progress) -> Summary:
-        with _collector_paused():
+        with collector_paused():
             return self._all(older_than, progress)
 
     def _all(self, older_than: timedelta, progress: Progress) -> Summary:
@@ -410,7 +407,7 @@ class _Run:
             t.verified + len(batch),
         )
         progress.batch(BatchDone(pending.number, len(batch), sent, deleted, seconds))
-        gc.collect(0)  # the young objects the batch left (module docstring of _collector_paused)
+        gc.collect(0)  # the young objects the batch left (headrace.collector)
 
     def _publish(self, source: TableSource, batch: Batch, number: int, began: float) -> _Pending:
         """Encode the batch's events and publish them in one Kafka transaction."""
@@ -526,23 +523,6 @@ class _Published(Protocol):
 
     @property
     def checksum(self) -> str: ...
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Run without Python's cycle collector (as consumers.runtime does per batch): a batch
-    makes hundreds of thousands of containers (rows, events, the archive's JSON read
-    back) that live until it commits, and the collector would go over them many times for
-    nothing. Reference counting frees each batch; after each commit the young objects it
-    left are collected once (``gc.collect(0)``)."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _archived_checksum(event: dict[str, Any]) -> str | None:

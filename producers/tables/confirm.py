@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -115,16 +115,19 @@ class ArchiveConfirm:
         self, placed: Iterable[Placed], segments: Iterable[Segment]
     ) -> list[dict[str, Any]]:
         """The archived events at exactly these (partition, offset)s, read from ``segments``."""
-        wanted, backend, events = set(placed), self.backend(), []
+        wanted = set(placed)
+        records = (decode_line(line) for _where, line in self._lines(segments))
+        return [r.event for r in records if (r.partition, r.offset) in wanted]
+
+    def _lines(self, segments: Iterable[Segment]) -> Iterator[tuple[str, bytes]]:
+        """Every line of ``segments`` in order, with where its segment is (for errors)."""
+        backend = self.backend()
         for segment in segments:
             info = segment.info
             where = backend.where(self.topic, segment.day, info.name)
             with backend.open(self.topic, segment.day, info.name) as file:
                 for line in iter_lines(file, info.compression, where):
-                    record = decode_line(line)
-                    if (record.partition, record.offset) in wanted:
-                        events.append(record.event)
-        return events
+                    yield where, line
 
     def read_back_rows(
         self, placed: Iterable[Placed], segments: Iterable[Segment]
@@ -139,28 +142,23 @@ class ArchiveConfirm:
         checks each column's shape (``archiver._archived_checksum``) and restores what is
         not plain (:func:`storage.archive.layout.restore`). A line whose start is not in
         that form is decoded whole (``decode_line``)."""
-        wanted, backend, events = set(placed), self.backend(), []
-        for segment in segments:
-            info = segment.info
-            where = backend.where(self.topic, segment.day, info.name)
-            with backend.open(self.topic, segment.day, info.name) as file:
-                for line in iter_lines(file, info.compression, where):
-                    start = _START.match(line)
-                    if start is None:
-                        record = decode_line(line)
-                        if (record.partition, record.offset) in wanted:
-                            events.append(record.event)
-                        continue
-                    place = (int(start[1]), int(start[2]))
-                    if place not in wanted:
-                        continue
-                    obj = orjson.loads(line)
-                    event = obj.get("event")
-                    if (obj.get("partition"), obj.get("offset")) != place or type(
-                        event
-                    ) is not dict:
-                        raise ArchiveCorrupt(f"{where}: a line at {place} does not read back")
-                    events.append(event)
+        wanted: set[Placed] = set(placed)
+        events: list[dict[str, Any]] = []
+        for where, line in self._lines(segments):
+            start = _START.match(line)
+            if start is None:
+                record = decode_line(line)
+                if (record.partition, record.offset) in wanted:
+                    events.append(record.event)
+                continue
+            place = (int(start[1]), int(start[2]))
+            if place not in wanted:
+                continue
+            obj = orjson.loads(line)
+            event = obj.get("event")
+            if (obj.get("partition"), obj.get("offset")) != place or type(event) is not dict:
+                raise ArchiveCorrupt(f"{where}: a line at {place} does not read back")
+            events.append(event)
         return events
 
 

@@ -12,6 +12,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,18 @@ def stop(proc: subprocess.Popen[bytes]) -> str:
     return err.decode()
 
 
+@contextmanager
+def archive_group(kafka: KafkaSettings, values: dict[str, str]) -> Iterator[None]:
+    """``headrace consume archive`` in a process of its own, for the block: once it
+    reads the row-events topic, and stopped with SIGTERM at the end."""
+    proc = consumer_process(values)
+    try:
+        wait_for(lambda: group_reads(kafka, values), WAIT_S, "the archive group to join")
+        yield
+    finally:
+        stop(proc)
+
+
 def archive_table(schema: str, *extra: str) -> list[str]:
     return [
         "archive-table",
@@ -196,14 +209,10 @@ def test_old_rows_are_archived_verified_and_deleted_young_rows_kept(
 ) -> None:
     before = table_copy(db, schema)
     assert len(before) == OLD + YOUNG
-    proc = consumer_process(table_env)
-    try:
-        wait_for(lambda: group_reads(kafka, table_env), WAIT_S, "the archive group to join")
+    with archive_group(kafka, table_env):
         code, out, err = run(archive_table(schema, "--json"), capsys)
         assert code == 0, err
         assert '"rows":700' in out and '"deleted":700' in out and '"batches":3' in out
-    finally:
-        err = stop(proc)
     after = table_copy(db, schema)
     old = {str(i) for i in range(1, OLD + 1)}
     assert set(after) == set(before) - old  # every old row deleted, every young one kept
@@ -236,12 +245,8 @@ def test_an_archive_that_does_not_confirm_in_time_rolls_the_batch_back(
 ) -> None:
     before = table_copy(db, schema)
     slow = {**table_env, "HEADRACE_ARCHIVE__ROW_EVENTS_SEGMENT_AGE_S": "600"}  # never in time
-    proc = consumer_process(slow)
-    try:
-        wait_for(lambda: group_reads(kafka, table_env), WAIT_S, "the archive group to join")
+    with archive_group(kafka, slow):
         code, out, err = run(archive_table(schema, "--archive-timeout", "3"), capsys)
-    finally:
-        stop(proc)
     assert code == 1
     errors = [line for line in err.splitlines() if line.startswith("headrace: error:")]
     assert len(errors) == 1 and "did not hold all 300 row events within 3 s" in errors[0], err
@@ -341,14 +346,10 @@ def test_100k_rows_are_archived_and_deleted_with_zero_loss(
     values = {**table_env, "HEADRACE_ARCHIVE__MAX_SEGMENT_RECORDS": "100000"}
     before = table_copy(db, big_schema)
     assert len(before) == BIG + 100
-    proc = consumer_process(values)
-    try:
-        wait_for(lambda: group_reads(kafka, values), WAIT_S, "the archive group to join")
+    with archive_group(kafka, values):
         argv = ["archive-table", "--source", "t", "--table", f"{big_schema}.events"]
         code, out, err = run([*argv, "--older-than", "90d", "--json"], capsys)
         assert code == 0, err
-    finally:
-        stop(proc)
     summary = summary_of(out)
     assert summary["rows"] == summary["deleted"] == summary["verified"] == BIG
     assert summary["batches"] == -(-BIG // 10_000)  # the default batch size
@@ -368,9 +369,7 @@ def test_a_run_killed_mid_batch_keeps_the_batch_and_a_restart_archives_each_row_
     schema: str,
 ) -> None:
     before = table_copy(db, schema)
-    proc = consumer_process(table_env)
-    try:
-        wait_for(lambda: group_reads(kafka, table_env), WAIT_S, "the archive group to join")
+    with archive_group(kafka, table_env):
         # Batches of 300: the second dies after its events were published (and, at
         # before_commit, after its rows were deleted in the open transaction).
         killed = archiver(table_env, archive_table(schema), failpoints=f"{where}=2")
@@ -383,8 +382,6 @@ def test_a_run_killed_mid_batch_keeps_the_batch_and_a_restart_archives_each_row_
         again = archiver(table_env, archive_table(schema, "--json"))
         out, err = again.communicate(timeout=120)
         assert again.returncode == 0, err.decode()
-    finally:
-        stop(proc)
     assert summary_of(out)["rows"] == OLD - 300  # it resumed after batch 1
     old = {str(i) for i in range(1, OLD + 1)}
     assert set(table_copy(db, schema)) == set(before) - old
@@ -402,14 +399,10 @@ def test_two_archivers_of_one_table_at_once_archive_nothing_twice(
     schema: str,
 ) -> None:
     before = table_copy(db, schema)
-    proc = consumer_process(table_env)
-    try:
-        wait_for(lambda: group_reads(kafka, table_env), WAIT_S, "the archive group to join")
+    with archive_group(kafka, table_env):
         argv = archive_table(schema, "--json", "--batch-size", "50")  # 14 batches between them
         both = [archiver(table_env, argv), archiver(table_env, argv)]
         outcomes = [p.communicate(timeout=240) for p in both]
-    finally:
-        stop(proc)
     for p, (_, err) in zip(both, outcomes, strict=True):
         assert p.returncode == 0, err.decode()
     counts = [summary_of(out)["rows"] for out, _ in outcomes]
@@ -428,10 +421,9 @@ def test_an_archive_group_stopped_mid_run_rolls_the_batch_back_with_a_clear_mess
     schema: str,
 ) -> None:
     before = table_copy(db, schema)
-    proc = consumer_process(table_env)
     lines: list[str] = []
-    try:
-        wait_for(lambda: group_reads(kafka, table_env), WAIT_S, "the archive group to join")
+    # The archive group leaves when the block ends: mid-run.
+    with archive_group(kafka, table_env):
         runner = archiver(
             table_env, archive_table(schema, "--batch-size", "100", "--archive-timeout", "5")
         )
@@ -442,8 +434,6 @@ def test_an_archive_group_stopped_mid_run_rolls_the_batch_back_with_a_clear_mess
         )
         reader.start()
         wait_for(lambda: any(line.startswith("batch 1:") for line in lines), 120, "batch 1")
-    finally:
-        stop(proc)  # the archive group leaves mid-run
     code = runner.wait(timeout=120)
     reader.join(timeout=30)
     for pipe in (runner.stdout, runner.stderr):

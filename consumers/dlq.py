@@ -26,6 +26,7 @@ from headrace.kafka import (
     make_admin,
     make_consumer,
     make_producer,
+    watermarks,
 )
 from headrace.redact import REDACTOR
 from headrace.settings import KafkaSettings, Settings
@@ -129,9 +130,7 @@ def read_dead_letters(
                 return
             ends = {}
             for p in metadata.partitions:
-                _low, ends[p] = consumer.get_watermark_offsets(
-                    TopicPartition(topic, p), timeout=timeout_s
-                )
+                _low, ends[p] = watermarks(consumer, TopicPartition(topic, p), timeout_s=timeout_s)
             consumer.assign([TopicPartition(topic, p, 0) for p in ends])
             done = {p for p, end in ends.items() if end == 0}
             while len(done) < len(ends):

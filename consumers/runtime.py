@@ -52,7 +52,7 @@ from consumers.metrics import Metrics
 from headrace.collector import collector_paused
 from headrace.errors import ConsumeError, HeadraceError, Terminal, is_transient
 from headrace.history import Recorder
-from headrace.kafka import LIBRDKAFKA_SESSION_TIMEOUT_MS
+from headrace.kafka import LIBRDKAFKA_SESSION_TIMEOUT_MS, watermarks
 from headrace.kafka import consumer_config as make_config
 from headrace.settings import KafkaSettings
 from schemas.errors import DeserializationError
@@ -429,7 +429,7 @@ class ConsumerRuntime:
             if key in start:
                 tp.offset = max(start[key], committed.get(key, -1))
             self._begun[key] = max(start.get(key, -1), committed.get(key, -1))
-            _low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            _low, high = watermarks(consumer, tp)
             self._targets.setdefault((tp.topic, tp.partition), high)
         self._assigned |= set(wanted)
         consumer.assign(partitions)

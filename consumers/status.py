@@ -18,7 +18,7 @@ from rich.table import Table
 
 from consumers.groups import groups, topics_of
 from headrace.errors import ConfigError
-from headrace.kafka import cluster_metadata, make_consumer
+from headrace.kafka import cluster_metadata, make_consumer, watermarks
 from headrace.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,7 @@ def _dead_letters(settings: Settings) -> Counter[str]:
         meta = cluster_metadata(consumer, settings.kafka, topic).topics.get(topic)
         if meta is None or meta.error is not None:
             return counts
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in meta.partitions
-        }
+        ends = {p: watermarks(consumer, TopicPartition(topic, p))[1] for p in meta.partitions}
         consumer.assign([TopicPartition(topic, p, 0) for p, end in ends.items() if end])
         remaining = {p for p, end in ends.items() if end}
         deadline = time.monotonic() + 30
@@ -87,9 +84,7 @@ def group_status(settings: Settings, name: str) -> list[PartitionStatus]:
             if meta is not None and meta.error is None:
                 wanted += [TopicPartition(topic, p) for p in sorted(meta.partitions)]
         for tp in offsets.committed(wanted, timeout=10) if wanted else []:
-            _low, end = probe.get_watermark_offsets(
-                TopicPartition(tp.topic, tp.partition), timeout=10
-            )
+            _low, end = watermarks(probe, TopicPartition(tp.topic, tp.partition))
             committed = tp.offset if tp.offset >= 0 else None
             when = None
             if tp.metadata:

@@ -14,10 +14,11 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._metadata import ClusterMetadata  # not re-exported in its stubs
 from confluent_kafka.cimpl import NewTopic
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from headrace.errors import ConfigError, KafkaUnavailable, ProduceError
 from headrace.settings import KafkaSettings
@@ -147,6 +148,49 @@ def cluster_metadata(
         return client.list_topics(topic, timeout=timeout_s)
     except KafkaException as exc:
         raise KafkaUnavailable(settings.bootstrap_servers, timeout_s, exc.args[0].str()) from None
+
+
+# What a broker answers for a while after a topic is created, a leader moves or a
+# broker restarts: worth asking again, never worth stopping a group for.
+_PASSING = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TIMED_OUT,  # noqa: SLF001 - librdkafka's local codes
+        KafkaError._TRANSPORT,  # noqa: SLF001
+        KafkaError._ALL_BROKERS_DOWN,  # noqa: SLF001
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+    }
+)
+
+
+def is_passing(exc: BaseException) -> bool:
+    """A KafkaException a broker gives while leadership or a connection settles."""
+    if not isinstance(exc, KafkaException) or not exc.args:
+        return False
+    error = exc.args[0]
+    return isinstance(error, KafkaError) and (error.retriable() or error.code() in _PASSING)
+
+
+def watermarks(
+    consumer: Consumer, tp: TopicPartition, *, timeout_s: float = 10.0, retry_for_s: float = 60.0
+) -> tuple[int, int]:
+    """The low and high watermark of ``tp``, asked of its leader. A passing error (no
+    leader yet: a topic just created, a broker restarting) is asked again with backoff
+    for up to ``retry_for_s``; what stays is raised."""
+    for attempt in Retrying(
+        retry=retry_if_exception(is_passing),
+        wait=wait_exponential_jitter(multiplier=0.1, max=5, jitter=0.1),
+        stop=stop_after_delay(retry_for_s),
+        reraise=True,
+    ):
+        with attempt:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
+            return int(low), int(high)
+    raise AssertionError("unreachable: Retrying reraises")  # pragma: no cover
 
 
 def ensure_topics(

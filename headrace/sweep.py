@@ -32,7 +32,7 @@ from consumers.groups import groups, run_group, topics_of
 from consumers.verify.reconcile import verify_run
 from consumers.verify.report import RunReport
 from headrace.errors import HeadraceError
-from headrace.kafka import cluster_metadata, make_admin, make_consumer
+from headrace.kafka import cluster_metadata, make_admin, make_consumer, watermarks
 from headrace.settings import Settings
 from producers.command import IngestRequest, run_ingest
 from producers.ingest import Ingest, Summary
@@ -210,7 +210,7 @@ def _wait_committed(
         ends: dict[tuple[str, int], int] = {}
         for topic in topics:
             for p in cluster_metadata(probe, settings.kafka, topic).topics[topic].partitions:
-                _low, high = probe.get_watermark_offsets(KafkaPartition(topic, p), timeout=10)
+                _low, high = watermarks(probe, KafkaPartition(topic, p))
                 ends[(topic, p)] = high
         deadline = time.monotonic() + timeout_s
         while True:

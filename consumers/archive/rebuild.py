@@ -36,7 +36,7 @@ from confluent_kafka import TopicPartition as KafkaPartition
 from consumers.archive.sink import event_time_ms
 from consumers.groups import MODELS
 from headrace.errors import ConsumeError
-from headrace.kafka import make_consumer
+from headrace.kafka import make_consumer, watermarks
 from headrace.settings import Settings
 from schemas.errors import DeserializationError
 from schemas.models import Event
@@ -114,7 +114,7 @@ def _records(
     topic, partition = segment.topic, segment.partition
     tp = KafkaPartition(topic, partition)
     try:
-        low, high = consumer.get_watermark_offsets(tp, timeout=10)
+        low, high = watermarks(consumer, tp)
     except KafkaException as exc:
         raise ConsumeError(f"cannot read {topic}[{partition}]: {exc.args[0].str()}") from None
     if low > segment.first_offset:

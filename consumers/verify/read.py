@@ -30,7 +30,7 @@ from confluent_kafka import TopicPartition as KafkaPartition
 
 from consumers.verify.store import Row, write_file
 from headrace.errors import ConsumeError, HeadraceError
-from headrace.kafka import cluster_metadata, make_consumer
+from headrace.kafka import cluster_metadata, make_consumer, watermarks
 from headrace.settings import Settings
 from schemas.models import FileEvent, VerificationEvent
 from schemas.registry import make_registry_client
@@ -168,7 +168,7 @@ def records(
         partitions = list(metadata.partitions)
         ends, low = {}, {}
         for p in partitions:
-            low[p], ends[p] = consumer.get_watermark_offsets(KafkaPartition(topic, p), timeout=10)
+            low[p], ends[p] = watermarks(consumer, KafkaPartition(topic, p))
         if lows is not None:
             lows.update(low)
         position = dict.fromkeys(partitions, 0)

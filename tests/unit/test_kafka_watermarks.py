@@ -1,0 +1,45 @@
+"""headrace.kafka.watermarks: a broker's passing answers are asked again, others raised."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from headrace.kafka import is_passing, watermarks
+
+
+class _Consumer:
+    """get_watermark_offsets raising ``errors`` in turn, then answering (3, 9)."""
+
+    def __init__(self, *errors: int) -> None:
+        self.errors = list(errors)
+        self.asked = 0
+
+    def get_watermark_offsets(self, tp: TopicPartition, **_: Any) -> tuple[int, int]:
+        self.asked += 1
+        if self.errors:
+            raise KafkaException(KafkaError(self.errors.pop(0)))
+        return 3, 9
+
+
+def test_no_leader_yet_is_asked_again_until_the_leader_answers() -> None:
+    consumer = _Consumer(KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+    assert watermarks(consumer, TopicPartition("t", 0), retry_for_s=10) == (3, 9)  # type: ignore[arg-type]
+    assert consumer.asked == 3
+
+
+def test_an_error_that_stays_is_raised_after_the_retry_window() -> None:
+    consumer = _Consumer(*[KafkaError.NOT_LEADER_FOR_PARTITION] * 1000)
+    with pytest.raises(KafkaException):
+        watermarks(consumer, TopicPartition("t", 0), retry_for_s=0.3)  # type: ignore[arg-type]
+    assert 1 < consumer.asked < 1000
+
+
+def test_a_lasting_error_is_raised_at_once() -> None:
+    consumer = _Consumer(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    with pytest.raises(KafkaException):
+        watermarks(consumer, TopicPartition("t", 0))  # type: ignore[arg-type]
+    assert consumer.asked == 1
+    assert not is_passing(ValueError("x"))

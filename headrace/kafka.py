@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -25,6 +26,7 @@ from headrace.settings import KafkaSettings
 
 ClientConfig = dict[str, Any]
 _C = TypeVar("_C", Producer, Consumer, AdminClient)
+_T = TypeVar("_T")
 # librdkafka's session.timeout.ms when none is set: how long a dead member keeps its
 # partitions (consumers.instance sets the groups' own, consumer.session_timeout_s).
 LIBRDKAFKA_SESSION_TIMEOUT_MS = 45_000
@@ -193,6 +195,17 @@ def watermarks(
     raise AssertionError("unreachable: Retrying reraises")  # pragma: no cover
 
 
+def answer(future: Future[_T], timeout_s: float) -> _T:
+    """An admin call's result; no answer within ``timeout_s`` is a KafkaException of
+    librdkafka's _TIMED_OUT like the client's own timeouts (the future's bare
+    TimeoutError has no message, and callers handle KafkaException)."""
+    try:
+        return future.result(timeout=timeout_s)
+    except TimeoutError:
+        reason = f"no answer from the broker within {timeout_s:g} s"
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, reason)) from None  # noqa: SLF001
+
+
 def ensure_topics(
     admin: AdminClient,
     names: Iterable[str],
@@ -203,7 +216,10 @@ def ensure_topics(
     timeout_s: float = 30.0,
 ) -> list[str]:
     """Create the topics that do not exist yet; return the names created."""
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    try:
+        existing = set(admin.list_topics(timeout=timeout_s).topics)
+    except KafkaException as exc:
+        raise ProduceError(f"cannot list topics: {exc.args[0].str()}") from None
     wanted = [
         NewTopic(
             name,
@@ -219,7 +235,7 @@ def ensure_topics(
     created = []
     for name, future in admin.create_topics(wanted, request_timeout=timeout_s).items():
         try:
-            future.result(timeout=timeout_s)
+            answer(future, timeout_s)
         except KafkaException as exc:
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise ProduceError(f"cannot create topic {name}: {exc.args[0].str()}") from exc

@@ -32,7 +32,7 @@ from consumers.groups import groups, run_group, topics_of
 from consumers.verify.reconcile import verify_run
 from consumers.verify.report import RunReport
 from headrace.errors import HeadraceError
-from headrace.kafka import cluster_metadata, make_admin, make_consumer, watermarks
+from headrace.kafka import answer, cluster_metadata, make_admin, make_consumer, watermarks
 from headrace.settings import Settings
 from producers.command import IngestRequest, run_ingest
 from producers.ingest import Ingest, Summary
@@ -186,7 +186,7 @@ def catch_up(settings: Settings, name: str, timeout_s: float = 600.0) -> str:
 def _members(admin: AdminClient, group_id: str) -> int:
     """How many consumers are in the group now (0 for none, or no such group)."""
     try:
-        described = admin.describe_consumer_groups([group_id])[group_id].result(timeout=10)
+        described = answer(admin.describe_consumer_groups([group_id])[group_id], 10)
     except KafkaException:
         return 0
     return len(described.members)

@@ -29,6 +29,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from headrace.errors import ProduceError
 from headrace.kafka import (
+    answer,
     cluster_metadata,
     ensure_topics,
     make_admin,
@@ -106,7 +107,7 @@ class Publisher:
         ``max.message.bytes``: a ProduceError naming both, before anything is sent."""
         resource = ConfigResource(ConfigResource.Type.TOPIC, self.file_topic)
         try:
-            configs = admin.describe_configs([resource])[resource].result(self.connect_timeout_s)
+            configs = answer(admin.describe_configs([resource])[resource], self.connect_timeout_s)
         except KafkaException as exc:
             log.warning("cannot read %s's max.message.bytes: %s", self.file_topic, exc)
             return

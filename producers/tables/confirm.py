@@ -23,7 +23,7 @@ import orjson
 from confluent_kafka import KafkaException
 
 from headrace.errors import ServiceUnavailable
-from headrace.kafka import make_admin
+from headrace.kafka import answer, make_admin
 from headrace.settings import Settings
 from storage.archive import Backend, SegmentInfo, open_backend
 from storage.archive.layout import ArchiveCorrupt, decode_line
@@ -52,7 +52,7 @@ class ArchiveConfirm:
         admin = make_admin(self.settings.kafka)
         found = admin.describe_consumer_groups([self.group_id], request_timeout=timeout_s)
         try:
-            description = found[self.group_id].result(timeout=timeout_s)
+            description = answer(found[self.group_id], timeout_s)
         except KafkaException as exc:
             raise ServiceUnavailable(
                 "Kafka (describing the archive group)",

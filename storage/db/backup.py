@@ -382,12 +382,12 @@ def loader_running(settings: Settings) -> str | None:
 def _group_members(settings: Settings, group: str) -> int:
     from confluent_kafka import KafkaException  # noqa: PLC0415 - only when restoring
 
-    from headrace.kafka import make_admin  # noqa: PLC0415
+    from headrace.kafka import answer, make_admin  # noqa: PLC0415
 
     admin = make_admin(settings.kafka)
     try:
         found = admin.describe_consumer_groups([group], request_timeout=10)[group]
-        return len(found.result(timeout=10).members)
+        return len(answer(found, 10).members)
     except KafkaException as exc:
         log.warning("could not ask Kafka whether group %s has members: %s", group, exc)
         return 0

@@ -43,3 +43,17 @@ def test_a_lasting_error_is_raised_at_once() -> None:
         watermarks(consumer, TopicPartition("t", 0))  # type: ignore[arg-type]
     assert consumer.asked == 1
     assert not is_passing(ValueError("x"))
+
+
+def test_an_admin_call_without_an_answer_is_a_kafka_timeout_not_a_bare_timeout_error() -> None:
+    from concurrent.futures import Future
+
+    from headrace.kafka import answer
+
+    with pytest.raises(KafkaException) as raised:
+        answer(Future(), 0.01)
+    assert raised.value.args[0].code() == KafkaError._TIMED_OUT  # noqa: SLF001
+    assert "within 0.01 s" in raised.value.args[0].str()
+    done: Future[int] = Future()
+    done.set_result(7)
+    assert answer(done, 1) == 7

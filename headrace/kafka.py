@@ -11,7 +11,8 @@ answering is one :class:`~headrace.errors.KafkaUnavailable` line
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -204,6 +205,37 @@ def answer(future: Future[_T], timeout_s: float) -> _T:
     except TimeoutError:
         reason = f"no answer from the broker within {timeout_s:g} s"
         raise KafkaException(KafkaError(KafkaError._TIMED_OUT, reason)) from None  # noqa: SLF001
+
+
+class Hung(ProduceError):
+    """A librdkafka call that did not return within its own timeout and a margin: the
+    client it was called on is in an unknown state, never to be used again."""
+
+
+def within(timeout_s: float, call: Callable[[], _T], what: str) -> _T:
+    """``call()`` in a thread of its own, waited for at most ``timeout_s``; longer is a
+    :class:`Hung` naming ``what``. For the librdkafka calls that can block past their
+    own timeout: ``send_offsets_to_transaction`` waits forever for a group coordinator
+    that a broker restart decommissioned (librdkafka#5456, #5511, open in 2.16). The
+    thread is a daemon: if it never returns, it holds only the abandoned client."""
+    outcome: list[tuple[bool, Any]] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"librdkafka {what}", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise Hung(f"librdkafka's {what} did not return within {timeout_s:g} s")
+    returned, value = outcome[0]
+    if not returned:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def ensure_topics(

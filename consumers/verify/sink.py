@@ -34,7 +34,7 @@ from consumers.instance import InstanceSlot, instance_id
 from headrace import __version__
 from headrace.errors import ProduceError, Transient
 from headrace.failpoints import failpoint
-from headrace.kafka import ensure_topics, make_admin, make_producer
+from headrace.kafka import Hung, ensure_topics, make_admin, make_producer, within
 from headrace.settings import KafkaSettings
 from schemas.catalog import EventType
 from schemas.models import VerificationEvent, VerificationStatus
@@ -44,6 +44,8 @@ from storage.content.resolver import ContentResolver
 
 log = logging.getLogger(__name__)
 VERIFIER = f"headrace-verify {__version__}"
+# How long past its own timeout a librdkafka call may take before it counts as hung.
+HUNG_MARGIN_S = 10.0
 
 
 class VerifyUnavailable(ProduceError, Transient):
@@ -209,16 +211,21 @@ class VerifySink(Sink):
                 counted.append((str(event.get("content_strategy")), verification.status.value))
                 if not isinstance(outcome, ContentError):
                     outcome.discard()
-            producer.send_offsets_to_transaction(
-                [KafkaPartition(t, p, o) for (t, p), o in offsets.items()],
-                self._group_metadata(),
-                self._timeout_s,
+            positions = [KafkaPartition(t, p, o) for (t, p), o in offsets.items()]
+            group = self._group_metadata()
+            within(
+                self._timeout_s + HUNG_MARGIN_S,
+                lambda: producer.send_offsets_to_transaction(positions, group, self._timeout_s),
+                "send_offsets_to_transaction",
             )
             producer.flush(self._timeout_s)  # delivered, not yet visible
             failpoint("verify.before_commit")  # tests: die with the verifications in flight
             producer.commit_transaction(self._timeout_s)
         except KafkaException as exc:
             self._abort(exc)
+        except Hung as exc:  # a new producer of this id fences the transaction left open
+            self._producer = None
+            raise VerifyUnavailable(f"the verify transaction was abandoned: {exc}") from None
         for tp, offset in offsets.items():
             self._durable[tp] = max(self._durable.get(tp, 0), offset)
         for strategy, status in counted:

@@ -1,4 +1,4 @@
-"""headrace.kafka.watermarks: a broker's passing answers are asked again, others raised."""
+"""headrace.kafka's guarded calls: watermarks asked again, admin answers and hung calls bounded."""
 
 from __future__ import annotations
 
@@ -57,3 +57,23 @@ def test_an_admin_call_without_an_answer_is_a_kafka_timeout_not_a_bare_timeout_e
     done: Future[int] = Future()
     done.set_result(7)
     assert answer(done, 1) == 7
+
+
+def test_a_call_that_blocks_past_its_bound_is_hung_and_the_caller_goes_on() -> None:
+    import threading
+
+    from headrace.kafka import Hung, within
+
+    release = threading.Event()
+    with pytest.raises(Hung, match="send_offsets_to_transaction did not return within 0.05 s"):
+        within(0.05, lambda: release.wait(30), "send_offsets_to_transaction")
+    release.set()
+    assert within(5, lambda: 7, "x") == 7
+    with pytest.raises(KafkaException):
+        within(
+            5,
+            lambda: _Consumer(KafkaError.TOPIC_AUTHORIZATION_FAILED).get_watermark_offsets(
+                TopicPartition("t", 0)
+            ),
+            "x",
+        )

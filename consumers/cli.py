@@ -1,11 +1,23 @@
-"""``headrace consume GROUP``: run one consumer group until stopped (or caught up)."""
+"""``headrace consume GROUP``: run one consumer group until stopped (or caught up),
+as this process or, with ``--processes N``, as N worker processes under a supervisor."""
 
 from __future__ import annotations
 
-import click
+import sys
+import tempfile
+from pathlib import Path
 
-from consumers.groups import groups, run_group
+import click
+import orjson
+
+from consumers.groups import groups, run_group, topics_of
+from consumers.progress import WorkersCaughtUp, WorkerState
+from consumers.runtime import RuntimeStats
+from consumers.supervisor import RestartPolicy, Supervisor, describe_exit
+from headrace.errors import ConsumeError
+from headrace.kafka import cluster_metadata, ensure_topics, make_admin
 from headrace.settings import Settings
+from headrace.telemetry import current_run_id
 
 
 class _GroupName(click.ParamType):  # type: ignore[type-arg]
@@ -30,19 +42,128 @@ class _GroupName(click.ParamType):  # type: ignore[type-arg]
 @click.option(
     "--metrics-port",
     type=click.IntRange(min=0),
-    help="Port for /metrics and /healthz (0: none; default from settings).",
+    help="Port for /metrics and /healthz (0: none; default from settings); with"
+    " --processes, worker I serves port + I.",
 )
-@click.pass_obj
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1, max=256),
+    help="Worker processes of the group on this host, under a supervisor that restarts"
+    " one that dies (default: consumer.processes).",
+)
+@click.option("--worker-stats", type=click.Path(path_type=Path), hidden=True)
+@click.option("--report-to", type=click.Path(path_type=Path), hidden=True)
+@click.pass_context
 def consume(
-    settings: Settings, group: str, until_caught_up: bool, metrics_port: int | None
+    ctx: click.Context,
+    group: str,
+    until_caught_up: bool,
+    metrics_port: int | None,
+    processes: int | None,
+    worker_stats: Path | None,
+    report_to: Path | None,
 ) -> None:
     """Run the GROUP consumer group (archive, load, cache, verify, or one an installed
     package registers under the headrace.groups entry point): each group is its own
     Kafka consumer group, scaling out by partitions across processes and hosts.
     SIGTERM or SIGINT stops it cleanly: what is durable is committed and the group
     is left."""
-    stats = run_group(settings, group, until_caught_up=until_caught_up, metrics_port=metrics_port)
+    settings: Settings = ctx.obj
     group_id = settings.consumer.group_prefix + group
+    count = processes or settings.consumer.processes
+    if count > 1:
+        stats = _supervised(ctx, settings, group, count, until_caught_up, metrics_port)
+    else:
+        stats = run_group(
+            settings,
+            group,
+            until_caught_up=until_caught_up or report_to is not None,
+            metrics_port=metrics_port,
+            on_progress=WorkerState(report_to) if report_to is not None else None,
+        )
+        if worker_stats is not None:  # a supervisor's worker: the supervisor sums them up
+            worker_stats.write_bytes(
+                orjson.dumps({"processed": stats.processed, "dead_lettered": stats.dead_lettered})
+            )
+            return
     click.echo(
         f"{group_id}: {stats.processed} records written, {stats.dead_lettered} dead-lettered"
     )
+
+
+def _supervised(
+    ctx: click.Context,
+    settings: Settings,
+    group: str,
+    processes: int,
+    until_caught_up: bool,
+    metrics_port: int | None,
+) -> RuntimeStats:
+    """The group as ``processes`` workers (``headrace consume GROUP`` each, with this
+    command's settings) under a :class:`~consumers.supervisor.Supervisor`."""
+    kafka, consumer = settings.kafka, settings.consumer
+    group_id = consumer.group_prefix + group
+    topics = [getattr(kafka.topics, field) for field in topics_of(groups()[group])]
+    admin = make_admin(kafka)
+    cluster_metadata(admin, kafka)  # no broker: one line now, not N workers failing
+    ensure_topics(
+        admin, topics, partitions=kafka.partitions, replication_factor=kafka.replication_factor
+    )
+    port = consumer.metrics_port if metrics_port is None else metrics_port
+    root = ctx.find_root().params
+    head = [sys.executable, "-m", "headrace"]
+    if root.get("config"):
+        head += ["--config", str(root["config"])]
+    for option in ("log_format", "log_level"):
+        if root.get(option):
+            head += [f"--{option.replace('_', '-')}", str(root[option])]
+    run_id = current_run_id()
+    with tempfile.TemporaryDirectory(prefix="headrace-workers-") as tmp:
+        stats_dir = Path(tmp)
+        progress = WorkersCaughtUp(stats_dir, processes)
+        if until_caught_up:
+            progress.partitions(kafka, group_id, topics)  # what the workers must cover
+
+        def command(i: int) -> list[str]:
+            progress.forget(i)  # a worker started again has said nothing yet
+            report = ("--report-to", str(progress.path(i))) if until_caught_up else ()
+            return [
+                *head,
+                *("--run-id", f"{run_id}-w{i}"),
+                *("consume", group, "--processes", "1"),
+                *("--metrics-port", str(port + i if port else 0)),
+                *("--worker-stats", str(stats_dir / f"{i}.json")),
+                *report,
+            ]
+
+        supervisor = Supervisor(
+            group_id,
+            processes,
+            command,
+            policy=RestartPolicy(
+                max_deaths=consumer.restart_max, window_s=consumer.restart_window_s
+            ),
+            stop_timeout_s=consumer.stop_timeout_s,
+            caught_up=progress if until_caught_up else None,
+        )
+        code = supervisor.run()
+        stats = RuntimeStats()
+        for path in sorted(stats_dir.glob("*.json")):
+            done = orjson.loads(path.read_bytes())
+            stats.processed += int(done["processed"])
+            stats.dead_lettered += int(done["dead_lettered"])
+    if supervisor.gave_up is not None:
+        died = supervisor.gave_up
+        raise ConsumeError(
+            f"{group_id}: worker {died.index} {describe_exit(died.code)}"
+            f" {consumer.restart_max} times within {consumer.restart_window_s:.0f} s"
+            f" ({died.last_line or 'no output'}): gave up, the other workers were stopped"
+        )
+    if code != 0:
+        failed = [
+            f"worker {w.index} {describe_exit(w.last_code)}"
+            for w in supervisor.workers
+            if w.last_code not in (0, None)
+        ]
+        raise ConsumeError(f"{group_id}: {', '.join(failed)}")
+    return stats

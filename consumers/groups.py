@@ -18,7 +18,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from consumers.archive.sink import ArchiveSink
-from consumers.base import Sink
+from consumers.base import Sink, TopicPartition
 from consumers.dlq import DeadLetterQueue
 from consumers.instance import InstanceSlot, membership_config
 from consumers.metrics import Metrics
@@ -195,6 +195,7 @@ def run_group(
     *,
     until_caught_up: bool = False,
     metrics_port: int | None = None,
+    on_progress: Callable[[bool, frozenset[TopicPartition]], None] | None = None,
 ) -> RuntimeStats:
     """Run the group ``name`` until stopped (SIGTERM, SIGINT) or, with
     ``until_caught_up``, until the end offsets seen at start are reached."""
@@ -248,6 +249,7 @@ def run_group(
                 DeadLetterQueue(kafka, client, group_id),
                 metrics=metrics,
                 until_caught_up=until_caught_up,
+                on_progress=on_progress,
                 batch_size=settings.consumer.batch_size,
                 max_event_time_skew_s=settings.consumer.max_event_time_skew_s,
                 consumer_config=membership,

@@ -105,6 +105,10 @@ class ConsumerRuntime:
         assignment_wait_log_s: float = 5.0,
         history: Recorder | None = None,  # the operational history: per batch, and the lag
         history_lag_interval_s: float = 10.0,
+        # With until_caught_up: told after each batch whether this member has caught up
+        # (or holds nothing) and what it holds; the member then runs on until stopped
+        # (a supervisor's worker: the supervisor stops the group once all have).
+        on_progress: Callable[[bool, frozenset[TopicPartition]], None] | None = None,
     ) -> None:
         self.group, self.sink, self.dlq = group, sink, dlq
         self.decoders = dict(decoders)
@@ -112,6 +116,7 @@ class ConsumerRuntime:
         self.checks = {topic: check_for(d.model, skew_ms) for topic, d in self.decoders.items()}
         self.metrics = metrics or Metrics(group)
         self.until_caught_up = until_caught_up
+        self.on_progress = on_progress
         self.batch_size = min(batch_size, sink.capabilities.max_batch)
         self.poll_timeout_s = poll_timeout_s
         self.retry_for_s = retry_for_s
@@ -119,6 +124,10 @@ class ConsumerRuntime:
         config = make_config(kafka, group, consumer_config)
         self.instance_id: str | None = config.get("group.instance.id")
         self.session_s = int(config.get("session.timeout.ms", LIBRDKAFKA_SESSION_TIMEOUT_MS)) / 1000
+        # cooperative-sticky (KIP-429): a rebalance hands out and takes back only the
+        # partitions that move, through incremental_assign and incremental_unassign.
+        strategy = str(config.get("partition.assignment.strategy", ""))
+        self.incremental = strategy.startswith("cooperative")
         self.assignment_wait_log_s = assignment_wait_log_s
         self._consumer: Consumer = Consumer(config)
         sink.bind(self._consumer.consumer_group_metadata)
@@ -178,7 +187,7 @@ class ConsumerRuntime:
                 self.metrics.beat()
                 self._report_lag()
                 self._log_wait()
-                if self.until_caught_up and self._caught_up():
+                if self.until_caught_up and self._until_caught_up():
                     break
         finally:
             try:
@@ -192,6 +201,13 @@ class ConsumerRuntime:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
         return self.stats
+
+    def _until_caught_up(self) -> bool:
+        """Whether to stop now: caught up, unless a supervisor is told instead."""
+        if self.on_progress is None:
+            return self._caught_up()
+        self.on_progress(not self._assigned or self._caught_up(), frozenset(self._assigned))
+        return False
 
     def _record_batch(self, seconds: float) -> None:
         """The batch's figures into the operational history (the lag: _report_lag)."""
@@ -432,12 +448,20 @@ class ConsumerRuntime:
             _low, high = watermarks(consumer, tp)
             self._targets.setdefault((tp.topic, tp.partition), high)
         self._assigned |= set(wanted)
-        consumer.assign(partitions)
-        waited = time.monotonic() - (self._waiting_since or time.monotonic())
-        if self._wait_logged:
-            log.info("assigned %s after %.1f s", describe_partitions(wanted) or "nothing", waited)
+        if self.incremental:
+            consumer.incremental_assign(partitions)
         else:
-            log.info("assigned %s", describe_partitions(wanted) or "nothing")
+            consumer.assign(partitions)
+        waited = time.monotonic() - (self._waiting_since or time.monotonic())
+        handed = describe_partitions(wanted) or "nothing"
+        if self.incremental and len(self._assigned) > len(wanted):
+            handed = f"{handed} more (holding {describe_partitions(sorted(self._assigned))})"
+        if not wanted and self.incremental and self._waiting_since is None:
+            pass  # a cooperative rebalance that moved nothing of this member's
+        elif self._wait_logged:
+            log.info("assigned %s after %.1f s", handed, waited)
+        else:
+            log.info("assigned %s", handed)
         self._waiting_since, self._wait_logged = None, False
 
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
@@ -447,9 +471,14 @@ class ConsumerRuntime:
         self._commit(going)
         self._assigned -= going
         self._forget_lag(going)
-        consumer.unassign()
-        if not self._stop:
-            self._waiting()  # an eager rebalance: the next assignment follows
+        if self.incremental:
+            consumer.incremental_unassign(partitions)  # the rest are read on
+        else:
+            consumer.unassign()
+        if not self._stop and not self._assigned:
+            self._waiting()  # the next assignment follows
+        if going:
+            log.info("revoked %s", describe_partitions(sorted(going)))
 
     def _on_lost(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         lost = {(tp.topic, tp.partition) for tp in partitions}

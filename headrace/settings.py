@@ -337,6 +337,20 @@ class ConsumerSettings(_Section):
     # The processes' slots on this host (lock files): their group.instance.id (and the
     # verify group's transactional.id).
     instances_dir: Path = PROJECT_ROOT / ".headrace" / "instances"
+    # How partitions are handed out (partition.assignment.strategy). cooperative-sticky
+    # (KIP-429): a rebalance moves only the partitions that change owner, the others
+    # keep being read. All members of a group must use the same one.
+    assignment_strategy: Literal["cooperative-sticky", "range", "roundrobin"] = (
+        "cooperative-sticky"
+    )
+    # `headrace consume GROUP` runs this many worker processes of the group (--processes).
+    processes: int = Field(default=1, ge=1, le=256)
+    # A worker that dies is started again after a backoff (1 s doubling to 30 s); one
+    # that dies this many times within restart_window_s makes the supervisor give up.
+    restart_max: int = Field(default=5, ge=1)
+    restart_window_s: float = Field(default=300.0, gt=0)
+    # How long a stopping worker may take to commit what is durable before SIGKILL.
+    stop_timeout_s: float = Field(default=60.0, gt=0)
 
 
 class ArchiveSettings(_Section):

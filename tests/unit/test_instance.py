@@ -63,6 +63,12 @@ def test_in_one_process_the_runtime_and_its_sink_share_the_slot(tmp_path: Path) 
 
 def test_dynamic_membership_and_keys_kafka_extra_sets_are_left_out() -> None:
     dynamic = ConsumerSettings(static_membership=False, session_timeout_s=45)
-    assert membership_config(dynamic, "g", 0) == {"session.timeout.ms": 45_000}
-    config = membership_config(ConsumerSettings(), "g", 3, {"session.timeout.ms": "6000"})
+    assert membership_config(dynamic, "g", 0) == {
+        "session.timeout.ms": 45_000,
+        "partition.assignment.strategy": "cooperative-sticky",
+    }
+    extra = {"session.timeout.ms": "6000", "partition.assignment.strategy": "range"}
+    config = membership_config(ConsumerSettings(), "g", 3, extra)
     assert config == {"group.instance.id": f"g.{socket.gethostname()}.3"}
+    eager = ConsumerSettings(assignment_strategy="range")
+    assert membership_config(eager, "g", 0)["partition.assignment.strategy"] == "range"

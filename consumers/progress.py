@@ -1,0 +1,91 @@
+"""Whether the workers of a supervised group have all caught up.
+
+``--until-caught-up`` cannot be judged from the group's committed offsets: the archive
+group makes records durable (and commits them) only when it publishes a segment, so
+what it has read may be minutes ahead of what it committed. Each worker instead runs
+with ``until_caught_up`` and, after every batch, writes to its own state file whether
+it has read its partitions to the end offsets it saw when it was handed them (or holds
+nothing) and which partitions it holds. The supervisor stops the group once every
+worker says so and their partitions together cover every partition of the group's
+topics that holds records: each then makes what it read durable and commits it as it
+stops, like a single process at its end.
+
+A worker that is started again has its file removed first, so a dead worker's claim
+never counts; a claim made before a rebalance stays true, because a revoked partition
+is made durable and committed before its next owner reads on from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+import orjson
+from confluent_kafka import TopicPartition as KafkaPartition
+
+from consumers.base import TopicPartition
+from headrace.kafka import cluster_metadata, make_consumer, watermarks
+from headrace.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+class WorkerState:
+    """A worker's side: writes its state file when what it says changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._said: tuple[bool, frozenset[TopicPartition]] | None = None
+
+    def __call__(self, caught_up: bool, assigned: frozenset[TopicPartition]) -> None:
+        if (caught_up, assigned) == self._said:
+            return
+        self._said = (caught_up, assigned)
+        body = orjson.dumps({"caught_up": caught_up, "assigned": sorted(assigned)})
+        staged = self.path.with_suffix(".tmp")
+        staged.write_bytes(body)
+        os.replace(staged, self.path)  # the supervisor never reads half a file
+
+
+class WorkersCaughtUp:
+    """The supervisor's side: ``partitions()`` once, before the workers start; then
+    calling it says whether every worker has caught up. The constructor does no I/O."""
+
+    def __init__(self, directory: Path, workers: int) -> None:
+        self.directory, self.workers = directory, workers
+        self.wanted: set[TopicPartition] = set()
+
+    def path(self, worker: int) -> Path:
+        return self.directory / f"{worker}.state"
+
+    def forget(self, worker: int) -> None:
+        """A worker (re)starting: what its predecessor said no longer counts."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path(worker).unlink()
+
+    def partitions(self, kafka: KafkaSettings, group_id: str, topics: list[str]) -> None:
+        """The partitions that hold records now: the workers must cover them."""
+        probe = make_consumer(kafka, group_id)  # never subscribes: never joins the group
+        try:
+            for topic in topics:
+                meta = cluster_metadata(probe, kafka, topic).topics[topic]
+                for p in meta.partitions:
+                    low, high = watermarks(probe, KafkaPartition(topic, p))
+                    if high > low:
+                        self.wanted.add((topic, p))
+        finally:
+            probe.close()
+
+    def __call__(self) -> bool:
+        covered: set[TopicPartition] = set()
+        for worker in range(self.workers):
+            try:
+                state = orjson.loads(self.path(worker).read_bytes())
+            except (FileNotFoundError, orjson.JSONDecodeError):
+                return False  # not started yet, or started again: not said yet
+            if not state["caught_up"]:
+                return False
+            covered.update((str(t), int(p)) for t, p in state["assigned"])
+        return self.wanted <= covered

@@ -126,8 +126,9 @@ def group_members(kafka: KafkaSettings, env: dict[str, str]) -> int:
     return len(description.result(timeout=10).members)
 
 
-def drain(capsys: pytest.CaptureFixture[str]) -> str:
-    code, out, err = run(["consume", "archive", "--until-caught-up"], capsys)
+def drain(capsys: pytest.CaptureFixture[str], processes: int = 1) -> str:
+    argv = ["consume", "archive", "--until-caught-up", "--processes", str(processes)]
+    code, out, err = run(argv, capsys)
     assert code == 0, err
     return out
 
@@ -136,26 +137,30 @@ def expected(n: int) -> Counter[str]:
     return Counter(f"f{i:05d}.txt" for i in range(n))
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 def test_clean_run_archives_each_event_once(
     env: dict[str, str],
     kafka: KafkaSettings,
     registry: RegistrySettings,
     capsys: pytest.CaptureFixture[str],
+    processes: int,
 ) -> None:
     publish(env, kafka, registry, 0, 400)
-    assert "400 records written" in drain(capsys)
+    assert "400 records written" in drain(capsys, processes)
     assert archived(env) == expected(400)
     assert verify(Path(env["HEADRACE_ARCHIVE__ROOT"])) == []
     # A second run finds its place in the archive's own manifests: nothing twice.
-    assert "0 records written" in drain(capsys)
+    assert "0 records written" in drain(capsys, processes)
     assert archived(env) == expected(400)
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 def test_sigkill_mid_segment_then_restart_archives_each_event_once(
     env: dict[str, str],
     kafka: KafkaSettings,
     registry: RegistrySettings,
     capsys: pytest.CaptureFixture[str],
+    processes: int,
 ) -> None:
     publish(env, kafka, registry, 0, 3000)
     proc = consumer_process(env)
@@ -164,7 +169,7 @@ def test_sigkill_mid_segment_then_restart_archives_each_event_once(
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
-    drain(capsys)
+    drain(capsys, processes)  # the restart: one process, or two
     assert archived(env) == expected(3000)
     assert verify(Path(env["HEADRACE_ARCHIVE__ROOT"])) == []
 

@@ -191,8 +191,9 @@ def state(rows: list[tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
     }
 
 
-def consume(capsys: pytest.CaptureFixture[str]) -> str:
-    code, out, err = run(["consume", "load", "--until-caught-up"], capsys)
+def consume(capsys: pytest.CaptureFixture[str], processes: int = 1) -> str:
+    argv = ["consume", "load", "--until-caught-up", "--processes", str(processes)]
+    code, out, err = run(argv, capsys)
     assert code == 0, err
     return out
 
@@ -210,15 +211,17 @@ def history() -> list[FileEvent]:
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 def test_duplicates_out_of_order_versions_and_deletes_end_in_the_expected_state(
-    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], processes: int
 ) -> None:
     events = history()
     run_started = RunEvent(
         run_id="run-1", kind=RunEventKind.STARTED, project="p", source="/src", event_time=T0
     )
     publish(env, [run_started, *events])
-    assert f"{len(events) + 1} records written, 0 dead-lettered" in consume(capsys)
+    written = consume(capsys, processes)
+    assert f"{len(events) + 1} records written, 0 dead-lettered" in written
     rows = table()
     assert state(rows) == expected(events)
     a = next(r for r in rows if r[1] == "a.txt")
@@ -230,7 +233,7 @@ def test_duplicates_out_of_order_versions_and_deletes_end_in_the_expected_state(
     # A replay from offset zero (a new group: no ledger, no committed offset) changes
     # nothing, not even updated_at.
     os.environ["HEADRACE_CONSUMER__GROUP_PREFIX"] += "replay."
-    consume(capsys)
+    consume(capsys, processes)
     assert table() == rows
 
 

@@ -67,7 +67,8 @@ class RestartPolicy:
 class WorkerDied(Exception):  # noqa: N818 - what tenacity retries on
     def __init__(self, index: int, code: int, last_line: str) -> None:
         self.index, self.code, self.last_line = index, code, last_line
-        super().__init__(f"worker {index} {describe_exit(code)}: {last_line or 'no output'}")
+        said = f": {last_line}" if last_line else ""
+        super().__init__(f"worker {index} {describe_exit(code)}{said}")
 
 
 class GaveUp(ConsumeError):
@@ -91,7 +92,7 @@ class Worker:
     proc: subprocess.Popen[bytes] | None = None
     deaths: deque[float] = field(default_factory=deque)  # monotonic times
     starts: int = 0
-    last_line: str = ""  # of its output: its error line if it printed one
+    last_line: str = ""  # its error line ("headrace: error: ..."), if it printed one
     last_code: int | None = None
 
     @property
@@ -128,6 +129,7 @@ class Supervisor:
         self.gave_up: WorkerDied | None = None
         self.reached_end = False
         self._stopping = threading.Event()
+        self._signal: int | None = None
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
 
@@ -152,9 +154,21 @@ class Supervisor:
             log.info("%s: starting %d worker processes", self.name, len(self.workers))
             for thread in threads:
                 thread.start()
-            while not self._stopping.wait(0.5):
-                if self.caught_up is not None and self.caught_up():
-                    log.info("%s: every worker has read its partitions to the end: stopping", self.name)
+            looked = 0.0
+            while not self._stopping.is_set():
+                # Polled, not waited on: the signal handler only sets a flag (an
+                # Event.set() there can deadlock on the lock this thread's wait holds).
+                time.sleep(0.1)
+                if self._signal is not None:
+                    name = signal.Signals(self._signal).name
+                    log.info("%s: %s: stopping every worker", self.name, name)
+                    self.stop()
+                    break
+                if self.caught_up is None or time.monotonic() - looked < 0.5:
+                    continue
+                looked = time.monotonic()
+                if self.caught_up():
+                    log.info("%s: every worker read its partitions to the end", self.name)
                     self.reached_end = True
                     self.stop()
         finally:
@@ -182,8 +196,7 @@ class Supervisor:
                     worker.proc.send_signal(signal.SIGTERM)
 
     def _signalled(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("%s: %s: stopping every worker", self.name, signal.Signals(signum).name)
-        self.stop()
+        self._signal = signum  # run() stops the workers: no lock may be taken here
 
     # --- one worker slot ------------------------------------------------------------
 
@@ -239,8 +252,10 @@ class Supervisor:
         log.info("%s: worker %d started (pid %d)", self.name, worker.index, proc.pid)
         self._relay(worker, proc)
         code = proc.wait()
+        if code == -signal.SIGTERM and self._stopping.is_set():
+            code = 0  # stopped before it could take the signal itself: nothing was begun
         worker.last_code = code
-        if code == 0 or (self._stopping.is_set() and code in (-signal.SIGTERM, 0)):
+        if code == 0:
             log.info("%s: worker %d stopped", self.name, worker.index)
             return
         if self._stopping.is_set():
@@ -254,13 +269,11 @@ class Supervisor:
     def _relay(self, worker: Worker, proc: subprocess.Popen[bytes]) -> None:
         """The worker's output, line by line, to ours; its last error line is kept."""
         assert proc.stdout is not None  # noqa: S101 - a pipe was asked for
-        worker.last_line, erred = "", False
+        worker.last_line = ""
         for raw in proc.stdout:
             line = raw.decode(errors="replace").rstrip("\n")
             if line.startswith("headrace: error: "):
-                worker.last_line, erred = line.removeprefix("headrace: error: "), True
-            elif line.strip() and not erred:
-                worker.last_line = line.strip()
+                worker.last_line = line.removeprefix("headrace: error: ")
             with self._write_lock:
                 self.output.write(line + "\n")
                 self.output.flush()

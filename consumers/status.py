@@ -1,4 +1,5 @@
-"""``headrace status``: per group, lag per partition, last commit time, dead letters."""
+"""``headrace status``: per group, its members and what each holds, lag per partition,
+last commit time, dead letters."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from typing import Any
 
 import click
 import orjson
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
 from consumers.groups import groups, topics_of
 from headrace.errors import ConfigError
-from headrace.kafka import cluster_metadata, make_consumer, watermarks
+from headrace.kafka import answer, cluster_metadata, make_admin, make_consumer, watermarks
 from headrace.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,56 @@ class PartitionStatus:
     end: int
     lag: int
     committed_at: str | None
+    member: str | None = None  # the member holding it now: its instance id, or client id
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """A live member of a group, as its coordinator describes it."""
+
+    member_id: str
+    instance_id: str | None  # group.instance.id: group.host.slot with static membership
+    client_id: str
+    host: str
+    partitions: list[str]  # "topic[partition]" it holds
+
+
+@dataclass(frozen=True)
+class GroupMembers:
+    state: str  # STABLE, PREPARING_REBALANCE, EMPTY, ... or UNKNOWN if not answered
+    assignor: str
+    members: list[MemberStatus]
+
+
+def group_members(settings: Settings, group: str) -> GroupMembers:
+    """The group's members and what each holds (``DescribeConsumerGroups``); a broker
+    that does not answer gives state UNKNOWN and no members, with a warning."""
+    admin = make_admin(settings.kafka)
+    try:
+        found = admin.describe_consumer_groups([group], request_timeout=10)[group]
+        described = answer(found, 10)
+    except KafkaException as exc:
+        log.warning("group %s: members not described: %s", group, exc.args[0].str())
+        return GroupMembers("UNKNOWN", "", [])
+    members = [
+        MemberStatus(
+            m.member_id,
+            m.group_instance_id,
+            m.client_id,
+            m.host,
+            [
+                f"{tp.topic}[{tp.partition}]"
+                for tp in sorted(
+                    m.assignment.topic_partitions if m.assignment else [],
+                    key=lambda tp: (tp.topic, tp.partition),
+                )
+            ],
+        )
+        for m in described.members
+    ]
+    members.sort(key=lambda m: (m.instance_id or "", m.member_id))
+    state = getattr(described.state, "name", str(described.state))
+    return GroupMembers(state, described.partition_assignor or "", members)
 
 
 def _dead_letters(settings: Settings) -> Counter[str]:
@@ -111,13 +162,24 @@ def group_status(settings: Settings, name: str) -> list[PartitionStatus]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.pass_obj
 def status(settings: Settings, as_json: bool) -> None:
-    """Per consumer group: lag per partition, last commit time, dead-letter count."""
+    """Per consumer group: its members (processes) and the partitions each holds, lag per
+    partition, last commit time, dead-letter count."""
     letters = _dead_letters(settings)
     report: dict[str, dict[str, Any]] = {}
     for name in groups():
         group = settings.consumer.group_prefix + name
+        members = group_members(settings, group)
+        holder = {
+            part: m.instance_id or m.client_id for m in members.members for part in m.partitions
+        }
         report[group] = {
-            "partitions": [asdict(r) for r in group_status(settings, name)],
+            "state": members.state,
+            "assignor": members.assignor,
+            "members": [asdict(m) for m in members.members],
+            "partitions": [
+                {**asdict(r), "member": holder.get(f"{r.topic}[{r.partition}]")}
+                for r in group_status(settings, name)
+            ],
             "dead_letters": letters.get(group, 0),
         }
     if as_json:
@@ -132,7 +194,9 @@ def status(settings: Settings, as_json: bool) -> None:
             "end",
             "lag",
             "last commit",
-            title=f"{group}: {info['dead_letters']} dead letters",
+            "member",
+            title=f"{group}: {len(info['members'])} members ({info['state'].lower()}),"
+            f" {info['dead_letters']} dead letters",
         )
         for row in info["partitions"]:
             table.add_row(
@@ -142,5 +206,6 @@ def status(settings: Settings, as_json: bool) -> None:
                 str(row["end"]),
                 str(row["lag"]),
                 row["committed_at"] or "-",
+                row["member"] or "-",
             )
         console.print(table)

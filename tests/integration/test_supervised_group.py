@@ -1,10 +1,12 @@
 """A group of two worker processes under `headrace consume GROUP --processes 2`, against
 real Kafka and PostgreSQL: a worker SIGKILLed mid-run is started again by the supervisor
 and every event is still archived (and loaded) exactly once; SIGTERM to the supervisor
-stops both workers cleanly, with every partition committed to its end."""
+stops both workers cleanly, with every partition committed to its end; `headrace status`
+shows the members and what each holds."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -85,6 +87,23 @@ def test_a_sigkilled_worker_is_started_again_and_sigterm_stops_both_committed(
         wait_for(lambda: sum(archived(env).values()) >= 2800, 120, "the rest archived")
         group = env["HEADRACE_CONSUMER__GROUP_PREFIX"] + "archive"
         topic = env["HEADRACE_KAFKA__TOPICS__FILE_EVENTS"]
+        # `headrace status` shows the two members and which partitions each holds.
+        shown = subprocess.run(
+            [sys.executable, "-m", "headrace", "status", "--json"],
+            env={**os.environ, **env},
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+        report = json.loads(shown.stdout)[group]
+        members = report["members"]
+        assert len(members) == 2 and report["state"] == "STABLE", report
+        assert {m["instance_id"].rsplit(".", 1)[1] for m in members} == {"0", "1"}
+        held = [p for m in members for p in m["partitions"] if p.startswith(topic)]
+        assert sorted(held) == [f"{topic}[{p}]" for p in range(3)]  # each by one member
+        by_member = {m["instance_id"]: set(m["partitions"]) for m in members}
+        for row in report["partitions"]:
+            assert f"{row['topic']}[{row['partition']}]" in by_member[row["member"]]
     finally:
         if proc.poll() is None:
             stop(proc, log)

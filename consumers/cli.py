@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 import orjson
 
 from consumers.groups import groups, run_group, topics_of
-from consumers.progress import WorkersCaughtUp, WorkerState
+from consumers.progress import JoinBarrier, WorkersCaughtUp, WorkerState
 from consumers.runtime import RuntimeStats
 from consumers.supervisor import RestartPolicy, Supervisor, describe_exit
 from headrace.errors import ConsumeError
@@ -53,6 +54,7 @@ class _GroupName(click.ParamType):  # type: ignore[type-arg]
 )
 @click.option("--worker-stats", type=click.Path(path_type=Path), hidden=True)
 @click.option("--report-to", type=click.Path(path_type=Path), hidden=True)
+@click.option("--join-with", type=(click.Path(path_type=Path), int, int), hidden=True)
 @click.pass_context
 def consume(
     ctx: click.Context,
@@ -62,6 +64,7 @@ def consume(
     processes: int | None,
     worker_stats: Path | None,
     report_to: Path | None,
+    join_with: tuple[Path, int, int] | None,
 ) -> None:
     """Run the GROUP consumer group (archive, load, cache, verify, or one an installed
     package registers under the headrace.groups entry point): each group is its own
@@ -80,6 +83,7 @@ def consume(
             until_caught_up=until_caught_up or report_to is not None,
             metrics_port=metrics_port,
             on_progress=WorkerState(report_to) if report_to is not None else None,
+            before_join=_barrier(join_with),
         )
         if worker_stats is not None:  # a supervisor's worker: the supervisor sums them up
             worker_stats.write_bytes(
@@ -89,6 +93,15 @@ def consume(
     click.echo(
         f"{group_id}: {stats.processed} records written, {stats.dead_lettered} dead-lettered"
     )
+
+
+def _barrier(join_with: tuple[Path, int, int] | None) -> Callable[[], None] | None:
+    """A supervised worker's wait to subscribe with the others (DIR, WORKERS, INDEX)."""
+    if join_with is None:
+        return None
+    directory, workers, index = join_with
+    barrier = JoinBarrier(directory, workers)
+    return lambda: barrier.arrive(index)
 
 
 def _supervised(
@@ -121,6 +134,7 @@ def _supervised(
     with tempfile.TemporaryDirectory(prefix="headrace-workers-") as tmp:
         stats_dir = Path(tmp)
         progress = WorkersCaughtUp(stats_dir, processes)
+        barrier = JoinBarrier(stats_dir, processes)
         if until_caught_up:
             progress.partitions(kafka, group_id, topics)  # what the workers must cover
 
@@ -133,6 +147,7 @@ def _supervised(
                 *("consume", group, "--processes", "1"),
                 *("--metrics-port", str(port + i if port else 0)),
                 *("--worker-stats", str(stats_dir / f"{i}.json")),
+                *("--join-with", str(stats_dir), str(processes), str(i)),
                 *report,
             ]
 
@@ -145,6 +160,7 @@ def _supervised(
             ),
             stop_timeout_s=consumer.stop_timeout_s,
             caught_up=progress if until_caught_up else None,
+            barrier=barrier,
         )
         code = supervisor.run()
         stats = RuntimeStats()
@@ -154,10 +170,11 @@ def _supervised(
             stats.dead_lettered += int(done["dead_lettered"])
     if supervisor.gave_up is not None:
         died = supervisor.gave_up
+        said = f" (last: {died.last_line})" if died.last_line else ""
         raise ConsumeError(
             f"{group_id}: worker {died.index} {describe_exit(died.code)}"
-            f" {consumer.restart_max} times within {consumer.restart_window_s:.0f} s"
-            f" ({died.last_line or 'no output'}): gave up, the other workers were stopped"
+            f" {consumer.restart_max} times within {consumer.restart_window_s:.0f} s{said}:"
+            " gave up, the other workers were stopped"
         )
     if code != 0:
         failed = [

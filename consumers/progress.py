@@ -1,4 +1,14 @@
-"""Whether the workers of a supervised group have all caught up.
+"""The workers of a supervised group: joining together, and whether all caught up.
+
+**Joining together.** cooperative-sticky assignment balances the number of partitions
+each member holds, not each topic's: members that join one after another (100 ms
+apart was enough on the local stack, whose broker has no initial rebalance delay) end
+with whole topics each, the first keeping the file events and the second the run
+events, one worker doing nearly all the work. Members that join within a few
+milliseconds of each other are assigned in one generation, each topic spread over all.
+So each worker, ready to subscribe, says so (a ``.ready`` file) and waits for the
+supervisor's ``go``, which comes when all are ready (or after a bound); a worker
+started again later joins at once (its static membership gives it its old partitions).
 
 ``--until-caught-up`` cannot be judged from the group's committed offsets: the archive
 group makes records durable (and commits them) only when it publishes a segment, so
@@ -20,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from pathlib import Path
 
 import orjson
@@ -30,6 +41,26 @@ from headrace.kafka import cluster_metadata, make_consumer, watermarks
 from headrace.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+
+
+class JoinBarrier:
+    """Workers subscribe together: ``arrive`` (worker side) blocks until ``release``."""
+
+    def __init__(self, directory: Path, workers: int) -> None:
+        self.directory, self.workers = directory, workers
+        self.go = directory / "go"
+
+    def arrive(self, worker: int, timeout_s: float = 120.0) -> None:
+        (self.directory / f"{worker}.ready").touch()
+        deadline = time.monotonic() + timeout_s
+        while not self.go.exists() and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+    def all_ready(self) -> bool:
+        return all((self.directory / f"{i}.ready").exists() for i in range(self.workers))
+
+    def release(self) -> None:
+        self.go.touch()
 
 
 class WorkerState:

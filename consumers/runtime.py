@@ -109,6 +109,7 @@ class ConsumerRuntime:
         # (or holds nothing) and what it holds; the member then runs on until stopped
         # (a supervisor's worker: the supervisor stops the group once all have).
         on_progress: Callable[[bool, frozenset[TopicPartition]], None] | None = None,
+        before_join: Callable[[], None] | None = None,  # called just before subscribing
     ) -> None:
         self.group, self.sink, self.dlq = group, sink, dlq
         self.decoders = dict(decoders)
@@ -116,7 +117,7 @@ class ConsumerRuntime:
         self.checks = {topic: check_for(d.model, skew_ms) for topic, d in self.decoders.items()}
         self.metrics = metrics or Metrics(group)
         self.until_caught_up = until_caught_up
-        self.on_progress = on_progress
+        self.on_progress, self.before_join = on_progress, before_join
         self.batch_size = min(batch_size, sink.capabilities.max_batch)
         self.poll_timeout_s = poll_timeout_s
         self.retry_for_s = retry_for_s
@@ -155,6 +156,8 @@ class ConsumerRuntime:
     def run(self) -> RuntimeStats:
         previous = {sig: signal.signal(sig, self.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         consumer = self._consumer
+        if self.before_join is not None:
+            self.before_join()
         consumer.subscribe(
             list(self.decoders),
             on_assign=self._on_assign,

@@ -21,6 +21,9 @@ out and, when a worker restarts, moves as few of them as it can.
   batch, whether it has read its partitions to their ends and which it holds
   (:mod:`consumers.progress`); once all have and together they hold every partition
   with records, the supervisor stops them, and each commits as it stops.
+- **Joining together.** Each worker waits to subscribe until all are ready, so they
+  join in one generation and each topic is spread over all of them (see
+  :mod:`consumers.progress` for why).
 - **Exit.** 0 when every worker's last exit was clean; 1 otherwise, or when it gave up.
 
 Each worker's output goes to the supervisor's stderr unchanged (its log records carry
@@ -42,7 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, Protocol
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
@@ -52,6 +55,14 @@ from headrace.errors import ConsumeError
 log = logging.getLogger(__name__)
 
 Command = Callable[[int], Sequence[str]]  # worker index -> argv
+
+
+class Barrier(Protocol):
+    """Holds the workers back until all can subscribe together (consumers.progress)."""
+
+    def all_ready(self) -> bool: ...
+
+    def release(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,8 @@ class Supervisor:
         output: IO[str] | None = None,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        barrier: Barrier | None = None,
+        join_timeout_s: float = 60.0,
     ) -> None:
         if processes < 1:
             raise ValueError("processes must be at least 1")
@@ -125,6 +138,7 @@ class Supervisor:
         self.caught_up = caught_up
         self.output = output if output is not None else sys.stderr
         self.env, self.cwd = env, cwd
+        self.barrier, self.join_timeout_s = barrier, join_timeout_s
         self.workers = [Worker(i) for i in range(processes)]
         self.gave_up: WorkerDied | None = None
         self.reached_end = False
@@ -154,7 +168,7 @@ class Supervisor:
             log.info("%s: starting %d worker processes", self.name, len(self.workers))
             for thread in threads:
                 thread.start()
-            looked = 0.0
+            looked, began, released = 0.0, time.monotonic(), self.barrier is None
             while not self._stopping.is_set():
                 # Polled, not waited on: the signal handler only sets a flag (an
                 # Event.set() there can deadlock on the lock this thread's wait holds).
@@ -164,6 +178,11 @@ class Supervisor:
                     log.info("%s: %s: stopping every worker", self.name, name)
                     self.stop()
                     break
+                if not released and self.barrier is not None:
+                    waited = time.monotonic() - began
+                    if self.barrier.all_ready() or waited > self.join_timeout_s:
+                        self.barrier.release()  # all subscribe now, within milliseconds
+                        released = True
                 if self.caught_up is None or time.monotonic() - looked < 0.5:
                     continue
                 looked = time.monotonic()

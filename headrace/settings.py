@@ -337,12 +337,13 @@ class ConsumerSettings(_Section):
     # The processes' slots on this host (lock files): their group.instance.id (and the
     # verify group's transactional.id).
     instances_dir: Path = PROJECT_ROOT / ".headrace" / "instances"
-    # How partitions are handed out (partition.assignment.strategy). cooperative-sticky
-    # (KIP-429): a rebalance moves only the partitions that change owner, the others
-    # keep being read. All members of a group must use the same one.
-    assignment_strategy: Literal["cooperative-sticky", "range", "roundrobin"] = (
-        "cooperative-sticky"
-    )
+    # How partitions are handed out (partition.assignment.strategy); all members of a
+    # group must use the same one. roundrobin spreads every topic over the members;
+    # cooperative-sticky (KIP-429) moves only the partitions that change owner but
+    # balances counts, not topics: members that joined 100 ms apart ended with a
+    # topic each, one of them doing all the file events (docs/performance.md).
+    # Static membership already keeps a restart from moving any partition.
+    assignment_strategy: Literal["roundrobin", "cooperative-sticky", "range"] = "roundrobin"
     # `headrace consume GROUP` runs this many worker processes of the group (--processes).
     processes: int = Field(default=1, ge=1, le=256)
     # A worker that dies is started again after a backoff (1 s doubling to 30 s); one

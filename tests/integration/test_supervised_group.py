@@ -10,11 +10,13 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from confluent_kafka import Consumer
 from confluent_kafka import TopicPartition as KafkaPartition
@@ -153,3 +155,58 @@ def test_a_worker_that_keeps_dying_ends_the_group_with_one_line(env: dict[str, s
     ), last
     assert "Traceback" not in done.stderr
     assert time.monotonic() - began < 120  # two starts and a backoff, not a hang
+
+
+def _free_pair() -> int:
+    """A port P with P and P + 1 both free now."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        with socket.socket() as second:
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two free ports in a row")
+
+
+def test_each_worker_serves_its_metrics_and_registers_it(
+    env: dict[str, str], kafka: KafkaSettings, registry: RegistrySettings, tmp_path: Path
+) -> None:
+    targets = tmp_path / "targets"
+    port = _free_pair()
+    log = tmp_path / "supervisor.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "headrace", "consume", "archive", "--processes", "2",
+             "--metrics-port", str(port)],
+            env={**os.environ, **env, "HEADRACE_METRICS__TARGETS_DIR": str(targets)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: assigned(log, 0) and assigned(log, 1), 90, "both workers assigned")
+        publish(env, kafka, registry, 0, 300)  # now: some for each worker
+        wait_for(lambda: len(list(targets.glob("*.json"))) == 2, 30, "two registered targets")
+        registered = sorted(
+            t for f in targets.glob("*.json") for entry in json.loads(f.read_text())
+            for t in entry["targets"]
+        )  # fmt: skip
+        assert registered == [f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"]
+        group = env["HEADRACE_CONSUMER__GROUP_PREFIX"] + "archive"
+        counted = f'headrace_records_processed_total{{group="{group}"'
+
+        def both_counted() -> bool:  # each worker's own records, on its own port
+            return all(
+                counted in httpx.get(f"http://127.0.0.1:{p}/metrics", timeout=10).text
+                for p in (port, port + 1)
+            )
+
+        wait_for(both_counted, 60, "both workers' counters")
+        for p in (port, port + 1):
+            assert httpx.get(f"http://127.0.0.1:{p}/healthz", timeout=10).status_code == 200
+    finally:
+        stop(proc, log)
+    assert list(targets.glob("*.json")) == []  # each removed its own as it stopped

@@ -65,10 +65,12 @@ def test_dynamic_membership_and_keys_kafka_extra_sets_are_left_out() -> None:
     dynamic = ConsumerSettings(static_membership=False, session_timeout_s=45)
     assert membership_config(dynamic, "g", 0) == {
         "session.timeout.ms": 45_000,
-        "partition.assignment.strategy": "cooperative-sticky",
+        "partition.assignment.strategy": "roundrobin",
     }
     extra = {"session.timeout.ms": "6000", "partition.assignment.strategy": "range"}
     config = membership_config(ConsumerSettings(), "g", 3, extra)
     assert config == {"group.instance.id": f"g.{socket.gethostname()}.3"}
-    eager = ConsumerSettings(assignment_strategy="range")
-    assert membership_config(eager, "g", 0)["partition.assignment.strategy"] == "range"
+    sticky = ConsumerSettings(assignment_strategy="cooperative-sticky")
+    assert (
+        membership_config(sticky, "g", 0)["partition.assignment.strategy"] == "cooperative-sticky"
+    )

@@ -9,6 +9,10 @@ milliseconds of each other are assigned in one generation, each topic spread ove
 So each worker, ready to subscribe, says so (a ``.ready`` file) and waits for the
 supervisor's ``go``, which comes when all are ready (or after a bound); a worker
 started again later joins at once (its static membership gives it its old partitions).
+With the default roundrobin assignor it saves the rebalances of members trickling in;
+with cooperative-sticky it is what spreads the topics, on a broker whose
+``group.initial.rebalance.delay.ms`` (3 s by default; 0 on the local stack, where the
+first member still gets its generation alone) holds the first assignment for them.
 
 ``--until-caught-up`` cannot be judged from the group's committed offsets: the archive
 group makes records durable (and commits them) only when it publishes a segment, so

@@ -6,8 +6,9 @@ supervisor starts N workers, each an ordinary ``headrace consume GROUP`` with th
 settings (its environment and ``--config``): each joins the group with its own instance
 slot (so its own ``group.instance.id``), keeps its positions in the sink per partition
 and commits what is durable, exactly as a single process does. The group's assignor
-(``consumer.assignment_strategy``, cooperative-sticky by default) hands the partitions
-out and, when a worker restarts, moves as few of them as it can.
+(``consumer.assignment_strategy``, roundrobin by default) spreads each topic's
+partitions over the workers; a worker started again takes its predecessor's slot, so
+its static membership and its partitions, without a rebalance.
 
 - **Signals.** SIGTERM or SIGINT to the supervisor is forwarded to every worker; each
   commits what is durable and leaves the group. One still running after

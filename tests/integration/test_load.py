@@ -317,11 +317,13 @@ def add_forbidden_path_rule() -> None:
         sql("ALTER TABLE files ADD CONSTRAINT no_forbidden_paths CHECK (path <> 'forbidden.txt')")
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 def test_unresolvable_and_refused_events_are_dead_lettered_and_loading_goes_on(
     env: dict[str, str],
     kafka: KafkaSettings,
     registry: RegistrySettings,
     capsys: pytest.CaptureFixture[str],
+    processes: int,
 ) -> None:
     database().close()  # migrated
     add_forbidden_path_rule()
@@ -331,7 +333,7 @@ def test_unresolvable_and_refused_events_are_dead_lettered_and_loading_goes_on(
     )
     forbidden = file_event("forbidden.txt", 1, "no")
     publish(env, [*good[:10], missing_ref, *good[10:20], forbidden, *good[20:]])
-    assert "30 records written, 2 dead-lettered" in consume(capsys)
+    assert "30 records written, 2 dead-lettered" in consume(capsys, processes)
     assert sorted(state(table())) == sorted(e.path for e in good)
     letters = dead_letters(env, kafka, registry)
     by_reason = {letter.reason: letter for letter in letters}

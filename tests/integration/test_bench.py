@@ -3,7 +3,9 @@
 import json
 import subprocess
 import sys
+import uuid
 
+from headrace.kafka import ensure_topics, make_admin
 from headrace.settings import (
     PROJECT_ROOT,
     KafkaSettings,
@@ -162,3 +164,19 @@ def test_archive_table_benchmark_runs_small(
     assert any(line.startswith("baseline COPY TO STDOUT:") for line in lines)
     assert any("rows/s" in line and "of COPY's rows/s" in line for line in lines)
     assert lines[-1].startswith("proof: 0 rows left in the table; 3,000 archived, 3,000 of 3,000")
+
+
+def test_assignors_probe_shows_how_each_spreads_the_topics(kafka: KafkaSettings) -> None:
+    tag = uuid.uuid4().hex[:8]
+    topics = [f"test.assign-{tag}.hot", f"test.assign-{tag}.cold"]
+    ensure_topics(make_admin(kafka), topics, partitions=4, replication_factor=1)
+    env = {"HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers}
+    spread = bench("assignors.py", "--strategy", "roundrobin", "--offset", "0.3",
+                   "--seconds", "8", *topics, env=env)  # fmt: skip
+    for member in (0, 1):  # each topic over both
+        assert f"member {member}: {topics[1]} 2, {topics[0]} 2" in spread.stdout, spread.stdout
+    sticky = bench("assignors.py", "--strategy", "cooperative-sticky", "--offset", "0.3",
+                   "--seconds", "8", *topics, env=env)  # fmt: skip
+    # The second member, joining after the first generation, is handed a whole topic.
+    held = [line for line in sticky.stdout.splitlines() if line.startswith("  member")]
+    assert len(held) == 2 and all(line.count(" 4") == 1 for line in held), sticky.stdout

@@ -61,6 +61,7 @@ from schemas.serde import HEADER_SIZE
 from schemas.validation import DEFAULT_MAX_SKEW_S, check_for
 
 log = logging.getLogger(__name__)
+CONSUME_MAX = 1_000_000  # the most records one Consumer.consume call hands over
 # _process builds Records and Decodeds by position, with tuple.__new__: in this order.
 if Record._fields != ("topic", "partition", "offset", "timestamp_ms", "key", "value", "headers"):
     raise ImportError("Record's fields changed: update ConsumerRuntime._process")
@@ -112,7 +113,8 @@ class ConsumerRuntime:
         self.checks = {topic: check_for(d.model, skew_ms) for topic, d in self.decoders.items()}
         self.metrics = metrics or Metrics(group)
         self.until_caught_up = until_caught_up
-        self.batch_size = min(batch_size, sink.capabilities.max_batch)
+        wanted = sink.capabilities.batch_size or batch_size  # the sink's own setting first
+        self.batch_size = min(wanted, sink.capabilities.max_batch, CONSUME_MAX)
         self.poll_timeout_s = poll_timeout_s
         self.retry_for_s = retry_for_s
         self.stats = RuntimeStats()

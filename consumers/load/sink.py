@@ -1,5 +1,7 @@
 """The load group's sink: each batch is one database transaction holding its file
-rows, run rows and the ledger entries of the offsets they came from.
+rows, run rows and the ledger entries of the offsets they came from. A batch holds
+up to ``load.batch_size`` records (``batch_size``: the runtime reads it from the
+capabilities, over ``consumer.batch_size``), as the archive backfill's transactions do.
 
 A write that returns is durable, so ``durable`` advances with every batch; on
 assignment each partition starts at the ledger's next offset (Kafka's committed
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 
 from consumers.base import Decoded, Sink, SinkCapabilities, TopicPartition
 from consumers.errors import RecordsRefused
@@ -48,7 +51,7 @@ log = logging.getLogger(__name__)
 
 
 class LoadSink(Sink):
-    capabilities = SinkCapabilities(durable_on_write=True, max_batch=50_000, needs_models=False)
+    capabilities = SinkCapabilities(durable_on_write=True, max_batch=1_000_000, needs_models=False)
 
     def __init__(
         self,
@@ -62,8 +65,11 @@ class LoadSink(Sink):
         bucket_exists: Callable[[str], bool] | None = None,
         backups: PeriodicBackup | None = None,
         metrics: LoadMetrics | None = None,
+        batch_size: int | None = None,  # load.batch_size: records per transaction
     ) -> None:
         self.db, self.group = db, group
+        if batch_size is not None:  # the live group's batches follow it (the runtime reads it)
+            self.capabilities = replace(LoadSink.capabilities, batch_size=batch_size)
         self.backups = backups  # load.backup_interval_s: the database backed up meanwhile
         self.metrics = metrics
         self.file_topic, self.run_topic = file_topic, run_topic

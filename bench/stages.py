@@ -37,6 +37,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,40 @@ class _TimedDatabase(PostgresDatabase):
             self.clock["write"] += time.perf_counter() - began
 
 
+class _BehindDatabase(_TimedDatabase):
+    """An experiment, for measuring only (``--overlap``): each write runs in a thread
+    while the runtime decodes the next batch, and the next write waits for it. It claims
+    a batch durable before it is, and a failed write surfaces one batch late: not for
+    use, only to see whether the overlap would pay on this machine."""
+
+    pending: Future[WriteResult] | None = None
+    pool: ThreadPoolExecutor
+
+    def write(
+        self,
+        files: Sequence[FileRow],
+        runs: Sequence[RunRow] = (),
+        ledger: Sequence[LedgerEntry] = (),
+    ) -> WriteResult:
+        began = time.perf_counter()
+        self.drain()  # the runtime's thread waits only here: that is its write stage
+        self.clock["write"] += time.perf_counter() - began
+        self.pending = self.pool.submit(PostgresDatabase.write, self, files, runs, ledger)
+        return WriteResult(len(files), 0, len(runs))
+
+    def drain(self) -> None:
+        if self.pending is not None:
+            self.pending.result()
+            self.pending = None
+
+    def close(self) -> None:
+        began = time.perf_counter()
+        self.drain()
+        self.clock["write"] += time.perf_counter() - began
+        self.pool.shutdown()
+        super().close()
+
+
 class _TimedArchive(Archive):
     clock: Clock
 
@@ -214,6 +249,11 @@ def main() -> None:
     parser.add_argument("--bytes", type=int, nargs=2, default=(200, 600), metavar=("MIN", "MAX"))
     parser.add_argument("--groups", nargs="+", default=["archive", "load"])
     parser.add_argument("--runs", type=int, default=1, help="drains of each group (median)")
+    parser.add_argument(
+        "--overlap",
+        action="store_true",
+        help="load: each write in a thread while the next batch is decoded (an experiment)",
+    )
     args = parser.parse_args()
     settings, n = load_settings(), args.events
     tag = uuid.uuid4().hex[:8]
@@ -254,9 +294,13 @@ def main() -> None:
             for run in range(args.runs):
 
                 def load_sink(clock: Clock, name: str = f"{schema}_{run}") -> Any:
-                    db = _TimedDatabase(settings.postgres, schema=name)
+                    db = (_BehindDatabase if args.overlap else _TimedDatabase)(
+                        settings.postgres, schema=name
+                    )
                     db.migrate()
                     db.clock = clock
+                    if isinstance(db, _BehindDatabase):
+                        db.pool = ThreadPoolExecutor(1, thread_name_prefix="write-behind")
                     return _timing_sink(LoadSink, clock)(
                         db, "bench", file_topic=topic, run_topic=f"{topic}.runs"
                     )

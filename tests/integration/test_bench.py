@@ -162,3 +162,21 @@ def test_archive_table_benchmark_runs_small(
     assert any(line.startswith("baseline COPY TO STDOUT:") for line in lines)
     assert any("rows/s" in line and "of COPY's rows/s" in line for line in lines)
     assert lines[-1].startswith("proof: 0 rows left in the table; 3,000 archived, 3,000 of 3,000")
+
+
+def test_stages_benchmark_reports_every_stage_of_both_groups(
+    kafka: KafkaSettings, registry: RegistrySettings, postgres: PostgresSettings
+) -> None:
+    env = {
+        "HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "HEADRACE_REGISTRY__URL": registry.url,
+        "HEADRACE_POSTGRES__HOST": postgres.host,
+        "HEADRACE_POSTGRES__PORT": str(postgres.port),
+        "HEADRACE_CONSUMER__METRICS_PORT": "0",
+    }
+    done = bench("stages.py", "--events", "2000", env=env)
+    out = done.stdout
+    assert "x bare consumer" in out and "x Database.write" in out and "x COPY" in out
+    for stage in ("poll", "decode", "build", "write", "commit"):
+        assert out.count(f" {stage} ") == 2, out
+    assert out.count("s/100k") == 2

@@ -22,6 +22,7 @@ binary ``COPY`` of them (the load's).
 
     .venv/bin/python bench/stages.py                               # both groups
     .venv/bin/python bench/stages.py --groups load --bytes 2000 4000 --runs 3
+    .venv/bin/python bench/stages.py --events 20000 --offline 5 --groups   # code paths only
     .venv/bin/python bench/stages.py --events 3000                 # a quick check (CI)
 """
 
@@ -46,13 +47,13 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg  # noqa: E402 - after the path
-from confluent_kafka import Message  # noqa: E402
+from confluent_kafka import Consumer, Message  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 from bench.archive import raw_drain  # noqa: E402
 from bench.load import copy_baseline, publish, write_only  # noqa: E402
 from consumers.archive.sink import ArchiveSink  # noqa: E402
-from consumers.base import Decoded  # noqa: E402
+from consumers.base import Decoded, Sink, SinkCapabilities  # noqa: E402
 from consumers.dlq import DeadLetterQueue  # noqa: E402
 from consumers.load.sink import LoadSink  # noqa: E402
 from consumers.metrics import Metrics  # noqa: E402
@@ -105,6 +106,9 @@ class _StagedRuntime(ConsumerRuntime):
         spent = time.perf_counter() - began
         self.clock["decode"] += spent - (self.clock["sink"] - sink_before)
 
+    def process(self, messages: Sequence[Message]) -> None:
+        self._process(messages)
+
     def _commit(self, only: set[tuple[str, int]] | None = None) -> None:
         began = time.perf_counter()
         super()._commit(only)
@@ -115,7 +119,7 @@ def _timing_sink(base: type[Any], clock: Clock) -> type[Any]:
     """``base`` (a sink class) with its ``write`` timed: the sink's time less storage's is
     the build stage."""
 
-    class TimedSink(base):  # type: ignore[misc,valid-type]
+    class TimedSink(base):  # type: ignore[misc]
         def write(self, batch: Sequence[Decoded]) -> None:
             began, storage = time.perf_counter(), clock["write"]
             super().write(batch)
@@ -228,6 +232,89 @@ def run_group(
     return clock, stats.processed
 
 
+class _NoSink(Sink):
+    capabilities = SinkCapabilities(durable_on_write=True, needs_models=False)
+
+    def write(self, batch: Sequence[Decoded]) -> None:
+        pass
+
+    def durable(self) -> dict[tuple[str, int], int]:
+        return {}
+
+
+class _NoDatabase(PostgresDatabase):
+    def write(
+        self,
+        files: Sequence[FileRow],
+        runs: Sequence[RunRow] = (),
+        ledger: Sequence[LedgerEntry] = (),
+    ) -> WriteResult:
+        return WriteResult(len(files), 0, len(runs))
+
+
+class _NoLetters:
+    def flush(self) -> None:
+        pass
+
+
+def offline(settings: Settings, topic: str, n: int, passes: int) -> None:
+    """The code paths alone: the topic's messages fetched first, then through
+    ``ConsumerRuntime._process`` in batches of 5,000 into a sink that does nothing
+    (runtime and decoding), the LoadSink over a database that does nothing (rows), the
+    ArchiveSink on a local directory (lines; publishing at close apart); the best of
+    ``passes``, in CPU time of this thread (waiting for a core does not count)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": f"bench-offline-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    messages: list[Message] = []
+    while len(messages) < n:
+        messages += [m for m in consumer.consume(10_000, 1.0) if m.error() is None]
+    consumer.close()
+    best: dict[str, float] = {}
+    with make_registry_client(settings.registry) as client, tempfile.TemporaryDirectory() as tmp:
+        sinks: dict[str, Callable[[], Any]] = {
+            "runtime+decode": _NoSink,
+            "load": lambda: LoadSink(
+                _NoDatabase(settings.postgres), "g", file_topic=topic, run_topic="-"
+            ),
+            "archive": lambda: ArchiveSink(Archive(Path(tempfile.mkdtemp(dir=tmp)))),
+        }
+        for name, make in sinks.items():
+            for _ in range(passes):
+                runtime = _StagedRuntime(
+                    settings.kafka,
+                    "bench-offline",
+                    {topic: EventDeserializer(client, FileEvent)},
+                    make(),
+                    _NoLetters(),  # type: ignore[arg-type]
+                    metrics=Metrics("bench-offline"),
+                )
+                runtime.clock = defaultdict(float)
+                runtime.process(messages[:500])  # the schema fetched, the code warm
+                began = time.thread_time()
+                for i in range(0, n, 5000):
+                    runtime.process(messages[i : i + 5000])
+                spent = time.thread_time() - began
+                best[name] = min(best.get(name, spent), spent)
+                if name == "archive":
+                    began = time.thread_time()
+                    runtime.sink.close()
+                    spent = time.thread_time() - began
+                    best["publish"] = min(best.get("publish", spent), spent)
+    us = {k: v / n * 1e6 for k, v in best.items()}
+    print(
+        f"  code paths alone, best of {passes}, CPU us/record: runtime+decode"
+        f" {us['runtime+decode']:.2f}, load build {us['load'] - us['runtime+decode']:.2f},"
+        f" archive build {us['archive'] - us['runtime+decode']:.2f},"
+        f" archive publish {us['publish']:.2f}"
+    )
+
+
 def report(label: str, clocks: list[Clock], n: int, baseline: float, what: str) -> None:
     """One line of medians per stage, in us per record."""
     med = {k: statistics.median(c[k] for c in clocks) for k in (*STAGES, "wall", "cpu")}
@@ -247,8 +334,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--bytes", type=int, nargs=2, default=(200, 600), metavar=("MIN", "MAX"))
-    parser.add_argument("--groups", nargs="+", default=["archive", "load"])
+    parser.add_argument("--groups", nargs="*", default=["archive", "load"])
     parser.add_argument("--runs", type=int, default=1, help="drains of each group (median)")
+    parser.add_argument(
+        "--offline",
+        type=int,
+        metavar="PASSES",
+        help="also the code paths alone, without Kafka or storage: best of PASSES",
+    )
     parser.add_argument(
         "--overlap",
         action="store_true",
@@ -272,6 +365,8 @@ def main() -> None:
         f" {args.runs} run(s)"
     )
     try:
+        if args.offline:
+            offline(settings, topic, n, args.offline)
         if "archive" in args.groups:
             raw_s = statistics.median(raw_drain(topic, n) for _ in range(args.runs))
             print(f"  {'bare consumer drain':<22} {raw_s / n * 1e6:5.2f} us/record  baseline")

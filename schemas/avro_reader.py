@@ -7,8 +7,8 @@ written with the reader's own schema, :func:`compile_reader` turns the parsed
 schema once into straight-line Python working on the ``bytes`` with an index:
 about twice as fast on a FileEvent. It gives what fastavro gives, the same
 dict with the same field order and the same values, logical types through
-fastavro's own converters (tests/unit/test_avro_reader.py checks it against
-fastavro). Anything it does not know (resolution between two schemas, a type
+fastavro's own converters but for timestamps, which are made inline with the
+same result (tests/unit/test_avro_reader.py checks it all against fastavro). Anything it does not know (resolution between two schemas, a type
 it has no code for, arrays of nulls) is left to fastavro: :func:`compile_reader`
 returns None.
 

@@ -260,7 +260,7 @@ def test_sigkill_between_the_transaction_and_the_commit_loads_each_event_once(
         [sys.executable, "-m", "headrace", "consume", "load", "--until-caught-up"],
         env={
             **os.environ,
-            "HEADRACE_CONSUMER__BATCH_SIZE": "100",
+            "HEADRACE_LOAD__BATCH_SIZE": "100",  # the live load group's batches
             "HEADRACE_FAILPOINTS": "load.after_write=3",
         },
         capture_output=True,

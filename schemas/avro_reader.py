@@ -8,9 +8,10 @@ schema once into straight-line Python working on the ``bytes`` with an index:
 about twice as fast on a FileEvent. It gives what fastavro gives, the same
 dict with the same field order and the same values, logical types through
 fastavro's own converters but for timestamps, which are made inline with the
-same result (tests/unit/test_avro_reader.py checks it all against fastavro). Anything it does not know (resolution between two schemas, a type
-it has no code for, arrays of nulls) is left to fastavro: :func:`compile_reader`
-returns None.
+same result (tests/unit/test_avro_reader.py checks it all against fastavro).
+Anything it does not know (resolution between two schemas, a type it has no
+code for, arrays of nulls) is left to fastavro: :func:`compile_reader` returns
+None.
 
 Bytes that are not a record of the schema raise: IndexError (truncated),
 ValueError (a length, index or varint out of range), KeyError (an enum or

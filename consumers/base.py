@@ -69,6 +69,9 @@ class SinkCapabilities:
     durable_on_write: bool  # True: a returned write() is durable (a database transaction)
     max_batch: int = 10_000
     needs_models: bool = True  # False: Decoded.fields (a plain dict) is enough
+    # Records per batch the sink's own setting asks for (the load group's
+    # load.batch_size); None: the runtime's (consumer.batch_size). Capped by max_batch.
+    batch_size: int | None = None
 
 
 class Sink(ABC):

@@ -75,6 +75,7 @@ def _load_sink(settings: Settings, group_id: str, metrics: Metrics) -> Sink:
         if settings.load.backup_interval_s > 0
         else None,
         metrics=LoadMetrics(metrics.registry, group_id, settings.load.backend),
+        batch_size=settings.load.batch_size,  # a live batch is one transaction of that size
     )
 
 

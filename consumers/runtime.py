@@ -29,6 +29,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from types import FrameType
 from typing import Any, Protocol
 
@@ -61,6 +62,8 @@ from schemas.serde import HEADER_SIZE
 from schemas.validation import DEFAULT_MAX_SKEW_S, check_for
 
 log = logging.getLogger(__name__)
+_topic_of = attrgetter("record.topic")  # counted per batch in C, not a generator per record
+CONSUME_MAX = 1_000_000  # the most records one Consumer.consume call hands over
 # _process builds Records and Decodeds by position, with tuple.__new__: in this order.
 if Record._fields != ("topic", "partition", "offset", "timestamp_ms", "key", "value", "headers"):
     raise ImportError("Record's fields changed: update ConsumerRuntime._process")
@@ -118,7 +121,8 @@ class ConsumerRuntime:
         self.metrics = metrics or Metrics(group)
         self.until_caught_up = until_caught_up
         self.on_progress, self.before_join = on_progress, before_join
-        self.batch_size = min(batch_size, sink.capabilities.max_batch)
+        wanted = sink.capabilities.batch_size or batch_size  # the sink's own setting first
+        self.batch_size = min(wanted, sink.capabilities.max_batch, CONSUME_MAX)
         self.poll_timeout_s = poll_timeout_s
         self.retry_for_s = retry_for_s
         self.stats = RuntimeStats()
@@ -329,7 +333,7 @@ class ConsumerRuntime:
             self._write(batch[half:])
             return
         self.stats.processed += len(batch)
-        for topic, count in collections.Counter(d.record.topic for d in batch).items():
+        for topic, count in collections.Counter(map(_topic_of, batch)).items():
             self.metrics.processed.labels(self.group, topic).inc(count)
 
     def _with_retries(self, call: Callable[[], None]) -> None:

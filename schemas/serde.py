@@ -152,7 +152,13 @@ class EventDeserializer(Generic[E]):
             )
         compiled = self._compiled_by_header.get(data[:HEADER_SIZE])
         if compiled is not None:  # a header seen before, of the reader's own schema
-            return self._read_compiled(compiled, data)
+            try:  # _read_compiled inline: this is every record's path
+                record, end = compiled(data, HEADER_SIZE)
+            except Exception:  # noqa: BLE001 - every way bytes can be wrong: said below
+                return self._read_compiled(compiled, data)
+            if end == len(data):
+                return record  # type: ignore[no-any-return]
+            return self._read_compiled(compiled, data)  # raises: bytes left after the record
         if data[0] != MAGIC_BYTE:
             raise DeserializationError(
                 Reason.BAD_MAGIC_BYTE, f"first byte is {data[0]}, not 0: not Confluent wire format"

@@ -1,5 +1,7 @@
 """The load group's sink: each batch is one database transaction holding its file
-rows, run rows and the ledger entries of the offsets they came from.
+rows, run rows and the ledger entries of the offsets they came from. A batch holds
+up to ``load.batch_size`` records (``batch_size``: the runtime reads it from the
+capabilities, over ``consumer.batch_size``), as the archive backfill's transactions do.
 
 A write that returns is durable, so ``durable`` advances with every batch; on
 assignment each partition starts at the ledger's next offset (Kafka's committed
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 
 from consumers.base import Decoded, Sink, SinkCapabilities, TopicPartition
 from consumers.errors import RecordsRefused
@@ -48,7 +51,7 @@ log = logging.getLogger(__name__)
 
 
 class LoadSink(Sink):
-    capabilities = SinkCapabilities(durable_on_write=True, max_batch=50_000, needs_models=False)
+    capabilities = SinkCapabilities(durable_on_write=True, max_batch=1_000_000, needs_models=False)
 
     def __init__(
         self,
@@ -62,8 +65,11 @@ class LoadSink(Sink):
         bucket_exists: Callable[[str], bool] | None = None,
         backups: PeriodicBackup | None = None,
         metrics: LoadMetrics | None = None,
+        batch_size: int | None = None,  # load.batch_size: records per transaction
     ) -> None:
         self.db, self.group = db, group
+        if batch_size is not None:  # the live group's batches follow it (the runtime reads it)
+            self.capabilities = replace(LoadSink.capabilities, batch_size=batch_size)
         self.backups = backups  # load.backup_interval_s: the database backed up meanwhile
         self.metrics = metrics
         self.file_topic, self.run_topic = file_topic, run_topic
@@ -77,27 +83,37 @@ class LoadSink(Sink):
         runs: list[RunRow] = []
         ranges: dict[TopicPartition, list[int]] = {}  # first, last, count
         refused: list[tuple[int, Terminal]] = []
+        # Every record loaded passes here: locals, no method call of our own per record.
+        file_topic, run_topic, mode = self.file_topic, self.run_topic, self.content
+        complete, add_file = self.row_content.complete, files.append
         for i, d in enumerate(batch):
-            r = d.record
-            if r.topic == self.file_topic:
-                try:
-                    files.append(self._file(d))
+            r, _, _, fields = d  # needs_models=False: the fields are set
+            if fields is None:
+                fields = d.as_dict()
+            topic, partition, offset = r.topic, r.partition, r.offset
+            if topic == file_topic:
+                try:  # the row, its content checked (and resolved where the mode says)
+                    row = file_row(fields, topic, partition, offset, mode, r.timestamp_ms)
+                    add_file(complete(row, fields))
                 except (UnresolvableEvent, ContentError) as exc:
                     if not isinstance(exc, Terminal):
                         raise  # the store is down: the batch is retried
                     refused.append((i, exc))
                     continue
-            elif r.topic == self.run_topic:
-                runs.append(run_row(d.as_dict(), r.topic, r.partition, r.offset))
+            elif topic == run_topic:
+                runs.append(run_row(fields, topic, partition, offset))
             else:
-                raise ValueError(f"the load group does not read {r.topic}")
+                raise ValueError(f"the load group does not read {topic}")
             if refused:
                 continue  # the batch is refused as a whole below; no need to count
-            span = ranges.get((r.topic, r.partition))
+            span = ranges.get((topic, partition))
             if span is None:
-                ranges[(r.topic, r.partition)] = [r.offset, r.offset, 1]
+                ranges[(topic, partition)] = [offset, offset, 1]
             else:
-                span[0], span[1] = min(span[0], r.offset), max(span[1], r.offset)
+                if offset < span[0]:
+                    span[0] = offset
+                elif offset > span[1]:
+                    span[1] = offset
                 span[2] += 1
         if refused:
             raise RecordsRefused(refused)
@@ -120,12 +136,6 @@ class LoadSink(Sink):
         for (topic, partition), (_first, last, _count) in ranges.items():
             key = (topic, partition)
             self._durable[key] = max(self._durable.get(key, 0), last + 1)
-
-    def _file(self, d: Decoded) -> FileRow:
-        """The record's row, its content checked (and resolved where the mode says)."""
-        r, fields = d.record, d.as_dict()
-        row = file_row(fields, r.topic, r.partition, r.offset, self.content, r.timestamp_ms)
-        return self.row_content.complete(row, fields)
 
     def _loaded_already(self, ranges: dict[TopicPartition, list[int]]) -> bool:
         """Whether the ledger covers every offset of the batch: a retried write whose first

@@ -114,7 +114,6 @@ INSERT_LEDGER = (
     " row_count) VALUES (%s, %s, %s, %s, %s, %s)"
 )
 SELECT_FILES = f"SELECT {_COLS}, updated_at FROM files WHERE project = %s"  # noqa: S608
-_file_values = attrgetter(*FILE_COLUMNS)
 _run_values = attrgetter(*RUN_COLUMNS)
 
 
@@ -281,8 +280,8 @@ class PostgresDatabase(Database):
     def _write_files(self, cur: psycopg.Cursor[Any], files: list[FileRow]) -> int:
         with cur.copy(COPY_STAGE) as copy:
             copy.set_types(list(FILE_TYPES.values()))
-            for row in files:
-                copy.write_row(_file_values(row))
+            for row in files:  # a FileRow is the tuple of FILE_COLUMNS: no copy of it
+                copy.write_row(row)
         if self.deletes is DeleteMode.MARK:
             cur.execute(UPSERT_FILES)
             return max(cur.rowcount, 0)

@@ -180,3 +180,21 @@ def test_assignors_probe_shows_how_each_spreads_the_topics(kafka: KafkaSettings)
     # The second member, joining after the first generation, is handed a whole topic.
     held = [line for line in sticky.stdout.splitlines() if line.startswith("  member")]
     assert len(held) == 2 and all(line.count(" 4") == 1 for line in held), sticky.stdout
+
+
+def test_stages_benchmark_reports_every_stage_of_both_groups(
+    kafka: KafkaSettings, registry: RegistrySettings, postgres: PostgresSettings
+) -> None:
+    env = {
+        "HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "HEADRACE_REGISTRY__URL": registry.url,
+        "HEADRACE_POSTGRES__HOST": postgres.host,
+        "HEADRACE_POSTGRES__PORT": str(postgres.port),
+        "HEADRACE_CONSUMER__METRICS_PORT": "0",
+    }
+    done = bench("stages.py", "--events", "2000", env=env)
+    out = done.stdout
+    assert "x bare consumer" in out and "x Database.write" in out and "x COPY" in out
+    for stage in ("poll", "decode", "build", "write", "commit"):
+        assert out.count(f" {stage} ") == 2, out
+    assert out.count("s/100k") == 2

@@ -48,7 +48,7 @@ def test_a_backup_taken_while_loading_restores_and_the_group_completes_it_once(
     publish(env, events)
     loader = subprocess.Popen(
         [sys.executable, "-m", "headrace", "consume", "load", "--until-caught-up"],
-        env={**os.environ, "HEADRACE_CONSUMER__BATCH_SIZE": "100"},
+        env={**os.environ, "HEADRACE_LOAD__BATCH_SIZE": "100"},  # the live load group's
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

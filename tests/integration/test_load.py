@@ -237,6 +237,22 @@ def test_duplicates_out_of_order_versions_and_deletes_end_in_the_expected_state(
     assert table() == rows
 
 
+def test_live_batches_follow_load_batch_size_not_consumer_batch_size(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Twelve versions of one file: one key, one partition, all there before the group
+    # starts. With consumer.batch_size they would be one transaction of 12; load.batch_size
+    # makes them transactions of at most 5 (a ledger entry each).
+    monkeypatch.setenv("HEADRACE_CONSUMER__BATCH_SIZE", "5000")
+    monkeypatch.setenv("HEADRACE_LOAD__BATCH_SIZE", "5")
+    publish(env, [file_event("one.txt", m, f"version {m}") for m in range(12)])
+    assert "12 records written, 0 dead-lettered" in consume(capsys)
+    group = os.environ["HEADRACE_CONSUMER__GROUP_PREFIX"] + "load"
+    entries = int(sql("SELECT count(*) FROM load_ledger WHERE group_name = %s", group))
+    largest = int(sql("SELECT max(row_count) FROM load_ledger WHERE group_name = %s", group))
+    assert ledger_rows(group) == 12 and largest <= 5 and entries >= 3
+
+
 def test_sigkill_between_the_transaction_and_the_commit_loads_each_event_once(
     env: dict[str, str], kafka: KafkaSettings, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -247,7 +263,7 @@ def test_sigkill_between_the_transaction_and_the_commit_loads_each_event_once(
         [sys.executable, "-m", "headrace", "consume", "load", "--until-caught-up"],
         env={
             **os.environ,
-            "HEADRACE_CONSUMER__BATCH_SIZE": "100",
+            "HEADRACE_LOAD__BATCH_SIZE": "100",  # the live load group's batches
             "HEADRACE_FAILPOINTS": "load.after_write=3",
         },
         capture_output=True,

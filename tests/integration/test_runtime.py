@@ -123,6 +123,20 @@ def test_every_event_reaches_the_sink_once_and_offsets_are_committed(
     assert again.rows == []
 
 
+def test_a_sink_that_asks_for_its_own_batch_size_gets_it_beyond_the_old_cap(
+    setup: tuple[KafkaSettings, SchemaRegistryClient],
+) -> None:
+    # The load group's load.batch_size (LoadSink's capabilities) wins over the runtime's
+    # batch_size (consumer.batch_size), up to what one consume call hands over.
+    settings, client = setup
+    group = f"test-rt-{uuid.uuid4().hex[:6]}"
+    sinks = [MemorySink() for _ in range(3)]
+    sinks[0].capabilities = SinkCapabilities(True, max_batch=1_000_000, batch_size=120_000)
+    sinks[1].capabilities = SinkCapabilities(True, max_batch=1_000_000, batch_size=7)
+    sizes = [runtime(settings, client, sink, group).batch_size for sink in sinks]
+    assert sizes == [120_000, 7, 100]  # the last: no batch_size of its own, the runtime's
+
+
 def test_poison_messages_are_dead_lettered_and_the_group_goes_on(
     setup: tuple[KafkaSettings, SchemaRegistryClient],
 ) -> None:

@@ -108,6 +108,7 @@ def test_a_sweep_killed_during_the_load_step_resumes_green_without_ingesting_aga
         **os.environ,
         "HEADRACE_FAILPOINTS": "load.after_write=1",
         "HEADRACE_CONSUMER__BATCH_SIZE": "3",
+        "HEADRACE_LOAD__BATCH_SIZE": "3",  # the load group's own
         # The killed load consumer stays a member of its group until its session
         # expires: the broker's shortest, so the resumed sweep sees it gone soon.
         "HEADRACE_KAFKA__EXTRA": '{"session.timeout.ms": "6000"}',

@@ -38,6 +38,7 @@ from headrace.kafka import (
 )
 from headrace.settings import KafkaSettings
 from producers.errors import Fenced, TransactionAborted
+from producers.prepare import EncodedFile
 from producers.runs import Probe
 from schemas.catalog import EventType
 from schemas.models import FileEvent, RunEvent
@@ -126,6 +127,12 @@ class Publisher:
     def file(self, event: FileEvent) -> None:
         key = f"{event.project}/{event.path}"
         self._produce(self.file_topic, key, self._file_value(event, self._file_ctx), event.path)
+
+    def encoded(self, file: EncodedFile) -> None:
+        """An inline file's event as a worker encoded it: the wire-format header and the
+        body, the same bytes :meth:`file` would have made of its FileEvent."""
+        value = self._file_value.header(self._file_ctx) + file.body
+        self._produce(self.file_topic, f"{file.project}/{file.path}", value, file.path)
 
     def run(self, event: RunEvent) -> None:
         label = f"<run {event.kind.value.lower()}>"

@@ -1,0 +1,130 @@
+"""An inline file's event, made from its bytes: read, hashed, its encoding detected and
+Avro-encoded, in one function that a worker process runs as well as the ingest itself.
+
+:func:`prepare_inline` is what a run does for every file sent inline, with one worker
+or with many (:mod:`producers.pool`): the event, its deterministic id and its Avro body
+are the same wherever it ran. What it gives back is an :class:`EncodedFile` (the few
+fields the run needs, and the body) or a :class:`~producers.policy.Skip`: never an
+exception for a file that cannot be read, so a worker reports one as the run itself does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import fastavro
+
+from producers.base import file_signature
+from producers.policy import FilePolicy, Skip, detect_encoding
+from schemas import catalog
+from schemas.catalog import EventType
+from schemas.models import ContentStrategy, FileEvent, InlineContent, Op, SkipReason
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every file event of a run shares."""
+
+    project: str
+    run_id: str
+    producer: str
+    now: datetime
+    inline_limit: int
+    encode: bool = True  # False: nothing will publish the body (a dry run without a sink)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedFile:
+    """An inline file's event as the run needs it: its path, size, sha256, the file's
+    modification time as read, and the event's Avro body (without the wire-format
+    header, which the publisher adds: the schema id is the registry's)."""
+
+    project: str
+    path: str
+    size: int
+    checksum: str
+    mtime_ns: int | None
+    body: bytes
+
+    op = Op.UPSERT
+    content_strategy = ContentStrategy.INLINE
+
+    def event(self) -> FileEvent:
+        """The FileEvent the body holds (for sinks that take events, not bodies)."""
+        record = fastavro.schemaless_reader(io.BytesIO(self.body), file_schema(), None)
+        return FileEvent.from_avro(record)  # type: ignore[arg-type]
+
+
+@cache
+def file_schema() -> Any:
+    """The parsed FileEvent schema events are written with (the latest local version,
+    as :class:`schemas.serde.EventSerializer` writes them)."""
+    return fastavro.parse_schema(catalog.latest(EventType.FILE_EVENT).json)
+
+
+def avro_body(event: FileEvent) -> bytes:
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, file_schema(), event.to_avro())
+    return body.getvalue()
+
+
+# One file to prepare: its path in the run, how to open it, where it is on disk (None:
+# a git blob), its size and its signature as the walk saw them.
+Task = tuple[str, Callable[[], BinaryIO], Path | None, int, tuple[int, int, int, int] | None]
+
+
+def prepare_inline(task: Task, ctx: Context) -> EncodedFile | Skip:
+    """The file's event, from bytes that did not change while they were read: a file
+    whose size, times or inode differ after the read is read once more, then skipped as
+    CHANGED_WHILE_READ; one that cannot be read is skipped as UNREADABLE, with why."""
+    path, opener, local, size, signature = task
+    if size > ctx.inline_limit:
+        return Skip(SkipReason.TOO_LARGE, f"{size} bytes > --inline-limit")
+    try:
+        for attempt in range(2):
+            # the walk's stat is the first "before"; a file changed since reads again
+            before = signature if attempt == 0 and signature else _signature(local)
+            with opener() as stream:
+                data = stream.read(ctx.inline_limit + 1)
+            if before == _signature(local):
+                return _encoded(path, data, before[1] if before else None, ctx)
+    except OSError as exc:  # refused, gone since the walk, an I/O error
+        reason = (exc.strerror or type(exc).__name__).lower()
+        return Skip(SkipReason.UNREADABLE, f"cannot be read: {reason}")
+    return Skip(SkipReason.CHANGED_WHILE_READ, "it changed while it was read, twice")
+
+
+def prepare_many(tasks: list[Task], ctx: Context) -> list[EncodedFile | Skip]:
+    """:func:`prepare_inline` for each task, in order: one worker's share."""
+    return [prepare_inline(task, ctx) for task in tasks]
+
+
+def _signature(local: Path | None) -> tuple[int, int, int, int] | None:
+    return None if local is None else file_signature(os.stat(local))
+
+
+def _encoded(path: str, data: bytes, mtime_ns: int | None, ctx: Context) -> EncodedFile | Skip:
+    if (skip := FilePolicy.by_content(data[:64], len(data))) is not None:
+        return skip
+    event = FileEvent(
+        project=ctx.project,
+        path=path,
+        size=len(data),
+        checksum=hashlib.sha256(data).hexdigest(),
+        run_id=ctx.run_id,
+        op=Op.UPSERT,
+        producer_version=ctx.producer,
+        event_time=ctx.now,
+        content_strategy=ContentStrategy.INLINE,
+        inline=InlineContent(data=data, encoding=detect_encoding(data)),
+    )
+    body = avro_body(event) if ctx.encode else b""
+    return EncodedFile(ctx.project, path, event.size, event.checksum, mtime_ns, body)

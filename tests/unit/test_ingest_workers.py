@@ -1,0 +1,196 @@
+"""Inline files prepared by worker processes: the run's events as with one worker."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from producers import ingest as ingest_module
+from producers import pool
+from producers.ingest import Ingest, IngestOptions
+from producers.prepare import Context, prepare_inline
+from producers.sources import DirectorySource
+from schemas.catalog import EventType
+from schemas.models import ContentStrategy, FileEvent, SkipReason
+from schemas.serde import EventSerializer
+from storage.objects import MemoryObjectStore
+from tests.unit.test_cli import run
+from tests.unit.test_ingest import LFS, Sink
+
+NOW = datetime(2026, 12, 2, 10, 0, 0, 123000, tzinfo=UTC)
+
+
+class _Clock(datetime):
+    @classmethod
+    def now(cls, tz: object = None) -> _Clock:  # type: ignore[override]
+        return cls.fromtimestamp(NOW.timestamp(), UTC)
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> Path:
+    """Inline files (more than a few chunks), object-storage files and skipped ones."""
+    root = tmp_path / "mixed"
+    for i in range(150):
+        folder = root / f"pkg{i // 40}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"m{i:03d}.py").write_text(f"# {i}\n" + "word " * (i % 50))
+    (root / "latin1.txt").write_bytes("café\n".encode("latin-1"))
+    (root / "image.bin").write_bytes(bytes(range(256)) * 4)
+    (root / "empty.txt").write_bytes(b"")
+    (root / "big1.dat").write_bytes(os.urandom(300 * 1024))
+    (root / "pkg1" / "big2.dat").write_bytes(os.urandom(200 * 1024))
+    (root / ".gitignore").write_text("*.log\n")
+    (root / "debug.log").write_text("ignored\n")
+    (root / "asset.psd").write_bytes(LFS)
+    (root / "secret.env").write_text("excluded\n")
+    (root / "pkg2" / "locked.py").write_text("no\n")
+    (root / "link-out").symlink_to("/etc/hostname")
+    return root
+
+
+def _run(
+    root: Path, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Sink, ingest_module.Summary, Ingest]:
+    monkeypatch.setattr(ingest_module, "datetime", _Clock)  # the run's event time, fixed
+    monkeypatch.setattr(pool, "CHUNK_FILES", 8)  # many chunks from a small tree
+    sink = Sink()
+    job = Ingest(
+        DirectorySource(root),
+        IngestOptions(exclude=("*.env",), workers=workers),
+        "run-1",
+        "proj",
+        sink,
+        MemoryObjectStore("content"),
+    )
+    return sink, job.run(), job
+
+
+def _refusing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``locked.py`` cannot be opened: in this process and in the workers it forks."""
+    real_open = os.open
+
+    def refusing_open(path: object, flags: int, *args: object) -> int:
+        if str(path).endswith("locked.py"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", refusing_open)
+
+
+def _comparable(event: FileEvent) -> FileEvent:
+    """The event without its presigned URL's signature and expiry (made at upload)."""
+    if event.object_ref is None:
+        return event
+    unsigned = event.object_ref.model_copy(update={"url": None, "expires_at": None})
+    return event.model_copy(update={"object_ref": unsigned})
+
+
+def test_four_workers_publish_the_events_and_digest_of_one(
+    mixed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _refusing(monkeypatch)
+    one_sink, one, one_job = _run(mixed, 1, monkeypatch)
+    four_sink, four, four_job = _run(mixed, 4, monkeypatch)
+    assert not one_job._used_pool and four_job._used_pool  # the workers did prepare them
+    assert [_comparable(e) for e in four_sink.files] == [_comparable(e) for e in one_sink.files]
+    assert [e.event_id for e in four_sink.files] == [e.event_id for e in one_sink.files]
+    assert four.digest == one.digest and four.counts == one.counts
+    assert four.counts.inline == 154 and four.counts.object_storage == 2
+    assert four.skipped == one.skipped
+    skipped = {s.path: (s.reason, s.detail) for s in four.skipped}
+    assert skipped == {
+        "asset.psd": (SkipReason.LFS_POINTER, "Git LFS pointer: the content is not in git"),
+        "link-out": (SkipReason.SYMLINK_OUTSIDE_ROOT, None),
+        "pkg2/locked.py": (SkipReason.UNREADABLE, "cannot be read: permission denied"),
+        "secret.env": (SkipReason.EXCLUDED, "matched --exclude"),
+    }
+    assert four_sink.runs[-1].digest == one_sink.runs[-1].digest == one.digest
+    assert four_sink.runs[-1].skipped == one_sink.runs[-1].skipped
+    assert [r.model_copy(update={"event_time": NOW}) for r in four_sink.runs] == [
+        r.model_copy(update={"event_time": NOW}) for r in one_sink.runs
+    ]
+
+
+def test_results_come_back_in_the_walk_order_with_few_files_in_flight(
+    mixed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool, "CHUNK_FILES", 8)
+    monkeypatch.setattr(pool, "IN_FLIGHT_CHUNKS", 1)
+    candidates = [c for c in DirectorySource(mixed).candidates() if c.path.endswith(".py")]
+    ctx = Context("proj", "run-1", "test", NOW, 100 * 1024)
+    most = 0
+    with pool.Prepared(ctx, 2) as prepared:
+        taken = []
+        for candidate in candidates:
+            prepared.put(ingest_module._task(candidate))
+            most = max(most, len(prepared._chunks))
+            while prepared.ready():
+                taken.append(prepared.take())
+        prepared.flush()
+        taken += [prepared.take() for _ in range(len(candidates) - len(taken))]
+        assert prepared.used_pool
+    assert [getattr(t, "path", None) for t in taken] == [c.path for c in candidates]
+    assert most <= 2  # one chunk a worker in flight, then the walk waits for the oldest
+
+
+def test_an_encoded_body_is_what_the_serializer_makes_of_the_event(mixed: Path) -> None:
+    registry = SchemaRegistryClient.new_client({"url": "mock://"})
+    serializer = EventSerializer(registry, EventType.FILE_EVENT)
+    ctx = SerializationContext("files", MessageField.VALUE)
+    context = Context("proj", "run-1", "test", NOW, 100 * 1024)
+    for candidate in DirectorySource(mixed).candidates():
+        if candidate.skip is not None or candidate.size > 100 * 1024:
+            continue
+        encoded = prepare_inline(ingest_module._task(candidate), context)
+        if not hasattr(encoded, "body"):
+            continue  # the LFS pointer
+        event = encoded.event()  # type: ignore[union-attr]
+        assert event.content_strategy is ContentStrategy.INLINE
+        assert serializer(event, ctx) == serializer.header(ctx) + encoded.body  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("value", ["-1", "x", "257"])
+def test_a_bad_number_of_workers_is_one_line(
+    value: str, mixed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _out, err = run(["ingest", str(mixed), "--dry-run", "--workers", value], capsys)
+    assert code == 2
+    assert "--workers" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_bad_workers_setting_is_one_line(
+    mixed: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HEADRACE_INGEST__WORKERS", "-2")
+    code, _out, err = run(["ingest", str(mixed), "--dry-run"], capsys)
+    assert code != 0
+    assert "workers" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_workers_come_from_the_option_then_the_setting_then_the_cores(
+    mixed: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chosen: list[int] = []
+    real_run = Ingest.run
+
+    def recording(job: Ingest) -> ingest_module.Summary:
+        chosen.append(job.options.workers)
+        return real_run(job)
+
+    monkeypatch.setattr(Ingest, "run", recording)
+    for args, setting in (
+        ([], None),
+        ([], "3"),
+        (["--workers", "2"], "3"),
+        (["--workers", "0"], "3"),
+    ):
+        if setting is not None:
+            monkeypatch.setenv("HEADRACE_INGEST__WORKERS", setting)
+        code, _out, err = run(["ingest", str(mixed), "--dry-run", "--json", *args], capsys)
+        assert code == 0, err
+    assert chosen == [pool.cores(), 3, 2, pool.cores()]

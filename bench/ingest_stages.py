@@ -8,8 +8,9 @@ shown (the least disturbed by other work on the machine), with the median:
 - read: opening each candidate (the checks of producers/sources.py) and reading it;
 - hash: sha256 of the bytes read;
 - encoding: the LFS check and ``detect_encoding``;
-- event: building the ``FileEvent`` (pydantic, the deterministic event id);
-- avro: the Confluent wire-format value (``EventSerializer``);
+- event, avro: building the ``FileEvent`` (pydantic, the deterministic event id) and
+  its Confluent wire-format value (``EventSerializer``); since issue 16 one stage,
+  event+avro, the body written from the bytes (``producers.prepare``);
 - produce: ``Publisher``'s produce of those values (no transactions), with the flush;
 - ingest: a whole in-process ``Ingest(...).run()`` with a transactional Publisher.
 
@@ -47,6 +48,12 @@ from schemas.catalog import EventType  # noqa: E402
 from schemas.models import ContentStrategy, FileEvent, InlineContent, Op  # noqa: E402
 from schemas.registry import make_registry_client  # noqa: E402
 from schemas.serde import EventSerializer  # noqa: E402
+
+try:  # since issue 16: an inline file's Avro body written without the model
+    from producers.prepare import Context  # noqa: E402
+    from producers.prepare import body_writer as writer_for  # noqa: E402
+except ImportError:  # before it (for the before-and-after figures of docs/performance.md)
+    writer_for = None  # type: ignore[assignment]
 
 LIMIT = 100 * 1024
 
@@ -130,6 +137,22 @@ def measure(root: Path, repeat: int, workers: int | None, tmp: Path) -> None:
         serializer = EventSerializer(registry, EventType.FILE_EVENT)
         ctx = SerializationContext(kafka.topics.file_events, MessageField.VALUE)
         values = [serializer(e, ctx) for e in built]
+        if writer_for is not None:  # since issue 16: the body written from the bytes
+            write = writer_for(Context("bench", "run", PRODUCER, now, LIMIT))
+
+            def bodies() -> list[bytes]:
+                return [
+                    write(c.path, s, d, e)
+                    for c, d, s, e in zip(candidates, datas, sums, encoded, strict=True)
+                ]
+
+            stages_of_event: list[tuple[str, Callable[[], object]]] = [("event+avro", bodies)]
+        else:  # the FileEvent model, then the serializer
+            stages_of_event = [
+                ("event", events),
+                ("avro", lambda: [serializer(e, ctx) for e in built]),
+            ]
+
         publisher = Publisher(kafka, registry)
 
         def produce() -> None:
@@ -143,8 +166,7 @@ def measure(root: Path, repeat: int, workers: int | None, tmp: Path) -> None:
             ("read", read),
             ("hash", lambda: [hashlib.sha256(d).hexdigest() for d in datas]),
             ("encoding", encodings),
-            ("event", events),
-            ("avro", lambda: [serializer(e, ctx) for e in built]),
+            *stages_of_event,
             ("produce", produce),
         ]
         total = 0.0

@@ -55,7 +55,10 @@ def _open_within(root: Path, path: Path) -> BinaryIO:
         where = os.readlink(f"/proc/self/fd/{stream.fileno()}")
     except OSError:  # no /proc (not Linux): the walk's lstat decided alone
         return stream
-    if not Path(where).is_relative_to(root):
+    # The kernel's name is absolute and resolved, as the root is: a prefix test says
+    # what Path.is_relative_to says, without parsing two paths a file (about 15 us).
+    inside = str(root)
+    if where != inside and not where.startswith(inside.rstrip("/") + "/"):
         stream.close()
         raise OSError(errno.EXDEV, "it leads outside the source root since the walk", str(path))
     return stream

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+import fastavro
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from producers import ingest as ingest_module
-from producers import pool
+from producers import pool, prepare
 from producers.ingest import Ingest, IngestOptions
+from producers.policy import Skip, detect_encoding
 from producers.prepare import Context, prepare_inline
 from producers.sources import DirectorySource
+from schemas import catalog
 from schemas.catalog import EventType
-from schemas.models import ContentStrategy, FileEvent, SkipReason
+from schemas.models import (
+    ContentStrategy,
+    FileEvent,
+    InlineContent,
+    Op,
+    SkipReason,
+    TextEncoding,
+)
 from schemas.serde import EventSerializer
 from storage.objects import MemoryObjectStore
 from tests.unit.test_cli import run
@@ -139,19 +151,60 @@ def test_results_come_back_in_the_walk_order_with_few_files_in_flight(
 
 
 def test_an_encoded_body_is_what_the_serializer_makes_of_the_event(mixed: Path) -> None:
+    """The body a worker writes from its record is the one the Publisher's serializer
+    writes from the FileEvent model, for every kind of inline file of the tree."""
     registry = SchemaRegistryClient.new_client({"url": "mock://"})
     serializer = EventSerializer(registry, EventType.FILE_EVENT)
     ctx = SerializationContext("files", MessageField.VALUE)
     context = Context("proj", "run-1", "test", NOW, 100 * 1024)
+    seen = set()
     for candidate in DirectorySource(mixed).candidates():
         if candidate.skip is not None or candidate.size > 100 * 1024:
             continue
         encoded = prepare_inline(ingest_module._task(candidate), context)
-        if not hasattr(encoded, "body"):
-            continue  # the LFS pointer
-        event = encoded.event()  # type: ignore[union-attr]
-        assert event.content_strategy is ContentStrategy.INLINE
-        assert serializer(event, ctx) == serializer.header(ctx) + encoded.body  # type: ignore[union-attr]
+        if isinstance(encoded, Skip):
+            assert encoded.reason is SkipReason.LFS_POINTER
+            continue
+        data = Path(candidate.local_path or "").read_bytes()
+        event = FileEvent(
+            project="proj",
+            path=candidate.path,
+            size=len(data),
+            checksum=hashlib.sha256(data).hexdigest(),
+            run_id="run-1",
+            op=Op.UPSERT,
+            producer_version="test",
+            event_time=NOW,
+            content_strategy=ContentStrategy.INLINE,
+            inline=InlineContent(data=data, encoding=detect_encoding(data)),
+        )
+        assert serializer(event, ctx) == serializer.header(ctx) + encoded.body
+        assert encoded.event() == event
+        seen.add(detect_encoding(data))
+    assert seen == set(TextEncoding)
+
+
+def test_a_schema_of_another_layout_is_written_by_fastavro(
+    mixed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The straight writer is used only where it writes what fastavro does: with a
+    FileEvent schema of another field order, every body is fastavro's."""
+    schema = catalog.latest(EventType.FILE_EVENT).json
+    moved = {**schema, "fields": [schema["fields"][1], schema["fields"][0], *schema["fields"][2:]]}
+    parsed = fastavro.parse_schema(moved)
+    monkeypatch.setattr(prepare, "file_schema", lambda: parsed)
+    context = Context("proj", "run-moved", "test", NOW, 100 * 1024)
+    write = prepare.body_writer(context)
+    assert not isinstance(write, prepare._InlineWriter)
+    data = (mixed / "latin1.txt").read_bytes()
+    body = write("latin1.txt", "0" * 64, data, TextEncoding.LATIN_1)
+    record = fastavro.schemaless_reader(io.BytesIO(body), parsed, None)
+    assert isinstance(record, dict)
+    assert (record["path"], record["project"], record["inline"]["data"]) == (
+        "latin1.txt",
+        "proj",
+        data,
+    )
 
 
 @pytest.mark.parametrize("value", ["-1", "x", "257"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import resource
 import tempfile
 import time
 from collections import Counter, deque
@@ -192,6 +193,7 @@ class Summary:
     uploaded_bytes: int = 0
     digest: str | None = None
     duration_s: float = 0.0
+    cpu_s: float = 0.0  # CPU seconds of the run: this process's threads and its workers
     upload_retries: int = 0
     breaker: str = "closed"  # the object store breaker's state at the end
     breaker_opened: int = 0
@@ -247,6 +249,7 @@ class Summary:
             "transactions": self.transactions,
             "cost_estimate": None if self.cost is None else self.cost.to_json(),
             "duration_s": round(self.duration_s, 3),
+            "cpu_s": round(self.cpu_s, 3),
         }
 
 
@@ -353,7 +356,7 @@ class Ingest:
     _used_pool: bool = False  # this run's inline files were prepared by worker processes
 
     def run(self) -> Summary:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_s()
         info = self.source.info()
         project = self.project or info.project
         self._check_strategy(info)
@@ -415,6 +418,7 @@ class Ingest:
         if record is not None and self.runs is not None:
             self._record(record, summary, checkpoint, baseline, kept, info)
         summary.duration_s = time.perf_counter() - started
+        summary.cpu_s = _cpu_s() - cpu
         return summary
 
     def _walk(self, files: _Files) -> None:
@@ -939,6 +943,16 @@ class Ingest:
                 digest=summary.digest if summary else None,
             )
         )
+
+
+def _cpu_s() -> float:
+    """CPU seconds so far of this process (all its threads) and of its children waited
+    for (the pool's workers, git's processes)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _already_completed(summary: Summary, record: RunRecord, started: float) -> Summary:

@@ -194,6 +194,7 @@ class Summary:
     digest: str | None = None
     duration_s: float = 0.0
     cpu_s: float = 0.0  # CPU seconds of the run: this process's threads and its workers
+    worker_processes: int = 0  # processes that prepared inline files (0: the run itself)
     upload_retries: int = 0
     breaker: str = "closed"  # the object store breaker's state at the end
     breaker_opened: int = 0
@@ -250,6 +251,7 @@ class Summary:
             "cost_estimate": None if self.cost is None else self.cost.to_json(),
             "duration_s": round(self.duration_s, 3),
             "cpu_s": round(self.cpu_s, 3),
+            "worker_processes": self.worker_processes,
         }
 
 
@@ -286,10 +288,11 @@ PENDING_PER_WORKER = 1024
 
 
 def _task(candidate: Candidate) -> Task:
+    local = candidate.local_path
     return (
         candidate.path,
         candidate.open,
-        candidate.local_path,
+        None if local is None else str(local),
         candidate.size,
         candidate.signature,
     )
@@ -451,6 +454,7 @@ class Ingest:
             while pending:
                 self._settle(*pending.popleft(), prepared, ctx, files)
             self._used_pool = prepared.used_pool
+            files.summary.worker_processes = self.options.workers if prepared.used_pool else 0
 
     def _way(self, candidate: Candidate, files: _Files) -> _Way | Skip | None:
         """What becomes of a candidate, decided as the walk finds it (from what does not

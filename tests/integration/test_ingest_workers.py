@@ -56,7 +56,8 @@ def _ingest(
     registry: RegistrySettings,
     object_store: ObjectStoreSettings,
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """One unprivileged ``headrace ingest`` into topics of its own: summary and env."""
+    """One unprivileged ``headrace ingest`` into topics of its own (the bucket is the
+    run id's: object references name it): summary and env."""
     tag = uuid.uuid4().hex[:10]
     home = tmp_path / f"home-{workers}"
     home.mkdir()
@@ -75,7 +76,7 @@ def _ingest(
         "HEADRACE_KAFKA__TOPICS__RUN_EVENTS": f"test.workers-{tag}.runs",
         "HEADRACE_REGISTRY__URL": registry.url,
         "HEADRACE_OBJECT_STORE__ENDPOINT": object_store.endpoint,
-        "HEADRACE_OBJECT_STORE__BUCKET": f"test-workers-{tag}",
+        "HEADRACE_OBJECT_STORE__BUCKET": f"test-{run_id}",
     }
     ids = [f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
     argv = [

@@ -247,3 +247,18 @@ def test_workers_come_from_the_option_then_the_setting_then_the_cores(
         code, _out, err = run(["ingest", str(mixed), "--dry-run", "--json", *args], capsys)
         assert code == 0, err
     assert chosen == [pool.cores(), 3, 2, pool.cores()]
+
+
+def test_a_worker_that_dies_stops_the_run_with_one_line(
+    mixed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent, real_open = os.getpid(), os.open
+
+    def dying_open(path: object, flags: int, *args: object) -> int:
+        if os.getpid() != parent and str(path).endswith("m100.py"):
+            os._exit(9)  # a worker killed (the OOM killer, a signal)
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", dying_open)
+    with pytest.raises(pool.WorkerFailed, match="an ingest worker process died"):
+        _run(mixed, 2, monkeypatch)

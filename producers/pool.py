@@ -9,8 +9,9 @@ not read into memory all at once.
 
 Processes, not threads: preparing a small file is Python code holding the GIL
 (pydantic, fastavro, the encoding check), so threads only add their switching to it
-(docs/performance.md has the figures). A pool is started only for a run with more
-inline files than one chunk; a run with ``workers`` 1 prepares every file itself.
+(docs/performance.md has the figures). A run prepares its first START_AFTER inline files itself
+and starts the workers only if there are more; with ``workers`` 1 it prepares every
+file itself.
 Workers are forked: they run nothing but :func:`producers.prepare.prepare_many` on
 their inherited modules, never the parent's Kafka client or its threads.
 """
@@ -34,6 +35,10 @@ CHUNK_FILES = 64  # files a task, at most
 CHUNK_BYTES = 4 * 1024 * 1024  # ... and about this many bytes of them
 IN_FLIGHT_CHUNKS = 4  # tasks queued or running per worker
 IN_FLIGHT_BYTES = 64 * 1024 * 1024  # bytes of files in flight, at most (plus one file)
+# Files the run prepares itself before it starts the workers: a run with fewer inline
+# files never starts them. Starting two costs more than they save below about 2,000
+# tiny files on 2 cores (docs/performance.md).
+START_AFTER = 1024
 
 Result = EncodedFile | Skip
 
@@ -70,6 +75,7 @@ class Prepared:
         self._open = _Chunk([], 0)
         self._taken = 0  # results taken from the head chunk
         self._in_flight = 0  # bytes of the chunks submitted and not taken
+        self._put = 0  # files put so far
         self.used_pool = False
 
     def __enter__(self) -> Prepared:
@@ -85,10 +91,12 @@ class Prepared:
 
     @property
     def pooled(self) -> bool:
-        return self._workers > 1
+        """Whether files go to the workers (from the START_AFTER-th file on)."""
+        return self._workers > 1 and self._put > START_AFTER
 
     def put(self, task: Task) -> None:
         """Queue one file; full chunks go to the workers while the bounds allow."""
+        self._put += 1
         chunk = self._open
         chunk.tasks.append(task)
         chunk.size += task[3]
@@ -127,7 +135,7 @@ class Prepared:
         chunk, self._open = self._open, _Chunk([], 0)
         if not chunk.tasks:
             return
-        if self.pooled and (self._pool is not None or len(chunk.tasks) >= CHUNK_FILES):
+        if self.pooled:
             chunk.future = self._submit(prepare_many, chunk.tasks, self._ctx)
             self._in_flight += chunk.size
         self._chunks.append(chunk)

@@ -27,8 +27,8 @@ LFS = b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n"
 def mixed(tmp_path: Path) -> Path:
     """Inline files (several chunks of the pool), object-storage files, skipped ones."""
     root = tmp_path / "mixed"
-    for i in range(200):
-        folder = root / f"pkg{i // 50}"
+    for i in range(1200):  # more than pool.START_AFTER: the workers start
+        folder = root / f"pkg{i // 300}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"m{i:03d}.py").write_text(f"# {i}\n" + "stream " * (i % 70))
     (root / "latin1.txt").write_bytes("crème\n".encode("latin-1"))
@@ -140,7 +140,7 @@ def test_four_workers_publish_what_one_does(
     four, four_env = _ingest(mixed, tmp_path, 4, run_id, kafka, registry, object_store)
     assert one["worker_processes"] == 0 and four["worker_processes"] == 4
     assert four["digest"] == one["digest"] and four["counts"] == one["counts"]
-    assert four["counts"]["inline"] == 204 and four["counts"]["object_storage"] == 2
+    assert four["counts"]["inline"] == 1204 and four["counts"]["object_storage"] == 2
     assert four["skipped"] == one["skipped"]
     skipped = {s["path"]: (s["reason"], s["detail"]) for s in four["skipped"]}
     assert skipped == {
@@ -151,7 +151,7 @@ def test_four_workers_publish_what_one_does(
     }
     one_files, one_runs = _published(one_env, kafka, registry)
     four_files, four_runs = _published(four_env, kafka, registry)
-    assert len(four_files) == 206
+    assert len(four_files) == 1206
     assert four_files == one_files  # the same events, ids and bytes, in each partition's order
     assert [r.kind for r in four_runs] == [RunEventKind.STARTED, RunEventKind.COMPLETED]
     completed_one, completed_four = one_runs[-1], four_runs[-1]

@@ -34,6 +34,7 @@ from storage.objects import MemoryObjectStore
 from tests.unit.test_cli import run
 from tests.unit.test_ingest import LFS, Sink
 
+SHIPPED_START_AFTER = pool.START_AFTER
 NOW = datetime(2026, 12, 2, 10, 0, 0, 123000, tzinfo=UTC)
 
 
@@ -66,10 +67,11 @@ def mixed(tmp_path: Path) -> Path:
 
 
 def _run(
-    root: Path, workers: int, monkeypatch: pytest.MonkeyPatch
+    root: Path, workers: int, monkeypatch: pytest.MonkeyPatch, start_after: int = 16
 ) -> tuple[Sink, ingest_module.Summary, Ingest]:
     monkeypatch.setattr(ingest_module, "datetime", _Clock)  # the run's event time, fixed
     monkeypatch.setattr(pool, "CHUNK_FILES", 8)  # many chunks from a small tree
+    monkeypatch.setattr(pool, "START_AFTER", start_after)  # ... the workers start early
     sink = Sink()
     job = Ingest(
         DirectorySource(root),
@@ -133,6 +135,7 @@ def test_results_come_back_in_the_walk_order_with_few_files_in_flight(
 ) -> None:
     monkeypatch.setattr(pool, "CHUNK_FILES", 8)
     monkeypatch.setattr(pool, "IN_FLIGHT_CHUNKS", 1)
+    monkeypatch.setattr(pool, "START_AFTER", 0)
     candidates = [c for c in DirectorySource(mixed).candidates() if c.path.endswith(".py")]
     ctx = Context("proj", "run-1", "test", NOW, 100 * 1024)
     most = 0
@@ -247,6 +250,17 @@ def test_workers_come_from_the_option_then_the_setting_then_the_cores(
         code, _out, err = run(["ingest", str(mixed), "--dry-run", "--json", *args], capsys)
         assert code == 0, err
     assert chosen == [pool.cores(), 3, 2, pool.cores()]
+
+
+def test_a_run_of_few_inline_files_starts_no_workers(
+    mixed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink, summary, job = _run(mixed, 4, monkeypatch)
+    # as shipped: more files than the tree has
+    _sink, alone, job_alone = _run(mixed, 4, monkeypatch, start_after=SHIPPED_START_AFTER)
+    assert job._used_pool and summary.worker_processes == 4
+    assert not job_alone._used_pool and alone.worker_processes == 0
+    assert alone.digest == summary.digest
 
 
 def test_a_worker_that_dies_stops_the_run_with_one_line(

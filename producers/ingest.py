@@ -287,7 +287,9 @@ class _Way(StrEnum):
 PENDING_PER_WORKER = 1024
 
 
-def _task(candidate: Candidate) -> Task:
+def task_of(candidate: Candidate) -> Task:
+    """What :func:`producers.prepare.prepare_inline` needs of a candidate (strings and
+    the source's opener: cheap to send to a worker)."""
     local = candidate.local_path
     return (
         candidate.path,
@@ -445,7 +447,7 @@ class Ingest:
                     continue
                 pending.append((candidate, way))
                 if way is _Way.POOLED:
-                    prepared.put(_task(candidate))
+                    prepared.put(task_of(candidate))
                 while pending and (
                     pending[0][1] is not _Way.POOLED or prepared.ready() or len(pending) > behind
                 ):
@@ -507,7 +509,9 @@ class Ingest:
             mtime_ns = self._mtime_ns
         else:
             self._batcher.before(candidate, ContentStrategy.INLINE)
-            event = prepared.take() if way is _Way.POOLED else prepare_inline(_task(candidate), ctx)
+            event = (
+                prepared.take() if way is _Way.POOLED else prepare_inline(task_of(candidate), ctx)
+            )
             mtime_ns = None if isinstance(event, Skip) else event.mtime_ns
         if isinstance(event, Skip):
             skipped = SkippedFile(

@@ -142,7 +142,7 @@ def test_results_come_back_in_the_walk_order_with_few_files_in_flight(
     with pool.Prepared(ctx, 2) as prepared:
         taken = []
         for candidate in candidates:
-            prepared.put(ingest_module._task(candidate))
+            prepared.put(ingest_module.task_of(candidate))
             most = max(most, len(prepared._chunks))
             while prepared.ready():
                 taken.append(prepared.take())
@@ -164,7 +164,7 @@ def test_an_encoded_body_is_what_the_serializer_makes_of_the_event(mixed: Path) 
     for candidate in DirectorySource(mixed).candidates():
         if candidate.skip is not None or candidate.size > 100 * 1024:
             continue
-        encoded = prepare_inline(ingest_module._task(candidate), context)
+        encoded = prepare_inline(ingest_module.task_of(candidate), context)
         if isinstance(encoded, Skip):
             assert encoded.reason is SkipReason.LFS_POINTER
             continue

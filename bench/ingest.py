@@ -190,8 +190,8 @@ def overlap_free(a: list[float], b: list[float]) -> bool:
 
 def chosen(names: str) -> tuple[Config, ...]:
     """The configurations named (``--configs on,workers1``), in CONFIGS' order."""
-    wanted = {NAMES[n.strip()] for n in names.split(",") if n.strip()}
-    return tuple(c for c in CONFIGS if c in wanted)
+    wanted = {NAMES[n.strip()].name for n in names.split(",") if n.strip()}
+    return tuple(c for c in CONFIGS if c.name in wanted)
 
 
 def run_config(

@@ -146,7 +146,10 @@ class Prepared:
                 self._workers, mp_context=multiprocessing.get_context("fork")
             )
             self.used_pool = True
-        return self._pool.submit(fn, *args)
+        try:
+            return self._pool.submit(fn, *args)
+        except BrokenProcessPool as exc:  # a worker died before this chunk went out
+            raise WorkerFailed(f"an ingest worker process died: {exc}") from None
 
     def _results(self, chunk: _Chunk) -> list[Result]:
         if chunk.future is None:  # a run's last few files, or one worker: prepared here

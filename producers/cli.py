@@ -133,7 +133,7 @@ _CONTENT_OPTIONS = [
         default=None,
         metavar="N",
         help="Processes preparing inline files (read, sha256, Avro); 1: none, 0: one per"
-        " core [default: ingest.workers, else one per core].",
+        " core if a core is idle [default: ingest.workers, else 0].",
     ),
     click.option(
         "--presign-expiry",
@@ -215,6 +215,8 @@ def make_request(
             transaction_bytes=transaction_bytes,
             transaction_max_s=settings.ingest.transaction_max_s,
             workers=(settings.ingest.workers if workers is None else workers) or cores(),
+            # one per core by default, started only if a core is idle; N given: N
+            workers_when_idle=not (settings.ingest.workers if workers is None else workers),
             given=given,
         ),
     )

@@ -116,6 +116,7 @@ class IngestOptions:
     transaction_max_s: float = 10.0  # ... and is committed once it is this old
     # processes preparing inline files (read, sha256, encoding, Avro); 1: the run itself
     workers: int = 1
+    workers_when_idle: bool = False  # ... started only if a core is idle (the CLI default)
     # The content options (CONTENT_OPTIONS) set explicitly, None for all: a resumed run
     # takes the others from its record (see resumed_options).
     given: frozenset[str] | None = None
@@ -439,7 +440,7 @@ class Ingest:
         )
         self._takes_encoded = isinstance(self.publisher, EncodedSink)
         pending: deque[tuple[Candidate, _Way | Skip]] = deque()
-        with Prepared(ctx, self.options.workers) as prepared:
+        with Prepared(ctx, self.options.workers, self.options.workers_when_idle) as prepared:
             behind = PENDING_PER_WORKER * max(1, self.options.workers)
             for candidate in self.source.candidates():
                 way = self._way(candidate, files)

@@ -51,6 +51,13 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def idle_core() -> bool:
+    """Whether the machine has a core to spare: the 1-minute load average (this process
+    counted) below the cores less a half. On a busy machine workers only add the CPU
+    of sending them the files (docs/performance.md)."""
+    return os.getloadavg()[0] < cores() - 0.5
+
+
 class WorkerFailed(HeadraceError):
     """A worker process died (killed, out of memory): the run stops."""
 
@@ -67,9 +74,11 @@ class Prepared:
     """Files to prepare, in order: :meth:`put` each one, :meth:`take` their results
     back in the same order (a file is taken after it was put, never before)."""
 
-    def __init__(self, ctx: Context, workers: int) -> None:
+    def __init__(self, ctx: Context, workers: int, when_idle: bool = False) -> None:
         self._ctx = ctx
         self._workers = workers
+        self._when_idle = when_idle  # start them only if a core is idle (the default)
+        self._allowed: bool | None = None  # decided when the START_AFTER-th file comes
         self._pool: ProcessPoolExecutor | None = None
         self._chunks: deque[_Chunk] = deque()
         self._open = _Chunk([], 0)
@@ -91,8 +100,13 @@ class Prepared:
 
     @property
     def pooled(self) -> bool:
-        """Whether files go to the workers (from the START_AFTER-th file on)."""
-        return self._workers > 1 and self._put > START_AFTER
+        """Whether files go to the workers (from the START_AFTER-th file on; with
+        ``when_idle``, only if the load average then leaves a core idle)."""
+        if self._workers <= 1 or self._put <= START_AFTER:
+            return False
+        if self._allowed is None:
+            self._allowed = not self._when_idle or idle_core()
+        return self._allowed
 
     def put(self, task: Task) -> None:
         """Queue one file; full chunks go to the workers while the bounds allow."""

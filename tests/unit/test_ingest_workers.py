@@ -231,11 +231,11 @@ def test_a_bad_workers_setting_is_one_line(
 def test_workers_come_from_the_option_then_the_setting_then_the_cores(
     mixed: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    chosen: list[int] = []
+    chosen: list[tuple[int, bool]] = []
     real_run = Ingest.run
 
     def recording(job: Ingest) -> ingest_module.Summary:
-        chosen.append(job.options.workers)
+        chosen.append((job.options.workers, job.options.workers_when_idle))
         return real_run(job)
 
     monkeypatch.setattr(Ingest, "run", recording)
@@ -249,7 +249,23 @@ def test_workers_come_from_the_option_then_the_setting_then_the_cores(
             monkeypatch.setenv("HEADRACE_INGEST__WORKERS", setting)
         code, _out, err = run(["ingest", str(mixed), "--dry-run", "--json", *args], capsys)
         assert code == 0, err
-    assert chosen == [pool.cores(), 3, 2, pool.cores()]
+    # one per core if a core is idle, unless a number was given
+    assert chosen == [(pool.cores(), True), (3, False), (2, False), (pool.cores(), True)]
+
+
+@pytest.mark.parametrize("idle", [True, False])
+def test_the_default_starts_workers_only_if_a_core_is_idle(
+    idle: bool, mixed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool, "idle_core", lambda: idle)
+    monkeypatch.setattr(pool, "CHUNK_FILES", 8)
+    monkeypatch.setattr(pool, "START_AFTER", 16)
+    monkeypatch.setattr(ingest_module, "datetime", _Clock)
+    sink = Sink()
+    options = IngestOptions(workers=2, workers_when_idle=True)
+    summary = Ingest(DirectorySource(mixed), options, "run-1", "proj", sink).run()
+    assert summary.worker_processes == (2 if idle else 0)
+    assert summary.counts.inline == 156  # no --exclude, nothing refused here
 
 
 def test_a_run_of_few_inline_files_starts_no_workers(

@@ -13,7 +13,14 @@ local stack, ``--rounds`` times (5 by default), in turn within each round:
 - transactions off: the same with ``HEADRACE_INGEST__TRANSACTIONS=false``
   (the idempotent producer alone; the batches are still flushed and
   journalled with fsync, so the difference is the transactions' own cost);
-- ``--transaction-files 100``: transactions on, ten times as many of them.
+- ``--transaction-files 100``: transactions on, ten times as many of them;
+- ``--workers 1``: transactions on, every file prepared by the ingest process
+  itself (the default is one worker process per core).
+
+For each, the CPU seconds of the run (its ``cpu_s``: the process's threads and
+its worker processes, from getrusage RUSAGE_SELF and RUSAGE_CHILDREN), per
+100,000 files, and the cores that kept busy on average (CPU seconds over the
+run's duration).
 
 Every child's state directory (``HEADRACE_INGEST__STATE_DIR``) is a temporary
 directory, so that no run is left in the repository's ``.headrace/runs``. One
@@ -144,7 +151,9 @@ class Config:
 ON = Config("transactions on")
 OFF = Config("transactions off", {"HEADRACE_INGEST__TRANSACTIONS": "false"})
 ON_100 = Config("on, --transaction-files 100", args=("--transaction-files", "100"))
-CONFIGS = (ON, OFF, ON_100)  # run in this order within each round
+ONE = Config("on, --workers 1", args=("--workers", "1"))
+CONFIGS = (ON, OFF, ON_100, ONE)  # run in this order within each round
+NAMES = {"on": ON, "off": OFF, "on100": ON_100, "workers1": ONE}
 
 
 @dataclass
@@ -157,6 +166,7 @@ class Runs:
     wall: list[float] = field(default_factory=list)
     rss: list[float] = field(default_factory=list)
     transactions: list[int] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # CPU s of the run, workers included
 
     def add(self, files: int, size: int, seconds: float, wall: float = 0.0) -> None:
         self.files.append(files / seconds)
@@ -178,6 +188,12 @@ def overlap_free(a: list[float], b: list[float]) -> bool:
     return min(a) > max(b) or max(a) < min(b)
 
 
+def chosen(names: str) -> tuple[Config, ...]:
+    """The configurations named (``--configs on,workers1``), in CONFIGS' order."""
+    wanted = {NAMES[n.strip()].name for n in names.split(",") if n.strip()}
+    return tuple(c for c in CONFIGS if c.name in wanted)
+
+
 def run_config(
     tree: Path, env: dict[str, str], config: Config, args: list[str]
 ) -> tuple[dict[str, Any], float, float]:
@@ -185,7 +201,12 @@ def run_config(
 
 
 def measure(
-    label: str, tree: Path, inline_limit: int, rounds: int, state_dir: Path
+    label: str,
+    tree: Path,
+    inline_limit: int,
+    rounds: int,
+    state_dir: Path,
+    configs: tuple[Config, ...] = CONFIGS,
 ) -> dict[str, Any]:
     settings = load_settings()
     tag = uuid.uuid4().hex[:8]
@@ -202,18 +223,19 @@ def measure(
     args = ["--content-strategy", "inline", "--inline-limit", str(inline_limit), *excludes]
     summary, _, _ = run_config(tree, env, ON, args)  # untimed: topics, coordinator, caches
     raw = Runs()
-    runs = {config.name: Runs() for config in CONFIGS}
+    runs = {config.name: Runs() for config in configs}
     for _ in range(rounds):
         raw_s, raw_files, raw_bytes = raw_publish(
             settings.kafka.bootstrap_servers, raw_topic, files, inline_limit
         )
         raw.add(raw_files, raw_bytes, raw_s)
-        for config in CONFIGS:
+        for config in configs:
             summary, wall, rss = run_config(tree, env, config, args)
             counts, run = summary["counts"], runs[config.name]
             run.add(counts["files"], counts["bytes"], summary["duration_s"], wall)
             run.rss.append(rss)
             run.transactions.append(summary["transactions"])
+            run.cpu.append(summary["cpu_s"])
     counts = summary["counts"]
     print(
         f"{label}: {counts['files']:,} files inline, {counts['bytes'] / 1e6:.1f} MB "
@@ -224,19 +246,24 @@ def measure(
         f"  {'raw producer':<28} {spread(raw.files):>26} files/s {median(raw.mb):>6.1f} MB/s"
         f"  {median(raw.seconds):5.2f}s  baseline"
     )
-    for config in CONFIGS:
+    for config in configs:
         run = runs[config.name]
         made = sorted(set(run.transactions))
         what = "batches, no transactions" if config is OFF else "transactions"
+        per_100k = [c / counts["files"] * 100_000 for c in run.cpu]
+        busy = [c / t for c, t in zip(run.cpu, run.seconds, strict=True)]
         print(
             f"  {config.name:<28} {spread(run.files):>26} files/s {median(run.mb):>6.1f} MB/s"
             f"  {median(run.seconds):5.2f}s, wall {spread(run.wall, '.2f')} s;"
             f" {median(run.files) / median(raw.files):4.2f}x baseline;"
-            f" {'/'.join(map(str, made))} {what}, peak RSS {max(run.rss):.0f} MiB"
+            f" {'/'.join(map(str, made))} {what}, peak RSS {max(run.rss):.0f} MiB;"
+            f" CPU {spread(per_100k, '.1f')} s per 100,000 files, {median(busy):.2f} cores"
         )
-    off = runs[OFF.name]
     costs: dict[str, dict[str, Any]] = {}
-    for config in (ON, ON_100):
+    off = runs.get(OFF.name)
+    for config in (ON, ON_100) if off is not None else ():
+        if config.name not in runs:
+            continue
         on = runs[config.name]
         cost = 100 * (1 - median(on.files) / median(off.files))
         paired = [100 * (1 - a / b) for a, b in zip(on.files, off.files, strict=True)]
@@ -269,7 +296,15 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=5, help="rounds of every configuration (at least 3)"
     )
+    parser.add_argument(
+        "--configs",
+        default=",".join(NAMES),
+        help=f"configurations to run, of {', '.join(NAMES)} (default: all)",
+    )
     parser.add_argument("--skip-stdlib", action="store_true")
+    parser.add_argument(
+        "--skip-object-storage", action="store_true", help="no re-ingest to object storage"
+    )
     args = parser.parse_args()
     if args.rounds < 3:
         parser.error("--rounds: at least 3, to see the noise")
@@ -277,11 +312,17 @@ def main() -> None:
         state_dir = Path(tmp) / "runs"
         tree = synthetic_tree(Path(tmp) / "synthetic", args.small, args.large)
         label = f"synthetic tree ({args.small:,} small files)"
-        measure(label, tree, 100 * 1024, args.rounds, state_dir)
+        try:
+            configs = chosen(args.configs)
+        except KeyError as exc:
+            parser.error(f"--configs: no configuration {exc}; there are {', '.join(NAMES)}")
+        measure(label, tree, 100 * 1024, args.rounds, state_dir, configs)
         if not args.skip_stdlib:
             stdlib = Path(sysconfig.get_paths()["stdlib"])
             label = f"Python standard library ({stdlib})"
-            measure(label, stdlib, 1024 * 1024, args.rounds, state_dir)
+            measure(label, stdlib, 1024 * 1024, args.rounds, state_dir, configs)
+        if args.skip_object_storage:
+            return
         env = fresh_env(uuid.uuid4().hex[:8], state_dir)
         first, _, _ = headrace_ingest(tree, env, "--content-strategy", "object_storage")
         second, wall, rss = headrace_ingest(tree, env, "--content-strategy", "object_storage")

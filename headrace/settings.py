@@ -291,6 +291,10 @@ class IngestSettings(_Section):
     transaction_timeout_s: float = Field(default=60.0, ge=1, le=900)
     # A batch is committed after this long even if it holds fewer files or bytes.
     transaction_max_s: float = Field(default=10.0, gt=0)
+    # Worker processes preparing inline files (read, sha256, encoding, Avro), the
+    # default of `headrace ingest --workers`; 0: one per core, started only if the
+    # load average leaves a core idle. 1: no workers.
+    workers: int = Field(default=0, ge=0, le=256)
     # Journals of runs finished longer ago are removed (records and cursors stay).
     checkpoint_max_age_days: float = Field(default=7.0, ge=0)
     # Prices of the run's cost estimate (producers/costs.py), per GiB.

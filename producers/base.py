@@ -13,10 +13,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
 from producers.runs import Probe
 from schemas.models import FileEvent, RunEvent
+
+if TYPE_CHECKING:
+    from producers.prepare import EncodedFile
 
 
 def file_signature(found: os.stat_result) -> tuple[int, int, int, int]:
@@ -99,3 +102,12 @@ class EventSink(Protocol):
     def committed(self, probe: Probe, timeout_s: float = 60.0) -> bool:
         """Whether the batch whose first record is at ``probe`` committed."""
         ...
+
+
+@runtime_checkable
+class EncodedSink(EventSink, Protocol):
+    """A sink that publishes an inline file's event as the Avro body a worker encoded
+    (:class:`producers.prepare.EncodedFile`), not encoding it again; a sink without
+    this method is given the event the body holds."""
+
+    def encoded(self, file: EncodedFile) -> None: ...

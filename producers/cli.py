@@ -27,6 +27,7 @@ from headrace.errors import HeadraceError
 from headrace.settings import Settings
 from producers.command import IngestRequest, run_ingest
 from producers.ingest import CONTENT_OPTIONS, Ingest, IngestOptions, StrategyChoice, Summary
+from producers.pool import cores
 from producers.runs import RunStateError, check_run_id
 
 _UNITS = {
@@ -127,6 +128,14 @@ _CONTENT_OPTIONS = [
         help="Event bytes per Kafka transaction.",
     ),
     click.option(
+        "--workers",
+        type=click.IntRange(min=0, max=256),
+        default=None,
+        metavar="N",
+        help="Processes preparing inline files (read, sha256, Avro); 1: none, 0: one per"
+        " core if a core is idle [default: ingest.workers, else 0].",
+    ),
+    click.option(
         "--presign-expiry",
         type=click.FloatRange(min=1 / 3600, max=7 * 24),  # S3 signs for 1 second to 7 days
         default=24.0,
@@ -174,6 +183,7 @@ def make_request(
     transaction_bytes: int,
     presign_expiry: float,
     max_skips_listed: int,
+    workers: int | None,
 ) -> IngestRequest:
     """The options, checked against each other (one line naming the option if not)."""
     _check_limits(inline_limit, max_batch_bytes, presign_expiry)
@@ -204,6 +214,9 @@ def make_request(
             transaction_files=transaction_files,
             transaction_bytes=transaction_bytes,
             transaction_max_s=settings.ingest.transaction_max_s,
+            workers=(settings.ingest.workers if workers is None else workers) or cores(),
+            # one per core by default, started only if a core is idle; N given: N
+            workers_when_idle=not (settings.ingest.workers if workers is None else workers),
             given=given,
         ),
     )

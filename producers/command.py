@@ -24,6 +24,7 @@ from producers.base import Candidate, Source, SourceInfo, SourceKind
 from producers.costs import CostEstimate, Prices
 from producers.errors import SourceError
 from producers.ingest import Ingest, IngestOptions, Summary, resumed_options
+from producers.prepare import EncodedFile
 from producers.publisher import Publisher
 from producers.runs import Probe, RunStatus, RunStore
 from producers.sources import DirectorySource, GitSource
@@ -238,6 +239,9 @@ class _FilesOnly:
 
     def file(self, event: FileEvent) -> None:
         self.publisher.file(event)
+
+    def encoded(self, file: EncodedFile) -> None:
+        self.publisher.encoded(file)
 
     def run(self, event: RunEvent) -> None:
         pass

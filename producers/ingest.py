@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import resource
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,7 @@ from headrace.errors import HeadraceError, is_transient
 from headrace.failpoints import failpoint
 from producers.base import (
     Candidate,
+    EncodedSink,
     EventSink,
     Source,
     SourceInfo,
@@ -51,7 +53,9 @@ from producers.base import (
 from producers.breaker import CircuitBreaker
 from producers.costs import CostEstimate, stored_bytes
 from producers.errors import TransactionAborted
-from producers.policy import FilePolicy, Skip, detect_encoding, is_utf8, shown_path
+from producers.policy import FilePolicy, Skip, is_utf8, shown_path
+from producers.pool import Prepared
+from producers.prepare import Context, EncodedFile, Task, prepare_inline
 from producers.runs import (
     Batch,
     Checkpoint,
@@ -68,7 +72,6 @@ from schemas.models import (
     ContentStrategy,
     FileEvent,
     GitReference,
-    InlineContent,
     ObjectReference,
     Op,
     RunCounts,
@@ -111,6 +114,9 @@ class IngestOptions:
     transaction_files: int = 1000  # a batch (one Kafka transaction) holds at most these
     transaction_bytes: int = 64 * 1024 * 1024  # ... and about this many bytes of events
     transaction_max_s: float = 10.0  # ... and is committed once it is this old
+    # processes preparing inline files (read, sha256, encoding, Avro); 1: the run itself
+    workers: int = 1
+    workers_when_idle: bool = False  # ... started only if a core is idle (the CLI default)
     # The content options (CONTENT_OPTIONS) set explicitly, None for all: a resumed run
     # takes the others from its record (see resumed_options).
     given: frozenset[str] | None = None
@@ -188,6 +194,8 @@ class Summary:
     uploaded_bytes: int = 0
     digest: str | None = None
     duration_s: float = 0.0
+    cpu_s: float = 0.0  # CPU seconds of the run: this process's threads and its workers
+    worker_processes: int = 0  # processes that prepared inline files (0: the run itself)
     upload_retries: int = 0
     breaker: str = "closed"  # the object store breaker's state at the end
     breaker_opened: int = 0
@@ -243,6 +251,8 @@ class Summary:
             "transactions": self.transactions,
             "cost_estimate": None if self.cost is None else self.cost.to_json(),
             "duration_s": round(self.duration_s, 3),
+            "cpu_s": round(self.cpu_s, 3),
+            "worker_processes": self.worker_processes,
         }
 
 
@@ -263,6 +273,50 @@ class _Changed(Exception):  # noqa: N818 - internal signal: the bytes uploaded w
 
 class _Failed(Exception):  # noqa: N818 - internal signal: this file failed, with why
     pass
+
+
+class _Way(StrEnum):
+    """How a candidate that is not skipped is read."""
+
+    POOLED = "pooled"  # inline, prepared by the workers (a file on this disk)
+    INLINE = "inline"  # inline, prepared by the run itself (a git blob)
+    HERE = "here"  # object storage or a git reference: by the run itself, at its turn
+
+
+# Candidates walked and not settled yet, per worker, at most: the walk waits for the
+# oldest file's result beyond this, whatever the pool's own bounds.
+PENDING_PER_WORKER = 1024
+
+
+def task_of(candidate: Candidate) -> Task:
+    """What :func:`producers.prepare.prepare_inline` needs of a candidate (strings and
+    the source's opener: cheap to send to a worker)."""
+    local = candidate.local_path
+    return (
+        candidate.path,
+        candidate.open,
+        None if local is None else str(local),
+        candidate.size,
+        candidate.signature,
+    )
+
+
+@dataclass
+class _Files:
+    """A run's walk: what it decided so far."""
+
+    summary: Summary
+    checkpoint: Checkpoint
+    baseline: Baseline | None
+    policy: FilePolicy
+    info: SourceInfo
+    project: str
+    now: datetime
+    kept: dict[str, ManifestEntry] = field(default_factory=dict)  # incremental: left as they were
+    seen: set[str] = field(default_factory=set)
+    unknown: list[str] = field(default_factory=list)  # directories skipped whole: no deletes
+    done_files: int = 0
+    done_bytes: int = 0
 
 
 @dataclass
@@ -304,9 +358,11 @@ class Ingest:
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     _retries: int = 0
     _mtime_ns: int | None = None  # the file just read, as it was when read
+    _takes_encoded: bool = False  # the sink publishes encoded bodies (an EncodedSink)
+    _used_pool: bool = False  # this run's inline files were prepared by worker processes
 
     def run(self) -> Summary:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_s()
         info = self.source.info()
         project = self.project or info.project
         self._check_strategy(info)
@@ -330,61 +386,17 @@ class Ingest:
             self._batcher.batch.started = True
             self._batcher.produced()
         self._open_store()
-        policy = FilePolicy(max_file_size=self.options.max_file_size, exclude=self.options.exclude)
-        done_files = done_bytes = 0
-        kept: dict[str, ManifestEntry] = {}  # incremental: the baseline's files left as they were
-        seen: set[str] = set()
-        unknown: list[str] = []  # directories skipped whole: their files are not deletes
-        for candidate in self.source.candidates():
-            seen.add(candidate.path)
-            if candidate.path in checkpoint.files:  # committed by an earlier attempt
-                summary.resumed += 1
-                continue
-            skip = policy.by_metadata(candidate)
-            if skip is not None and candidate.path.endswith("/"):
-                unknown.append(candidate.path)
-            event: FileEvent | Skip | None = skip
-            if event is None and baseline is not None:
-                if (same := baseline.unchanged(candidate)) is not None:
-                    kept[candidate.path] = same
-                    summary.unchanged += 1
-                    continue
-            if event is None:
-                self._batcher.before(candidate, self._choose(candidate.size, info))
-                try:
-                    event = self._stable_event(candidate, info, project, now, summary)
-                except _Failed as failed:
-                    summary.failed[candidate.path] = str(failed)
-                    continue
-                except _StoreDown as down:
-                    event = Skip(SkipReason.OBJECT_STORE_UNAVAILABLE, str(down))
-                except OSError as exc:  # refused, gone since the walk, an I/O error
-                    reason = (exc.strerror or type(exc).__name__).lower()
-                    event = Skip(SkipReason.UNREADABLE, f"cannot be read: {reason}")
-            if isinstance(event, Skip):
-                skipped = SkippedFile(
-                    path=shown_path(candidate.path), reason=event.reason, detail=event.detail
-                )
-                summary.skipped.append(skipped)
-                self._batcher.skipped(skipped)
-                if baseline is not None and candidate.path in baseline.entries:
-                    kept[candidate.path] = baseline.entries[candidate.path]  # not a delete
-                continue
-            if baseline is not None:
-                previous = baseline.entries.get(event.path)
-                if previous is not None and (previous.sha256, previous.size) == (
-                    event.checksum,
-                    event.size,
-                ):  # touched, not changed: remembered with its new time, not published
-                    kept[event.path] = ManifestEntry(
-                        event.path, event.size, self._mtime_ns or 0, event.checksum
-                    )
-                    summary.unchanged += 1
-                    continue
-            self._publish(event)
-            self._batcher.add(event, self._mtime_ns)
-            done_files, done_bytes = done_files + 1, done_bytes + event.size
-            self.progress(done_files, done_bytes)
+        files = _Files(
+            summary,
+            checkpoint,
+            baseline,
+            FilePolicy(max_file_size=self.options.max_file_size, exclude=self.options.exclude),
+            info,
+            project,
+            now,
+        )
+        self._walk(files)
+        seen, unknown, kept = files.seen, files.unknown, files.kept
         for path in self._deletes(baseline, seen, unknown):
             if not is_utf8(path):  # never published (skipped as unreadable): nothing to delete
                 continue
@@ -412,7 +424,120 @@ class Ingest:
         if record is not None and self.runs is not None:
             self._record(record, summary, checkpoint, baseline, kept, info)
         summary.duration_s = time.perf_counter() - started
+        summary.cpu_s = _cpu_s() - cpu
         return summary
+
+    def _walk(self, files: _Files) -> None:
+        """Every candidate, settled in the walk's order; inline files of a directory are
+        prepared ahead by the workers (:mod:`producers.pool`) while the walk goes on."""
+        ctx = Context(
+            files.project,
+            self.run_id,
+            PRODUCER,
+            files.now,
+            self.options.inline_limit,
+            encode=self.publisher is not None,
+        )
+        self._takes_encoded = isinstance(self.publisher, EncodedSink)
+        pending: deque[tuple[Candidate, _Way | Skip]] = deque()
+        with Prepared(ctx, self.options.workers, self.options.workers_when_idle) as prepared:
+            behind = PENDING_PER_WORKER * max(1, self.options.workers)
+            for candidate in self.source.candidates():
+                way = self._way(candidate, files)
+                if way is None:
+                    continue
+                pending.append((candidate, way))
+                if way is _Way.POOLED:
+                    prepared.put(task_of(candidate))
+                while pending and (
+                    pending[0][1] is not _Way.POOLED or prepared.ready() or len(pending) > behind
+                ):
+                    self._settle(*pending.popleft(), prepared, ctx, files)
+            prepared.flush()
+            while pending:
+                self._settle(*pending.popleft(), prepared, ctx, files)
+            self._used_pool = prepared.used_pool
+            files.summary.worker_processes = self.options.workers if prepared.used_pool else 0
+
+    def _way(self, candidate: Candidate, files: _Files) -> _Way | Skip | None:
+        """What becomes of a candidate, decided as the walk finds it (from what does not
+        change during the run): None if nothing (committed by an earlier attempt, or
+        unchanged since the incremental base), else a Skip or how it is read."""
+        files.seen.add(candidate.path)
+        if candidate.path in files.checkpoint.files:  # committed by an earlier attempt
+            files.summary.resumed += 1
+            return None
+        skip = files.policy.by_metadata(candidate)
+        if skip is not None:
+            if candidate.path.endswith("/"):
+                files.unknown.append(candidate.path)
+            return skip
+        if files.baseline is not None:
+            if (same := files.baseline.unchanged(candidate)) is not None:
+                files.kept[candidate.path] = same
+                files.summary.unchanged += 1
+                return None
+        if self._choose(candidate.size, files.info) is not ContentStrategy.INLINE:
+            return _Way.HERE
+        return _Way.POOLED if candidate.local_path is not None else _Way.INLINE
+
+    def _settle(
+        self,
+        candidate: Candidate,
+        way: _Way | Skip,
+        prepared: Prepared,
+        ctx: Context,
+        files: _Files,
+    ) -> None:
+        """One candidate's outcome, in the walk's order: published or skipped."""
+        summary, baseline = files.summary, files.baseline
+        event: FileEvent | EncodedFile | Skip
+        mtime_ns: int | None = None
+        if isinstance(way, Skip):
+            event = way
+        elif way is _Way.HERE:
+            self._batcher.before(candidate, self._choose(candidate.size, files.info))
+            try:
+                event = self._stable_event(candidate, files.info, files.project, files.now)
+            except _Failed as failed:
+                summary.failed[candidate.path] = str(failed)
+                return
+            except _StoreDown as down:
+                event = Skip(SkipReason.OBJECT_STORE_UNAVAILABLE, str(down))
+            except OSError as exc:  # refused, gone since the walk, an I/O error
+                reason = (exc.strerror or type(exc).__name__).lower()
+                event = Skip(SkipReason.UNREADABLE, f"cannot be read: {reason}")
+            mtime_ns = self._mtime_ns
+        else:
+            self._batcher.before(candidate, ContentStrategy.INLINE)
+            event = (
+                prepared.take() if way is _Way.POOLED else prepare_inline(task_of(candidate), ctx)
+            )
+            mtime_ns = None if isinstance(event, Skip) else event.mtime_ns
+        if isinstance(event, Skip):
+            skipped = SkippedFile(
+                path=shown_path(candidate.path), reason=event.reason, detail=event.detail
+            )
+            summary.skipped.append(skipped)
+            self._batcher.skipped(skipped)
+            if baseline is not None and candidate.path in baseline.entries:
+                files.kept[candidate.path] = baseline.entries[candidate.path]  # not a delete
+            return
+        if baseline is not None:
+            previous = baseline.entries.get(event.path)
+            if previous is not None and (previous.sha256, previous.size) == (
+                event.checksum,
+                event.size,
+            ):  # touched, not changed: remembered with its new time, not published
+                files.kept[event.path] = ManifestEntry(
+                    event.path, event.size, mtime_ns or 0, event.checksum
+                )
+                summary.unchanged += 1
+                return
+        self._publish(event)
+        self._batcher.add(event, mtime_ns)
+        files.done_files, files.done_bytes = files.done_files + 1, files.done_bytes + event.size
+        self.progress(files.done_files, files.done_bytes)
 
     def _finish(
         self, summary: Summary, info: SourceInfo, project: str, checkpoint: Checkpoint
@@ -651,12 +776,13 @@ class Ingest:
     # --- building events ------------------------------------------------------------
 
     def _stable_event(
-        self, candidate: Candidate, info: SourceInfo, project: str, now: datetime, summary: Summary
+        self, candidate: Candidate, info: SourceInfo, project: str, now: datetime
     ) -> FileEvent | Skip:
-        """The file's event, made from bytes that did not change while they were read: a
-        file on disk whose size, times or inode differ after the read, or whose upload
-        carried other bytes than were hashed, is read once more, then skipped as
-        CHANGED_WHILE_READ; never published half-read."""
+        """The event of a file that is not sent inline (inline files:
+        :func:`producers.prepare.prepare_inline`), made from bytes that did not change
+        while they were read: a file on disk whose size, times or inode differ after the
+        read, or whose upload carried other bytes than were hashed, is read once more,
+        then skipped as CHANGED_WHILE_READ; never published half-read."""
         path = candidate.local_path
         for attempt in range(2):
             # the walk's stat is the first "before"; a file changed since reads again
@@ -664,7 +790,7 @@ class Ingest:
                 candidate.signature if attempt == 0 and candidate.signature else _signature(path)
             )
             try:
-                event = self._event(candidate, info, project, now, summary)
+                event = self._event(candidate, info, project, now)
             except _Changed as changed:
                 if path is None:  # a git blob spooled to a temporary file: not a change
                     raise _Failed(f"the spooled blob changed: {changed}") from None
@@ -679,33 +805,23 @@ class Ingest:
         return Skip(SkipReason.CHANGED_WHILE_READ, "it changed while it was read, twice")
 
     def _event(
-        self, candidate: Candidate, info: SourceInfo, project: str, now: datetime, summary: Summary
+        self, candidate: Candidate, info: SourceInfo, project: str, now: datetime
     ) -> FileEvent | Skip:
         strategy = self._choose(candidate.size, info)
         fields: dict[str, Any] = {"content_strategy": strategy}
-        if strategy is ContentStrategy.INLINE:
-            if candidate.size > self.options.inline_limit:
-                return Skip(SkipReason.TOO_LARGE, f"{candidate.size} bytes > --inline-limit")
-            with candidate.open() as stream:
-                data = stream.read(self.options.inline_limit + 1)
-            if (skip := FilePolicy.by_content(data[:64], len(data))) is not None:
+        with self._spooled(candidate) as (checksum, size, head, path):
+            if (skip := FilePolicy.by_content(head, size)) is not None:
                 return skip
-            checksum, size = hashlib.sha256(data).hexdigest(), len(data)
-            fields["inline"] = InlineContent(data=data, encoding=detect_encoding(data))
-        else:
-            with self._spooled(candidate) as (checksum, size, head, path):
-                if (skip := FilePolicy.by_content(head, size)) is not None:
-                    return skip
-                if strategy is ContentStrategy.OBJECT_STORAGE:
-                    fields["object_ref"] = self._upload(path, checksum, size)
-                else:
-                    fields["git_ref"] = GitReference(
-                        url=info.location,
-                        commit=info.commit or "",
-                        ref=info.ref,
-                        path=candidate.path,
-                        blob_id=candidate.blob_id or "",
-                    )
+            if strategy is ContentStrategy.OBJECT_STORAGE:
+                fields["object_ref"] = self._upload(path, checksum, size)
+            else:
+                fields["git_ref"] = GitReference(
+                    url=info.location,
+                    commit=info.commit or "",
+                    ref=info.ref,
+                    path=candidate.path,
+                    blob_id=candidate.blob_id or "",
+                )
         return FileEvent(
             project=project,
             path=candidate.path,
@@ -796,9 +912,15 @@ class Ingest:
 
     # --- publishing -------------------------------------------------------------------
 
-    def _publish(self, event: FileEvent) -> None:
-        if self.publisher is not None:
+    def _publish(self, event: FileEvent | EncodedFile) -> None:
+        if self.publisher is None:
+            return
+        if not isinstance(event, EncodedFile):
             self.publisher.file(event)
+        elif self._takes_encoded:
+            self.publisher.encoded(event)  # type: ignore[attr-defined]  # an EncodedSink
+        else:
+            self.publisher.file(event.event())
 
     def _listed(self, skipped: list[SkippedFile]) -> list[SkippedFile]:
         return _bounded(skipped, self.options.max_skips_listed)
@@ -830,6 +952,16 @@ class Ingest:
                 digest=summary.digest if summary else None,
             )
         )
+
+
+def _cpu_s() -> float:
+    """CPU seconds so far of this process (all its threads) and of its children waited
+    for (the pool's workers, git's processes)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _already_completed(summary: Summary, record: RunRecord, started: float) -> Summary:
@@ -901,9 +1033,10 @@ class _Batcher:
         ):
             self.commit()
 
-    def add(self, event: FileEvent, mtime_ns: int | None) -> None:
+    def add(self, event: FileEvent | EncodedFile, mtime_ns: int | None) -> None:
         deleted = event.op is Op.DELETE
         strategy = None if deleted else (event.content_strategy or ContentStrategy.INLINE)
+        inline = isinstance(event, EncodedFile) or event.inline is not None
         self.batch.files.append(
             FileEntry(
                 event.path,
@@ -914,7 +1047,7 @@ class _Batcher:
                 mtime_ns,
             )
         )
-        self.batch.event_bytes += event.size if event.inline is not None else EVENT_OVERHEAD
+        self.batch.event_bytes += event.size if inline else EVENT_OVERHEAD
         self.produced()
         failpoint("ingest.produced")  # tests: die with the batch's transaction open
         options = self.job.options

@@ -72,13 +72,13 @@ class DeadLetterReason(StrEnum):
     EVENT_TIME_SKEW = "EVENT_TIME_SKEW"  # v3: the event's time is too far in the future
 
 
-def _to_millis(value: datetime) -> datetime:
+def to_millis(value: datetime) -> datetime:
     """Avro's timestamp-millis keeps milliseconds in UTC: so does the model."""
     aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
     return aware.astimezone(UTC).replace(microsecond=aware.microsecond // 1000 * 1000)
 
 
-Millis = Annotated[datetime, AfterValidator(_to_millis)]
+Millis = Annotated[datetime, AfterValidator(to_millis)]
 
 
 class AvroRecord(BaseModel):
@@ -162,6 +162,38 @@ class FileEvent(Event):
     def is_legacy(self) -> bool:
         """Written as v1: only the producer's disk path tells where the content is."""
         return self.local_path is not None and self.content_strategy is None
+
+
+def inline_file_record(
+    *,
+    project: str,
+    path: str,
+    checksum: str,
+    run_id: str,
+    producer_version: str,
+    event_time: datetime,
+    data: bytes,
+    encoding: TextEncoding,
+) -> dict[str, Any]:
+    """``FileEvent(...).to_avro()`` of an inline file's upsert, without the model: the
+    same dict (tests/unit/test_ingest_workers.py holds them equal), at a fifth of the
+    cost, for the ingest's tiny files (about 15 us a file less)."""
+    return {
+        "project": project,
+        "path": path,
+        "size": len(data),
+        "checksum": checksum,
+        "local_path": None,
+        "event_id": derive_event_id(run_id, project, path, Op.UPSERT, checksum),
+        "run_id": run_id,
+        "op": Op.UPSERT,
+        "content_strategy": ContentStrategy.INLINE,
+        "inline": {"data": data, "encoding": encoding},
+        "object_ref": None,
+        "git_ref": None,
+        "producer_version": producer_version,
+        "event_time": to_millis(event_time),
+    }
 
 
 # --- RunEvent --------------------------------------------------------------------

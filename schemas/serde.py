@@ -81,12 +81,16 @@ class EventSerializer:
     def __call__(self, event: Event, ctx: SerializationContext) -> bytes:
         if not isinstance(event, self.model):
             raise TypeError(f"expected {self.model.__name__}, got {type(event).__name__}")
-        subject = f"{ctx.topic}-value"
-        header = self._headers.get(subject) or self._register(subject, ctx.topic)
         body = io.BytesIO()
-        body.write(header)
+        body.write(self.header(ctx))
         fastavro.schemaless_writer(body, self._parsed, event.to_avro())
         return body.getvalue()
+
+    def header(self, ctx: SerializationContext) -> bytes:
+        """The magic byte and schema id of the topic's subject (registered once): what
+        precedes an Avro body written elsewhere with the same schema."""
+        subject = f"{ctx.topic}-value"
+        return self._headers.get(subject) or self._register(subject, ctx.topic)
 
     def _register(self, subject: str, topic: str) -> bytes:
         with self._lock:

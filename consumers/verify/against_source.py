@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import closing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from consumers.verify.report import Kind, RunReport, empty_counts
 from consumers.verify.store import Store, Writer, merge
 from headrace.settings import Settings
 from schemas.models import FileEvent, RunEvent
+
+if TYPE_CHECKING:
+    from producers.prepare import EncodedFile
 
 
 def check_source(settings: Settings, store: Store, report: RunReport) -> None:
@@ -80,6 +83,9 @@ class _Collect:
     def file(self, event: FileEvent) -> None:
         strategy = (event.content_strategy.value if event.content_strategy else "INLINE").lower()
         self.files.add((event.path, event.checksum, strategy))
+
+    def encoded(self, file: EncodedFile) -> None:
+        self.files.add((file.path, file.checksum, "inline"))
 
     def run(self, event: RunEvent) -> None:
         pass

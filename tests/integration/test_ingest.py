@@ -588,7 +588,8 @@ def test_a_small_file_rewritten_on_every_read_is_skipped_as_changed_while_read(
     rewrites: list[int] = []
     real_open = sources._open
 
-    def rewriting_open(path: Path) -> BinaryIO:
+    def rewriting_open(opened_path: str | Path) -> BinaryIO:
+        path = Path(opened_path)
         if path != busy:
             return real_open(path)
         with real_open(path) as stream:

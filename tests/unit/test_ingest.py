@@ -412,8 +412,9 @@ def test_a_file_rewritten_while_it_is_read_is_read_again_or_skipped(
     opened: dict[str, int] = {}
     real_open = producers.sources._open
 
-    def rewriting_open(path: Path) -> object:
-        stream = real_open(path)
+    def rewriting_open(opened_path: str | Path) -> object:
+        stream = real_open(opened_path)
+        path = Path(opened_path)
         opened[path.name] = opened.get(path.name, 0) + 1
         if path.name == "always.txt" or (path.name == "once.txt" and opened[path.name] == 1):
             path.write_text(f"rewritten {opened[path.name]} times, longer\n")  # under the reader

@@ -134,6 +134,16 @@ class Run:
         return float(getattr(self.cpu, of)) / self.records * 1e5
 
 
+def said(run: Run, r: int) -> Run:
+    """The run, printed as it ends (a long bench shows where it is)."""
+    print(
+        f"  round {r} {run.label}: {run.records / run.drain_s:,.0f}/s drain,"
+        f" {run.records / run.wall_s:,.0f}/s whole run, {run.wall_s:.1f} s",
+        flush=True,
+    )
+    return run
+
+
 def measured(label: str, records: int, work: Callable[[], float], once: str = "") -> Run:
     """A baseline run in this process: ``work`` returns the seconds it timed itself."""
     before, started = Usage.now(), time.perf_counter()
@@ -230,14 +240,14 @@ def fresh_schema(settings: Settings, schema: str) -> None:
 def archive_round(
     settings: Settings, topic: str, n: int, processes: list[int], tag: str, r: int
 ) -> list[Run]:
-    runs = [measured("bare consumer (baseline)", n, lambda: raw_drain(topic, n))]
+    runs = [said(measured("bare consumer (baseline)", n, lambda: raw_drain(topic, n)), r)]
     for p in processes:
         with tempfile.TemporaryDirectory(prefix="headrace-bench-scaling-") as tmp:
             env = environment(settings, topic, f"bench-scale-{tag}-r{r}-p{p}.", Path(tmp))
             env["HEADRACE_ARCHIVE__ROOT"] = str(Path(tmp) / "archive")
             run = consume("archive", p, env, n)
             once = archived_once(Path(tmp) / "archive", topic, n)
-        runs.append(replace(run, once=f"{run.once}; {once}"))
+        runs.append(said(replace(run, once=f"{run.once}; {once}"), r))
     return runs
 
 
@@ -263,7 +273,7 @@ def load_round(
                 env["HEADRACE_LOAD__POSTGRES_SCHEMA"] = schema
                 run = consume("load", p, env, n)
             once = loaded_once(settings, schema, n)
-            runs.append(replace(run, once=f"{run.once}; {once}"))
+            runs.append(said(replace(run, once=f"{run.once}; {once}"), r))
             if not rows:
                 with PostgresDatabase(settings.postgres, schema=schema) as db:
                     rows.extend(all_rows(db))
@@ -274,8 +284,9 @@ def load_round(
     try:
         with PostgresDatabase(settings.postgres, schema=schema) as db:
             batch = settings.load.batch_size
-            runs.append(measured("Database.write", n, lambda: write_only(db, rows, batch)))
-        runs.append(measured("COPY (binary)", n, lambda: copy_baseline(settings, schema, rows)))
+            write = measured("Database.write", n, lambda: write_only(db, rows, batch))
+        copy = measured("COPY (binary)", n, lambda: copy_baseline(settings, schema, rows))
+        runs += [said(write, r), said(copy, r)]
     finally:
         drop_schema(settings, schema)
     return runs

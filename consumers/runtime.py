@@ -195,6 +195,8 @@ class ConsumerRuntime:
                 self._report_lag()
                 self._log_wait()
                 if self.until_caught_up and self._until_caught_up():
+                    # A supervisor logs its own line; this one ends a process alone.
+                    log.info("read every partition to the end: stopping")
                     break
         finally:
             try:

@@ -198,3 +198,24 @@ def test_stages_benchmark_reports_every_stage_of_both_groups(
     for stage in ("poll", "decode", "build", "write", "commit"):
         assert out.count(f" {stage} ") == 2, out
     assert out.count("s/100k") == 2
+
+
+def test_scaling_benchmark_runs_small(
+    kafka: KafkaSettings, registry: RegistrySettings, postgres: PostgresSettings
+) -> None:
+    env = {
+        "HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "HEADRACE_REGISTRY__URL": registry.url,
+        "HEADRACE_POSTGRES__HOST": postgres.host,
+        "HEADRACE_POSTGRES__PORT": str(postgres.port),
+        "HEADRACE_CONSUMER__METRICS_PORT": "0",
+        "PYTHONPATH": str(PROJECT_ROOT),  # the groups' subprocesses run this checkout
+    }
+    args = ("--events", "2000", "--processes", "1", "2", "--rounds", "1")
+    done = bench("scaling.py", *args, env=env, timeout=300)
+    out = done.stdout
+    assert "archive group, 2,000 events" in out and "load group -> PostgreSQL, 2,000 rows" in out
+    for run in ("archive group x1", "archive group x2", "load group x1", "load group x2"):
+        assert f"round 1 {run}: the group wrote 2,000 records; exactly once: yes" in out
+    assert "exactly once: NO" not in out
+    assert out.count("  target: ") == 3  # archive x2: two; load x2 on small rows: one

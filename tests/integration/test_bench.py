@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 from headrace.kafka import ensure_topics, make_admin
 from headrace.settings import (
@@ -219,3 +220,23 @@ def test_scaling_benchmark_runs_small(
         assert f"round 1 {run}: the group wrote 2,000 records; exactly once: yes" in out
     assert "exactly once: NO" not in out
     assert out.count("  target: ") == 3  # archive x2: two; load x2 on small rows: one
+
+
+def test_ingest_stage_and_pool_benchmarks_run_small(
+    kafka: KafkaSettings, registry: RegistrySettings, tmp_path: Path
+) -> None:
+    env = {
+        "HEADRACE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "HEADRACE_REGISTRY__URL": registry.url,
+    }
+    stages = bench("ingest_stages.py", "--small", "300", "--repeat", "1", env=env).stdout
+    for stage in ("walk", "read", "hash", "encoding", "event+avro", "produce", "ingest"):
+        assert f"  {stage} " in stages, stages
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(300):
+        (tree / f"f{i}.py").write_text(f"print({i})\n")
+    pool = bench("ingest_pool.py", "--tree", str(tree), "--rounds", "1", "--workers", "2", env=env)
+    assert "300 files of" in pool.stdout
+    for way in ("inline", "threads", "processes"):
+        assert f"  {way} " in pool.stdout and "us a file" in pool.stdout, pool.stdout

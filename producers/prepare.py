@@ -25,6 +25,7 @@ import fastavro
 from producers.base import file_signature
 from producers.policy import FilePolicy, Skip, detect_encoding
 from schemas import catalog
+from schemas.avro_writer import avro_long, avro_string
 from schemas.catalog import EventType
 from schemas.models import (
     ContentStrategy,
@@ -160,13 +161,13 @@ class _InlineWriter:
         self.ctx = ctx
         self._millis = to_millis(ctx.now)
         epoch_ms = int(self._millis.timestamp() * 1000)
-        self._head = _string(ctx.project)
+        self._head = avro_string(ctx.project)
         # local_path null; then after the event id: run_id, op UPSERT, strategy INLINE,
         # the inline branch
-        self._mid = b"\x02" + _string(ctx.run_id) + b"\x00" + b"\x02\x00" + b"\x02"
+        self._mid = b"\x02" + avro_string(ctx.run_id) + b"\x00" + b"\x02\x00" + b"\x02"
         # object_ref and git_ref null, producer_version and event_time
-        self._tail = b"\x00\x00\x02" + _string(ctx.producer) + b"\x02" + _long(epoch_ms)
-        self._encodings = {e: _long(i) for i, e in enumerate(TextEncoding)}
+        self._tail = b"\x00\x00\x02" + avro_string(ctx.producer) + b"\x02" + avro_long(epoch_ms)
+        self._encodings = {e: avro_long(i) for i, e in enumerate(TextEncoding)}
 
     def __call__(self, path: str, checksum: str, data: bytes, encoding: TextEncoding) -> bytes:
         ctx = self.ctx
@@ -174,13 +175,13 @@ class _InlineWriter:
         return b"".join(
             (
                 self._head,
-                _string(path),
-                _long(len(data)),
-                _string(checksum),
+                avro_string(path),
+                avro_long(len(data)),
+                avro_string(checksum),
                 b"\x00",
-                _string(event_id),
+                avro_string(event_id),
                 self._mid,
-                _long(len(data)),
+                avro_long(len(data)),
                 data,
                 self._encodings[encoding],
                 self._tail,
@@ -199,19 +200,3 @@ class _InlineWriter:
             data=data,
             encoding=encoding,
         )
-
-
-def _long(n: int) -> bytes:
-    """Avro's long: zig-zag, then a varint."""
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _string(text: str) -> bytes:
-    raw = text.encode()
-    return _long(len(raw)) + raw

@@ -28,34 +28,15 @@ from typing import NamedTuple
 from fastavro.write import LOGICAL_WRITERS
 
 from producers.tables.rows import canonical_items
+from schemas.avro_writer import LENGTHS, avro_long, avro_string
 from schemas.models import row_event_id
 
 _MILLIS = LOGICAL_WRITERS["long-timestamp-millis"]
 
 
-def _long(n: int) -> bytes:
-    """Avro's long: zig-zag, then a little-endian base-128 varint."""
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
-_LENGTHS = [_long(n) for n in range(4096)]
-
-
-def _string(text: str) -> bytes:
-    data = text.encode()
-    n = len(data)
-    return (_LENGTHS[n] if n < 4096 else _long(n)) + data
-
-
 def _count(n: int) -> bytes:
     """An array's block count: none for an empty array, whose only block is the end."""
-    return b"" if n == 0 else _long(n)
+    return b"" if n == 0 else avro_long(n)
 
 
 class EncodedRow(NamedTuple):
@@ -84,7 +65,7 @@ class RowEventWriter:
         self.key = list(key)
         self.run_id, self.source, self.schema, self.table = run_id, source, schema, table
         self.producer_version = producer_version
-        self._prefixes = [_string(n) + _string(t) for n, t in self.columns]
+        self._prefixes = [avro_string(n) + avro_string(t) for n, t in self.columns]
 
     def encode(
         self,
@@ -95,9 +76,9 @@ class RowEventWriter:
     ) -> list[EncodedRow]:
         """Each row's event: ``header`` (the magic byte and schema id), then the body."""
         source, schema, table = self.source, self.schema, self.table
-        middle = b"".join(_string(s) for s in (self.run_id, batch_id, source, schema, table))
+        middle = b"".join(avro_string(s) for s in (self.run_id, batch_id, source, schema, table))
         version = self.producer_version
-        tail = (b"\x00" if version is None else b"\x02" + _string(version)) + _long(
+        tail = (b"\x00" if version is None else b"\x02" + avro_string(version)) + avro_long(
             _MILLIS(event_time, {})
         )
         columns, key, width = self.columns, self.key, len(self.columns)
@@ -108,7 +89,7 @@ class RowEventWriter:
         # Each column's name and type, then the union's branch: string, or null.
         strings = [p + b"\x02" for p in self._prefixes]
         nulls = [p + b"\x00" for p in self._prefixes]
-        sha256, lengths = hashlib.sha256, _LENGTHS
+        sha256, lengths = hashlib.sha256, LENGTHS
         found = []
         for values in rows:
             if len(values) != width:
@@ -118,10 +99,10 @@ class RowEventWriter:
             ).hexdigest()
             pairs = [(key_names[k], values[i]) for k, i in enumerate(key)]
             event_id = row_event_id(source, schema, table, pairs, checksum)
-            parts = [header, _string(event_id), middle, key_start]
+            parts = [header, avro_string(event_id), middle, key_start]
             append = parts.append
             for i in key:
-                append(nulls[i] if values[i] is None else strings[i] + _string(values[i] or ""))
+                append(nulls[i] if values[i] is None else strings[i] + avro_string(values[i] or ""))
             append(row_start)
             for string, null, v in zip(strings, nulls, values):  # noqa: B905 - width checked
                 if v is None:
@@ -130,10 +111,10 @@ class RowEventWriter:
                     data = v.encode()
                     n = len(data)
                     append(string)
-                    append(lengths[n] if n < 4096 else _long(n))
+                    append(lengths[n] if n < 4096 else avro_long(n))
                     append(data)
             append(b"\x00")  # the row's end
-            append(_string(checksum))
+            append(avro_string(checksum))
             append(tail)
             found.append(EncodedRow(event_id, checksum, b"".join(parts)))
         return found

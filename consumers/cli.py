@@ -3,7 +3,6 @@ as this process or, with ``--processes N``, as N worker processes under a superv
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -11,12 +10,12 @@ from pathlib import Path
 import click
 import orjson
 
-from consumers.groups import groups, run_group, topics_of
+from consumers.groups import groups, ready_topics, run_group
 from consumers.progress import JoinBarrier, WorkersCaughtUp, WorkerState
 from consumers.runtime import RuntimeStats
 from consumers.supervisor import RestartPolicy, Supervisor, describe_exit
+from headrace.children import headrace_command
 from headrace.errors import ConsumeError
-from headrace.kafka import cluster_metadata, ensure_topics, make_admin
 from headrace.settings import Settings
 from headrace.telemetry import current_run_id
 
@@ -116,20 +115,12 @@ def _supervised(
     command's settings) under a :class:`~consumers.supervisor.Supervisor`."""
     kafka, consumer = settings.kafka, settings.consumer
     group_id = consumer.group_prefix + group
-    topics = [getattr(kafka.topics, field) for field in topics_of(groups()[group])]
-    admin = make_admin(kafka)
-    cluster_metadata(admin, kafka)  # no broker: one line now, not N workers failing
-    ensure_topics(
-        admin, topics, partitions=kafka.partitions, replication_factor=kafka.replication_factor
-    )
+    topics = list(ready_topics(settings, group)[1].values())  # no broker: one line, now
     port = consumer.metrics_port if metrics_port is None else metrics_port
-    root = ctx.find_root().params
-    head = [sys.executable, "-m", "headrace"]
-    if root.get("config"):
-        head += ["--config", str(root["config"])]
-    for option in ("log_format", "log_level"):
-        if root.get(option):
-            head += [f"--{option.replace('_', '-')}", str(root[option])]
+    root = ctx.find_root().params  # the global options, passed on to each worker
+    head = headrace_command(
+        root.get("config"), log_format=root.get("log_format"), log_level=root.get("log_level")
+    )
     run_id = current_run_id()
     with tempfile.TemporaryDirectory(prefix="headrace-workers-") as tmp:
         stats_dir = Path(tmp)

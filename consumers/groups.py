@@ -190,6 +190,25 @@ def topics_of(group: Group) -> tuple[str, ...]:
     return wanted
 
 
+def ready_topics(settings: Settings, name: str) -> tuple[Group, dict[str, str]]:
+    """The group ``name`` and its topics (field -> topic), made if missing; no broker
+    answering is one line now, not a timeout later."""
+    known = groups()
+    if name not in known:
+        raise ConfigError(f"no group {name!r}: the groups are {', '.join(sorted(known))}")
+    group, kafka = known[name], settings.kafka
+    names = {field: getattr(kafka.topics, field) for field in topics_of(group)}
+    admin = make_admin(kafka)
+    cluster_metadata(admin, kafka)
+    ensure_topics(
+        admin,
+        list(names.values()),
+        partitions=kafka.partitions,
+        replication_factor=kafka.replication_factor,
+    )
+    return group, names
+
+
 def run_group(
     settings: Settings,
     name: str,
@@ -201,21 +220,9 @@ def run_group(
 ) -> RuntimeStats:
     """Run the group ``name`` until stopped (SIGTERM, SIGINT) or, with
     ``until_caught_up``, until the end offsets seen at start are reached."""
-    known = groups()
-    if name not in known:
-        raise ConfigError(f"no group {name!r}: the groups are {', '.join(sorted(known))}")
-    group = known[name]
-    kafka, topics = settings.kafka, settings.kafka.topics
+    group, names = ready_topics(settings, name)
+    kafka = settings.kafka
     group_id = settings.consumer.group_prefix + name
-    names = {field: getattr(topics, field) for field in topics_of(group)}
-    admin = make_admin(kafka)
-    cluster_metadata(admin, kafka)  # no broker: one line now, not a timeout later
-    ensure_topics(
-        admin,
-        list(names.values()),
-        partitions=kafka.partitions,
-        replication_factor=kafka.replication_factor,
-    )
     # The process's slot on this host: its group.instance.id, the same after a restart.
     slot = InstanceSlot(settings.consumer.instances_dir, group_id)
     # librdkafka keys set in kafka.extra win (a test's shorter session, say).

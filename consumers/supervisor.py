@@ -44,7 +44,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import IO, Protocol
 
@@ -126,8 +125,6 @@ class Supervisor:
         stop_timeout_s: float = 60.0,
         caught_up: Callable[[], bool] | None = None,
         output: IO[str] | None = None,
-        env: dict[str, str] | None = None,
-        cwd: Path | None = None,
         barrier: Barrier | None = None,
         join_timeout_s: float = 60.0,
     ) -> None:
@@ -138,7 +135,6 @@ class Supervisor:
         self.stop_timeout_s = stop_timeout_s
         self.caught_up = caught_up
         self.output = output if output is not None else sys.stderr
-        self.env, self.cwd = env, cwd
         self.barrier, self.join_timeout_s = barrier, join_timeout_s
         self.workers = [Worker(i) for i in range(processes)]
         self.gave_up: WorkerDied | None = None
@@ -263,8 +259,6 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=self.cwd,
                 preexec_fn=die_with_parent,  # noqa: PLW1509 - it only calls prctl
             )
             worker.starts += 1
@@ -315,17 +309,16 @@ class Supervisor:
 
     # --- after the stop -------------------------------------------------------------
 
-    def wait_stopped(self) -> list[int]:
-        """Each worker's exit after the stop; one still running after stop_timeout_s is
-        SIGKILLed (its uncommitted work is read again by its successor)."""
+    def wait_stopped(self) -> None:
+        """Wait for each worker to exit after the stop; one still running after
+        stop_timeout_s is SIGKILLed (its uncommitted work is read again by its successor)."""
         deadline = time.monotonic() + self.stop_timeout_s
-        codes = []
         for worker in self.workers:
             proc = worker.proc
             if proc is None:
                 continue
             try:
-                codes.append(proc.wait(max(deadline - time.monotonic(), 0.1)))
+                proc.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 log.error(
                     "%s: worker %d did not stop within %.0f s: killed",
@@ -334,5 +327,4 @@ class Supervisor:
                     self.stop_timeout_s,
                 )
                 proc.kill()
-                codes.append(proc.wait())
-        return codes
+                proc.wait()

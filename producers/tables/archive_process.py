@@ -14,12 +14,11 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import IO
 
-from headrace.children import die_with_parent
+from headrace.children import die_with_parent, headrace_command
 from producers.errors import ArchiveNotRunning
 from producers.tables.confirm import ArchiveConfirm
 
@@ -37,11 +36,8 @@ class ArchiveProcess:
         """Start the group; return once a member of it reads the row-events topic."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
-        command = [sys.executable, "-m", "headrace"]
-        if self.config is not None:
-            command += ["--config", str(self.config)]
         self._proc = subprocess.Popen(  # noqa: S603 - headrace's own command
-            [*command, "consume", "archive"],
+            [*headrace_command(self.config), "consume", "archive"],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,

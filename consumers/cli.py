@@ -4,6 +4,7 @@ as this process or, with ``--processes N``, as N worker processes under a superv
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from headrace.children import headrace_command
 from headrace.errors import ConsumeError
 from headrace.settings import Settings
 from headrace.telemetry import current_run_id
+
+# A worker holds its partitions at most this long for its supervisor to say the group
+# is whole (the supervisor itself says so after its join timeout, 60 s, whatever).
+WORKER_HOLD_MAX_S = 120.0
 
 
 class _GroupName(click.ParamType):  # type: ignore[type-arg]
@@ -76,13 +81,15 @@ def consume(
     if count > 1:
         stats = _supervised(ctx, settings, group, count, until_caught_up, metrics_port)
     else:
+        before_join, hold = _joining(join_with)
         stats = run_group(
             settings,
             group,
             until_caught_up=until_caught_up or report_to is not None,
             metrics_port=metrics_port,
             on_progress=WorkerState(report_to) if report_to is not None else None,
-            before_join=_barrier(join_with),
+            before_join=before_join,
+            hold=hold,
         )
         if worker_stats is not None:  # a supervisor's worker: the supervisor sums them up
             worker_stats.write_bytes(
@@ -94,13 +101,23 @@ def consume(
     )
 
 
-def _barrier(join_with: tuple[Path, int, int] | None) -> Callable[[], None] | None:
-    """A supervised worker's wait to subscribe with the others (DIR, WORKERS, INDEX)."""
+def _joining(
+    join_with: tuple[Path, int, int] | None,
+) -> tuple[Callable[[], None] | None, Callable[[], bool] | None]:
+    """A supervised worker's ``before_join`` (subscribe with the others) and ``hold``
+    (read once the group is whole), from --join-with DIR WORKERS INDEX."""
     if join_with is None:
-        return None
+        return None, None
     directory, workers, index = join_with
     barrier = JoinBarrier(directory, workers)
-    return lambda: barrier.arrive(index)
+    deadline: list[float] = []  # set once it subscribes: a supervisor gone holds it no longer
+
+    def hold() -> bool:
+        if not deadline:
+            deadline.append(time.monotonic() + WORKER_HOLD_MAX_S)
+        return barrier.whole() or time.monotonic() > deadline[0]
+
+    return lambda: barrier.arrive(index), hold
 
 
 def _supervised(
@@ -125,7 +142,7 @@ def _supervised(
     with tempfile.TemporaryDirectory(prefix="headrace-workers-") as tmp:
         stats_dir = Path(tmp)
         progress = WorkersCaughtUp(stats_dir, processes)
-        barrier = JoinBarrier(stats_dir, processes)
+        barrier = JoinBarrier(stats_dir, processes, kafka, group_id)
         if until_caught_up:
             progress.partitions(kafka, group_id, topics)  # what the workers must cover
 

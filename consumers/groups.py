@@ -217,6 +217,7 @@ def run_group(
     metrics_port: int | None = None,
     on_progress: Callable[[bool, frozenset[TopicPartition]], None] | None = None,
     before_join: Callable[[], None] | None = None,
+    hold: Callable[[], bool] | None = None,
 ) -> RuntimeStats:
     """Run the group ``name`` until stopped (SIGTERM, SIGINT) or, with
     ``until_caught_up``, until the end offsets seen at start are reached."""
@@ -260,6 +261,7 @@ def run_group(
                 until_caught_up=until_caught_up,
                 on_progress=on_progress,
                 before_join=before_join,
+                hold=hold,
                 batch_size=settings.consumer.batch_size,
                 max_event_time_skew_s=settings.consumer.max_event_time_skew_s,
                 consumer_config=membership,

@@ -81,11 +81,12 @@ def instance_id(group_id: str, slot: int) -> str:
 def membership_config(
     consumer: ConsumerSettings, group_id: str, slot: int, kafka_extra: Iterable[str] = ()
 ) -> dict[str, Any]:
-    """The librdkafka keys of a group's membership: its session, its assignor and, with
-    static membership, its ``group.instance.id``; a key also in ``kafka_extra`` (kafka.extra)
-    is left to it."""
+    """The librdkafka keys of a group's membership: its session and heartbeat, its
+    assignor and, with static membership, its ``group.instance.id``; a key also in
+    ``kafka_extra`` (kafka.extra) is left to it."""
     config: dict[str, Any] = {
         "session.timeout.ms": int(consumer.session_timeout_s * 1000),
+        "heartbeat.interval.ms": int(consumer.heartbeat_interval_s * 1000),
         "partition.assignment.strategy": consumer.assignment_strategy,
     }
     if consumer.static_membership:

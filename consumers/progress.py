@@ -14,6 +14,16 @@ with cooperative-sticky it is what spreads the topics, on a broker whose
 ``group.initial.rebalance.delay.ms`` (3 s by default; 0 on the local stack, where the
 first member still gets its generation alone) holds the first assignment for them.
 
+**Reading once the group is whole.** Even members that subscribe within milliseconds
+do not always share the first generation: a broker without an initial rebalance delay
+completes the first join alone, the first member is handed every partition, reads
+them until it hears of the rebalance (at its next heartbeat) and gives them back,
+publishing what it archived of them (bench/scaling.py measured 3.5 s of a 12 s drain
+lost this way). So each worker holds what it is handed paused (``hold``) until the
+supervisor, asking the coordinator, has seen the group stable with every worker a
+member (``whole``), or its join timeout passed; a worker started again later finds
+the group whole and reads at once.
+
 ``--until-caught-up`` cannot be judged from the group's committed offsets: the archive
 group makes records durable (and commits them) only when it publishes a segment, so
 what it has read may be minutes ahead of what it committed. Each worker instead runs
@@ -38,21 +48,35 @@ import time
 from pathlib import Path
 
 import orjson
+from confluent_kafka import ConsumerGroupState, KafkaException
 from confluent_kafka import TopicPartition as KafkaPartition
+from confluent_kafka.admin import AdminClient
 
 from consumers.base import TopicPartition
-from headrace.kafka import cluster_metadata, make_consumer, watermarks
+from headrace.kafka import answer, cluster_metadata, make_admin, make_consumer, watermarks
 from headrace.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 
 class JoinBarrier:
-    """Workers subscribe together: ``arrive`` (worker side) blocks until ``release``."""
+    """Workers subscribe together (``arrive`` blocks until ``release``), then read
+    nothing until the group is whole (``whole``): ``settled`` (the supervisor's side)
+    asks the group's coordinator, and says so to all once every worker is a member of
+    one stable generation. The constructor does no I/O."""
 
-    def __init__(self, directory: Path, workers: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        workers: int,
+        kafka: KafkaSettings | None = None,
+        group_id: str = "",
+    ) -> None:
         self.directory, self.workers = directory, workers
+        self.kafka, self.group_id = kafka, group_id
         self.go = directory / "go"
+        self.whole_file = directory / "whole"
+        self._admin: AdminClient | None = None
 
     def arrive(self, worker: int, timeout_s: float = 120.0) -> None:
         (self.directory / f"{worker}.ready").touch()
@@ -65,6 +89,35 @@ class JoinBarrier:
 
     def release(self) -> None:
         self.go.touch()
+
+    def whole(self) -> bool:
+        """Whether the workers may read (a worker's ``hold``)."""
+        return self.whole_file.exists()
+
+    def settled(self) -> bool:
+        """Whether the group is whole: said to the workers (``declare_whole``) the
+        first time the coordinator describes it stable with every worker a member. A
+        broker that does not answer is asked again at the next call."""
+        if self.whole_file.exists():
+            return True
+        if self.kafka is None:
+            self.declare_whole()
+            return True
+        if self._admin is None:
+            self._admin = make_admin(self.kafka)
+        try:
+            found = self._admin.describe_consumer_groups([self.group_id], request_timeout=5)
+            described = answer(found[self.group_id], 5)
+        except KafkaException:
+            return False
+        stable = described.state == ConsumerGroupState.STABLE
+        if not stable or len(described.members) < self.workers:
+            return False
+        self.declare_whole()
+        return True
+
+    def declare_whole(self) -> None:
+        self.whole_file.touch()
 
 
 class WorkerState:

@@ -64,6 +64,8 @@ from schemas.validation import DEFAULT_MAX_SKEW_S, check_for
 log = logging.getLogger(__name__)
 _topic_of = attrgetter("record.topic")  # counted per batch in C, not a generator per record
 CONSUME_MAX = 1_000_000  # the most records one Consumer.consume call hands over
+# How long a poll waits while a member holds its partitions paused (``hold``).
+HOLD_POLL_S = 0.05
 # _process builds Records and Decodeds by position, with tuple.__new__: in this order.
 if Record._fields != ("topic", "partition", "offset", "timestamp_ms", "key", "value", "headers"):
     raise ImportError("Record's fields changed: update ConsumerRuntime._process")
@@ -113,6 +115,10 @@ class ConsumerRuntime:
         # (a supervisor's worker: the supervisor stops the group once all have).
         on_progress: Callable[[bool, frozenset[TopicPartition]], None] | None = None,
         before_join: Callable[[], None] | None = None,  # called just before subscribing
+        # Until this says True, the partitions handed to this member stay paused: a
+        # supervisor's worker reads nothing while its group is not whole yet (the first
+        # member to join is assigned everything alone, and gives it back at once).
+        hold: Callable[[], bool] | None = None,
     ) -> None:
         self.group, self.sink, self.dlq = group, sink, dlq
         self.decoders = dict(decoders)
@@ -121,6 +127,7 @@ class ConsumerRuntime:
         self.metrics = metrics or Metrics(group)
         self.until_caught_up = until_caught_up
         self.on_progress, self.before_join = on_progress, before_join
+        self.hold, self._holding = hold, hold is not None
         wanted = sink.capabilities.batch_size or batch_size  # the sink's own setting first
         self.batch_size = min(wanted, sink.capabilities.max_batch, CONSUME_MAX)
         self.poll_timeout_s = poll_timeout_s
@@ -178,8 +185,11 @@ class ConsumerRuntime:
             )
         try:
             while not self._stop:
+                timeout_s = self.poll_timeout_s
+                if self._holding:
+                    timeout_s = self._held(consumer)
                 with collector_paused():  # while a batch is in hand
-                    messages = consumer.consume(self.batch_size, self.poll_timeout_s)
+                    messages = consumer.consume(self.batch_size, timeout_s)
                     started = time.perf_counter()
                     self._process(messages)
                     consumed = len(messages)
@@ -210,6 +220,18 @@ class ConsumerRuntime:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
         return self.stats
+
+    def _held(self, consumer: Consumer) -> float:
+        """While holding: resume what is assigned once ``hold`` says so; the poll's
+        timeout meanwhile (short: the rebalance callbacks are served by the poll)."""
+        assert self.hold is not None  # noqa: S101 - _holding implies it
+        if not self.hold():
+            return HOLD_POLL_S
+        self._holding = False
+        if self._assigned:
+            consumer.resume([KafkaPartition(t, p) for t, p in sorted(self._assigned)])
+        log.info("the group is whole: reading")
+        return self.poll_timeout_s
 
     def _until_caught_up(self) -> bool:
         """Whether to stop now: caught up, unless a supervisor is told instead."""
@@ -461,6 +483,8 @@ class ConsumerRuntime:
             consumer.incremental_assign(partitions)
         else:
             consumer.assign(partitions)
+        if self._holding and partitions:
+            consumer.pause(partitions)  # before its first fetch: nothing read to give back
         waited = time.monotonic() - (self._waiting_since or time.monotonic())
         handed = describe_partitions(wanted) or "nothing"
         if self.incremental and len(self._assigned) > len(wanted):

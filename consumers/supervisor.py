@@ -58,11 +58,16 @@ Command = Callable[[int], Sequence[str]]  # worker index -> argv
 
 
 class Barrier(Protocol):
-    """Holds the workers back until all can subscribe together (consumers.progress)."""
+    """Holds the workers back until all can subscribe together, then until the group
+    is whole (consumers.progress.JoinBarrier)."""
 
     def all_ready(self) -> bool: ...
 
     def release(self) -> None: ...
+
+    def settled(self) -> bool: ...
+
+    def declare_whole(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -165,7 +170,8 @@ class Supervisor:
             log.info("%s: starting %d worker processes", self.name, len(self.workers))
             for thread in threads:
                 thread.start()
-            looked, began, released = 0.0, time.monotonic(), self.barrier is None
+            began = time.monotonic()
+            released = settled = self.barrier is None
             while not self._stopping.is_set():
                 # Polled, not waited on: the signal handler only sets a flag (an
                 # Event.set() there can deadlock on the lock this thread's wait holds).
@@ -175,15 +181,14 @@ class Supervisor:
                     log.info("%s: %s: stopping every worker", self.name, name)
                     self.stop()
                     break
-                if not released and self.barrier is not None:
+                if not settled and self.barrier is not None:
                     waited = time.monotonic() - began
-                    if self.barrier.all_ready() or waited > self.join_timeout_s:
+                    if not released and (self.barrier.all_ready() or waited > self.join_timeout_s):
                         self.barrier.release()  # all subscribe now, within milliseconds
                         released = True
-                if self.caught_up is None or time.monotonic() - looked < 0.5:
-                    continue
-                looked = time.monotonic()
-                if self.caught_up():
+                    if released:
+                        settled = self._settled(self.barrier, waited)
+                if self.caught_up is not None and self.caught_up():
                     log.info("%s: every worker read its partitions to the end", self.name)
                     self.reached_end = True
                     self.stop()
@@ -195,6 +200,21 @@ class Supervisor:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return self.exit_code()
+
+    def _settled(self, barrier: Barrier, waited_s: float) -> bool:
+        """Whether the workers, subscribed, may read: once the group is whole, or past
+        ``join_timeout_s`` anyway (a worker that cannot start holds none of the others)."""
+        if barrier.settled():
+            return True
+        if waited_s <= self.join_timeout_s:
+            return False
+        log.warning(
+            "%s: the group was not whole within %g s: the workers read anyway",
+            self.name,
+            self.join_timeout_s,
+        )
+        barrier.declare_whole()
+        return True
 
     def exit_code(self) -> int:
         if self.gave_up is not None:

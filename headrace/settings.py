@@ -338,6 +338,10 @@ class ConsumerSettings(_Section):
     # How long a member that stopped heartbeating (died) keeps its partitions; the broker
     # allows 6 s to 30 min (group.min/max.session.timeout.ms). librdkafka's default: 45 s.
     session_timeout_s: float = Field(default=10.0, ge=1)
+    # How often a member tells the coordinator it lives, and learns of a rebalance: a
+    # member that joins waits up to this long for the others to give partitions back.
+    # librdkafka's default is 3 s; it must stay below the session timeout.
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
     # The processes' slots on this host (lock files): their group.instance.id (and the
     # verify group's transactional.id).
     instances_dir: Path = PROJECT_ROOT / ".headrace" / "instances"
@@ -356,6 +360,15 @@ class ConsumerSettings(_Section):
     restart_window_s: float = Field(default=300.0, gt=0)
     # How long a stopping worker may take to commit what is durable before SIGKILL.
     stop_timeout_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> ConsumerSettings:
+        if self.heartbeat_interval_s >= self.session_timeout_s:
+            raise ValueError(
+                f"heartbeat_interval_s ({self.heartbeat_interval_s:g}) must be less than"
+                f" session_timeout_s ({self.session_timeout_s:g})"
+            )
+        return self
 
 
 class ArchiveSettings(_Section):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import orjson
 import pytest
@@ -82,7 +82,11 @@ def publish(
 
 
 def runtime(
-    settings: KafkaSettings, client: SchemaRegistryClient, sink: Sink, group: str
+    settings: KafkaSettings,
+    client: SchemaRegistryClient,
+    sink: Sink,
+    group: str,
+    hold: Callable[[], bool] | None = None,
 ) -> ConsumerRuntime:
     decoders: dict[str, Decoder] = {
         settings.topics.file_events: EventDeserializer(client, FileEvent),
@@ -95,6 +99,7 @@ def runtime(
         DeadLetterQueue(settings, client, group),
         until_caught_up=True,
         batch_size=100,
+        hold=hold,
     )
 
 
@@ -135,6 +140,30 @@ def test_a_sink_that_asks_for_its_own_batch_size_gets_it_beyond_the_old_cap(
     sinks[1].capabilities = SinkCapabilities(True, max_batch=1_000_000, batch_size=7)
     sizes = [runtime(settings, client, sink, group).batch_size for sink in sinks]
     assert sizes == [120_000, 7, 100]  # the last: no batch_size of its own, the runtime's
+
+
+def test_a_member_holding_reads_nothing_until_its_group_is_whole(
+    setup: tuple[KafkaSettings, SchemaRegistryClient],
+) -> None:
+    # A supervisor's worker holds what it is assigned paused until the supervisor says
+    # the group is whole: the first member to join is handed every partition alone.
+    settings, client = setup
+    sent = events(300)
+    publish(settings, client, sent)
+    sink = MemorySink()
+    seen: list[tuple[int, int]] = []  # (partitions assigned, records in the sink) per call
+
+    def hold() -> bool:
+        seen.append((len(rt._assigned), len(sink.rows)))  # noqa: SLF001 - what it holds
+        held_assigned = sum(1 for assigned, _ in seen if assigned == 3)
+        return held_assigned >= 20  # about a second with all three partitions paused
+
+    rt = runtime(settings, client, sink, f"test-rt-{uuid.uuid4().hex[:6]}", hold)
+    stats = rt.run()
+    assert sum(1 for assigned, _ in seen if assigned == 3) == 20
+    assert all(rows == 0 for _, rows in seen)  # nothing read while held
+    assert sorted(d.event.path for d in sink.rows) == sorted(e.path for e in sent)  # type: ignore[attr-defined]
+    assert stats.processed == 300 and stats.dead_lettered == 0
 
 
 def test_poison_messages_are_dead_lettered_and_the_group_goes_on(

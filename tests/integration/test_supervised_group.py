@@ -112,6 +112,9 @@ def test_a_sigkilled_worker_is_started_again_and_sigterm_stops_both_committed(
     text = log.read_text()
     assert "worker 1 was killed by SIGKILL; starting it again" in text
     assert "worker 0 stopped" in text and "worker 1 stopped" in text
+    # Each worker read once the coordinator had both as members; the restarted one
+    # (the group whole already) at once.
+    assert [text.count(f"-w{i} the group is whole: reading") for i in (0, 1)] == [1, 2]
     # Stopped cleanly: what each worker held open was published and committed, so
     # every partition's committed offset is its end and nothing is archived twice.
     positions = committed_to_end(kafka, group, topic)

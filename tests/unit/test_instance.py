@@ -6,6 +6,9 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from consumers.instance import InstanceSlot, instance_id, membership_config
 from headrace.settings import ConsumerSettings
 
@@ -15,6 +18,7 @@ def test_the_instance_id_is_the_group_the_host_and_the_slot(tmp_path: Path) -> N
     config = membership_config(ConsumerSettings(), "headrace.archive", slot.acquire())
     assert config["group.instance.id"] == f"headrace.archive.{socket.gethostname()}.0"
     assert config["session.timeout.ms"] == 10_000
+    assert config["heartbeat.interval.ms"] == 1_000  # a rebalance is heard of within 1 s
     slot.release()
 
 
@@ -65,12 +69,23 @@ def test_dynamic_membership_and_keys_kafka_extra_sets_are_left_out() -> None:
     dynamic = ConsumerSettings(static_membership=False, session_timeout_s=45)
     assert membership_config(dynamic, "g", 0) == {
         "session.timeout.ms": 45_000,
+        "heartbeat.interval.ms": 1_000,
         "partition.assignment.strategy": "roundrobin",
     }
-    extra = {"session.timeout.ms": "6000", "partition.assignment.strategy": "range"}
+    extra = {
+        "session.timeout.ms": "6000",
+        "heartbeat.interval.ms": "2000",
+        "partition.assignment.strategy": "range",
+    }
     config = membership_config(ConsumerSettings(), "g", 3, extra)
     assert config == {"group.instance.id": f"g.{socket.gethostname()}.3"}
     sticky = ConsumerSettings(assignment_strategy="cooperative-sticky")
     assert (
         membership_config(sticky, "g", 0)["partition.assignment.strategy"] == "cooperative-sticky"
     )
+
+
+def test_a_heartbeat_not_below_the_session_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"heartbeat_interval_s \(10\) must be less than"):
+        ConsumerSettings(heartbeat_interval_s=10, session_timeout_s=10)
+    assert ConsumerSettings(heartbeat_interval_s=3, session_timeout_s=10).heartbeat_interval_s == 3

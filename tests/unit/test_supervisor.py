@@ -199,3 +199,55 @@ def test_workers_caught_up_needs_every_worker_and_every_partition(tmp_path: Path
 def test_processes_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Supervisor("g", 0, lambda i: ["true"])
+
+
+class _Barrier:
+    """A JoinBarrier without files or Kafka: ready at once, whole when told."""
+
+    def __init__(self, whole_after: int | None) -> None:
+        self.whole_after, self.asked, self.released, self.declared = whole_after, 0, False, False
+
+    def all_ready(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        self.released = True
+
+    def settled(self) -> bool:
+        self.asked += 1
+        return self.declared or (self.whole_after is not None and self.asked >= self.whole_after)
+
+    def declare_whole(self) -> None:
+        self.declared = True
+
+
+def test_the_workers_are_released_then_told_the_group_is_whole(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    argv = _script(tmp_path, SERVES)
+    barrier = _Barrier(whole_after=3)  # the coordinator says so at the third look
+    supervisor = Supervisor(
+        "g", 2, lambda i: [*argv, str(tmp_path), str(i)], policy=FAST, barrier=barrier
+    )
+    _terminate_when(lambda: barrier.asked >= 3 and (tmp_path / "started-1").exists())
+    assert supervisor.run() == 0
+    assert barrier.released and barrier.asked == 3  # asked no more once whole
+    assert not barrier.declared and "not whole" not in caplog.text
+
+
+def test_a_group_never_whole_reads_anyway_after_the_join_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    argv = _script(tmp_path, SERVES)
+    barrier = _Barrier(whole_after=None)  # a worker that never joins, say
+    supervisor = Supervisor(
+        "g",
+        2,
+        lambda i: [*argv, str(tmp_path), str(i)],
+        policy=FAST,
+        barrier=barrier,
+        join_timeout_s=0.5,
+    )
+    _terminate_when(lambda: barrier.declared)
+    assert supervisor.run() == 0
+    assert "g: the group was not whole within 0.5 s: the workers read anyway" in caplog.text

@@ -18,8 +18,8 @@ first member still gets its generation alone) holds the first assignment for the
 do not always share the first generation: a broker without an initial rebalance delay
 completes the first join alone, the first member is handed every partition, reads
 them until it hears of the rebalance (at its next heartbeat) and gives them back,
-publishing what it archived of them (bench/scaling.py measured 3.5 s of a 12 s drain
-lost this way). So each worker holds what it is handed paused (``hold``) until the
+publishing what it archived of them (five starts of eight on the local stack: 3.5 s
+alone, docs/performance.md). So each worker holds what it is handed paused (``hold``) until the
 supervisor, asking the coordinator, has seen the group stable with every worker a
 member (``whole``), or its join timeout passed; a worker started again later finds
 the group whole and reads at once.

@@ -119,16 +119,33 @@ class SqliteDatabase(Database):
     ) -> None:
         super().__init__(deletes)
         self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
         self._where = f"SQLite at {self.path}"
-        with self._errors():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(
-                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            # In WAL, NORMAL never corrupts; a power loss may undo the last transactions,
-            # rows and ledger entries together, and the loader replays them.
-            self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._opened: sqlite3.Connection | None = None  # on first use: no I/O here
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        """The connection; the first use makes the file (and its directory) and sets WAL."""
+        if self._opened is None:
+            with self._errors():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(
+                    self.path,
+                    timeout=self.busy_timeout_s,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    # In WAL, NORMAL never corrupts; a power loss may undo the last
+                    # transactions, rows and ledger entries together, and the loader
+                    # replays them.
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                except BaseException:
+                    conn.close()
+                    raise
+                self._opened = conn
+        return self._opened
 
     # --- errors and transactions -----------------------------------------------------
 
@@ -158,7 +175,7 @@ class SqliteDatabase(Database):
             raise
 
     def _rollback(self) -> None:
-        conn = getattr(self, "_conn", None)
+        conn = self._opened
         if conn is not None and conn.in_transaction:
             conn.rollback()
 
@@ -317,4 +334,6 @@ class SqliteDatabase(Database):
                 return
 
     def close(self) -> None:
-        self._conn.close()
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None

@@ -45,6 +45,16 @@ class TestSqliteConformance(DatabaseConformance):
     max_examples = 80
 
 
+def test_the_constructor_does_no_io_the_first_use_makes_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "dir" / "db.sqlite3"
+    db = SqliteDatabase(path)
+    assert not path.parent.exists()  # style 7a: nothing made until used
+    db.close()  # closing one never opened is nothing to do
+    with db:
+        assert db.migrate()
+    assert path.exists()
+
+
 def test_the_database_is_in_wal_mode(tmp_path: Path) -> None:
     with SqliteDatabase(tmp_path / "new" / "dir" / "db.sqlite3") as db:
         db.migrate()

@@ -47,7 +47,7 @@ class PartialLine(ArchiveCorrupt):
     """A segment ends inside a line (a truncated file)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # as ArchiveRecord, not frozen (a frozen one cannot extend it)
 class ArchivedLine(ArchiveRecord):
     """A record read back, and the segment file it was read from."""
 

@@ -12,8 +12,11 @@ and measures in the same run, every round:
   of the same rows alone and to a binary ``COPY`` of them (``bench/load.py``'s);
 - for each run: the wall time and the rate over it (from the command's start to its
   exit, so with start-up, joining and the final commit), and the rate over the drain
-  alone (from the first worker's ``assigned`` log line to the line saying every
-  partition was read to its end); CPU seconds per 100,000 records of the group's
+  alone (from when every worker may read, as the bare consumer's from its first
+  records: the workers' ``the group is whole`` line, or one process's ``assigned``
+  line, to the line saying every partition was read to its end), with how long the
+  workers held their first assignment until the group was whole (``held s``); CPU
+  seconds per 100,000 records of the group's
   processes (``getrusage(RUSAGE_CHILDREN)`` around the subprocess: the supervisor
   waits for its workers), of the broker and of PostgreSQL (``/proc``, whoever's load
   it is), and how busy the machine was;
@@ -64,6 +67,7 @@ from storage.db import FileRow  # noqa: E402
 from storage.db.postgres import PostgresDatabase  # noqa: E402
 
 END_LINES = ("every worker read its partitions to the end", "read every partition to the end")
+WHOLE_LINE = "the group is whole: reading"  # a supervised worker's, once it may read
 HZ = os.sysconf("SC_CLK_TCK")
 
 
@@ -129,6 +133,7 @@ class Run:
     cpu: Usage
     load: float  # the 1-minute load average at its end
     once: str  # the exactly-once check, said
+    held_s: float = 0.0  # a group of workers: first assignment to the group whole
 
     def cpu_per_100k(self, of: str) -> float:
         return float(getattr(self.cpu, of)) / self.records * 1e5
@@ -138,7 +143,8 @@ def said(run: Run, r: int) -> Run:
     """The run, printed as it ends (a long bench shows where it is)."""
     print(
         f"  round {r} {run.label}: {run.records / run.drain_s:,.0f}/s drain,"
-        f" {run.records / run.wall_s:,.0f}/s whole run, {run.wall_s:.1f} s",
+        f" {run.records / run.wall_s:,.0f}/s whole run, {run.wall_s:.1f} s,"
+        f" held {run.held_s:.2f} s",
         flush=True,
     )
     return run
@@ -163,7 +169,7 @@ def consume(group: str, processes: int, env: dict[str, str], records: int) -> Ru
     wall, cpu = time.perf_counter() - started, Usage.now() - before
     if done.returncode != 0:
         raise SystemExit(f"{group} x{processes} exited {done.returncode}:\n{done.stderr[-3000:]}")
-    assigned = end = None
+    assigned = whole = end = None
     for line in done.stderr.splitlines():
         try:
             entry = orjson.loads(line)
@@ -172,20 +178,24 @@ def consume(group: str, processes: int, env: dict[str, str], records: int) -> Ru
         message, at = entry["message"], datetime.fromisoformat(entry["time"]).timestamp()
         if assigned is None and message.startswith("assigned ") and "nothing" not in message:
             assigned = at
+        if whole is None and message.startswith(WHOLE_LINE):
+            whole = at
         if end is None and any(text in message for text in END_LINES):
             end = at
     if assigned is None or end is None:
         raise SystemExit(f"{group} x{processes}: no assigned or end line:\n{done.stderr[-3000:]}")
     written = int(done.stdout.rsplit(": ", 1)[1].split()[0])
+    reading = whole if whole is not None else assigned  # as the bare consumer's first records
     return Run(
         f"{group} group x{processes}",
         processes,
         records,
         wall,
-        end - assigned,
+        end - reading,
         cpu,
         os.getloadavg()[0],
         f"the group wrote {written:,} records",
+        reading - assigned,
     )
 
 
@@ -308,7 +318,8 @@ def table(title: str, unit: str, rounds: list[list[Run]], baselines: list[str]) 
     one = next((label for label in labels if label.endswith(" x1")), None)
     print(f"\n{title}; median of {len(rounds)} round(s) (slowest-fastest)")
     heads = [f"{unit} (drain)", "vs x1", *(f"vs {b.split(' (')[0]}" for b in baselines)]
-    heads += [f"{unit} (whole run)", "wall s", "CPU s/100k", "cores", "broker", "postgres", "busy"]
+    heads += [f"{unit} (whole run)", "wall s", "held s", "CPU s/100k", "cores", "broker"]
+    heads += ["postgres", "busy"]
     print("| " + " | ".join(["run", *heads]) + " |")
     print("|---|" + "---:|" * len(heads))
     for label, runs in by.items():
@@ -321,7 +332,8 @@ def table(title: str, unit: str, rounds: list[list[Run]], baselines: list[str]) 
         pg = statistics.median(x.cpu_per_100k("postgres") for x in runs)
         busy = statistics.median(x.cpu.machine / x.wall_s for x in runs)
         cells = [label, median(rate[label]), *ratios, whole]
-        cells += [f"{statistics.median(x.wall_s for x in runs):.2f}", f"{cpu:.2f}"]
+        cells += [f"{statistics.median(x.wall_s for x in runs):.2f}"]
+        cells += [f"{statistics.median(x.held_s for x in runs):.2f}", f"{cpu:.2f}"]
         cells += [f"{cores:.2f}" if runs[0].processes else "1 (this process)"]
         cells += [f"{broker:.2f}", f"{pg:.2f}", f"{busy:.2f} of {os.cpu_count()}"]
         print("| " + " | ".join(cells) + " |")

@@ -1,6 +1,7 @@
 """Benchmarks run small here, to prove they still work; their figures go to docs."""
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -220,6 +221,8 @@ def test_scaling_benchmark_runs_small(
         assert f"round 1 {run}: the group wrote 2,000 records; exactly once: yes" in out
     assert "exactly once: NO" not in out
     assert out.count("  target: ") == 3  # archive x2: two; load x2 on small rows: one
+    # Each run says how long its workers held their first assignment for the group.
+    assert re.search(r"round 1 archive group x2: [\d,]+/s drain, .* held \d+\.\d\d s", out), out
 
 
 def test_ingest_stage_and_pool_benchmarks_run_small(

@@ -16,9 +16,9 @@ and measures in the same run, every round:
   records: the workers' ``the group is whole`` line, or one process's ``assigned``
   line, to the line saying every partition was read to its end), with how long the
   workers held their first assignment until the group was whole (``held s``); CPU
-  seconds per 100,000 records of the group's
-  processes (``getrusage(RUSAGE_CHILDREN)`` around the subprocess: the supervisor
-  waits for its workers), of the broker and of PostgreSQL (``/proc``, whoever's load
+  seconds per 100,000 records of the group's processes
+  (``getrusage(RUSAGE_CHILDREN)`` around the subprocess: the supervisor waits for its
+  workers), of the broker and of PostgreSQL (``/proc``, whoever's load
   it is), and how busy the machine was;
 - after each run, that every event was archived or loaded exactly once: distinct
   paths and lines (archive) or rows (load) against what was published.

@@ -19,10 +19,10 @@ do not always share the first generation: a broker without an initial rebalance 
 completes the first join alone, the first member is handed every partition, reads
 them until it hears of the rebalance (at its next heartbeat) and gives them back,
 publishing what it archived of them (five starts of eight on the local stack: 3.5 s
-alone, docs/performance.md). So each worker holds what it is handed paused (``hold``) until the
-supervisor, asking the coordinator, has seen the group stable with every worker a
-member (``whole``), or its join timeout passed; a worker started again later finds
-the group whole and reads at once.
+alone, docs/performance.md). So each worker holds what it is handed paused
+(``hold``) until the supervisor, asking the coordinator, has seen the group stable
+with every worker a member (``whole``), or its join timeout passed; a worker started
+again later finds the group whole and reads at once.
 
 ``--until-caught-up`` cannot be judged from the group's committed offsets: the archive
 group makes records durable (and commits them) only when it publishes a segment, so
@@ -113,6 +113,7 @@ class JoinBarrier:
         stable = described.state == ConsumerGroupState.STABLE
         if not stable or len(described.members) < self.workers:
             return False
+        self._admin = None  # asked no more: its client is let go for the rest of the run
         self.declare_whole()
         return True
 

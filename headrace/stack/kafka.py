@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from confluent_kafka import KafkaException
@@ -12,6 +13,21 @@ from headrace.kafka import make_admin
 from headrace.stack.base import Port, Service
 from headrace.stack.java import find_java
 from headrace.stack.process import maven, port_open, replacing, run_tool, split_host_port
+
+
+def new_cluster_id(token_bytes: Callable[[int], bytes] = secrets.token_bytes) -> str:
+    """A random KRaft cluster id, as `kafka-storage random-uuid` makes one.
+
+    It is 16 random bytes in URL-safe base64, drawn again while it starts
+    with '-' (Kafka's own `Uuid.randomUuid` does the same): the storage
+    tool's argument parser would read such an id as an option and fail
+    with "argument --cluster-id/-t: expected one argument", once in 64
+    starts.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(token_bytes(16)).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 class Kafka(Service):
@@ -111,7 +127,7 @@ class Kafka(Service):
     def launch(self) -> int:
         config = self._write_config()
         if not (self.home / "data" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode()
+            cluster_id = new_cluster_id()
             run_tool(
                 self.name,
                 [

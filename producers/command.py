@@ -123,6 +123,7 @@ def run_ingest(
                 transaction_timeout_s=settings.ingest.transaction_timeout_s,
             )
             resources.callback(publisher.close)  # aborts a batch left open by an error
+            publisher.start()
             store = MinioObjectStore(settings.object_store)
             resources.callback(store.close)  # its connections
         job = Ingest(
@@ -206,6 +207,7 @@ def republish(
             transaction_timeout_s=settings.ingest.transaction_timeout_s,
         )
         resources.callback(publisher.close)
+        publisher.start()
         store = MinioObjectStore(settings.object_store)
         resources.callback(store.close)
         job = Ingest(src, options, run_id, project, _FilesOnly(publisher), store)

@@ -15,10 +15,9 @@ import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # ConfigResource: no __all__
     AdminClient,
     ConfigResource,
@@ -55,25 +54,49 @@ MESSAGE_OVERHEAD = 64 * 1024  # headers, key and Avro framing around the largest
 POLL_EVERY = 64
 
 
-@dataclass
 class Publisher:
-    settings: KafkaSettings
-    registry: SchemaRegistryClient
-    max_batch_bytes: int = 5 * 1024 * 1024
-    largest_inline: int = 100 * 1024  # the inline limit: the largest content of one event
-    connect_timeout_s: float = 10.0
-    transactional_id: str | None = None
-    transaction_timeout_s: float = 60.0  # the broker aborts a transaction left open longer
-    failed: dict[str, str] = field(default_factory=dict)  # path -> why
-    delivered: int = 0
-    _in_flight: dict[int, str] = field(default_factory=dict)
-    _probe: Probe | None = None  # where the open transaction's first record landed
-    _open: bool = False
-    _probe_token: int = 0
+    """One producer of a run's file and run events. The constructor does no I/O:
+    :meth:`start` connects (the topics made if missing, the broker's message limit
+    checked, transactions initialised, which fences an earlier producer of the id)."""
 
-    def __post_init__(self) -> None:
-        topics = self.settings.topics
-        self.file_topic, self.run_topic = topics.file_events, topics.run_events
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        registry: SchemaRegistryClient,
+        *,
+        max_batch_bytes: int = 5 * 1024 * 1024,
+        largest_inline: int = 100 * 1024,  # the inline limit: the largest content of one event
+        connect_timeout_s: float = 10.0,
+        transactional_id: str | None = None,
+        transaction_timeout_s: float = 60.0,  # the broker aborts a transaction left open longer
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.max_batch_bytes = max_batch_bytes
+        self.largest_inline = largest_inline
+        self.connect_timeout_s = connect_timeout_s
+        self.transactional_id = transactional_id
+        self.transaction_timeout_s = transaction_timeout_s
+        self.file_topic = settings.topics.file_events
+        self.run_topic = settings.topics.run_events
+        self.failed: dict[str, str] = {}  # label (a path) -> why it was not delivered
+        self.delivered = 0
+        self._producer: Producer | None = None  # made by start()
+        self._in_flight: dict[int, str] = {}
+        self._probe: Probe | None = None  # where the open transaction's first record landed
+        self._probe_token = 0
+        self._open = False
+        self._next = 0
+        self._file_ctx = SerializationContext(self.file_topic, MessageField.VALUE)
+        self._run_ctx = SerializationContext(self.run_topic, MessageField.VALUE)
+        self._file_value = EventSerializer(registry, EventType.FILE_EVENT)
+        self._run_value = EventSerializer(registry, EventType.RUN_EVENT)
+
+    def start(self) -> Publisher:
+        """Connect: KafkaUnavailable if no broker answers, ProduceError if the largest
+        inline event cannot fit the topic or transactions cannot start. Once only."""
+        if self._producer is not None:
+            return self
         admin = make_admin(self.settings)
         cluster_metadata(admin, self.settings, timeout_s=self.connect_timeout_s)
         ensure_topics(
@@ -92,20 +115,27 @@ class Publisher:
         if self.transactional_id is not None:
             overrides["transactional.id"] = self.transactional_id
             overrides["transaction.timeout.ms"] = int(self.transaction_timeout_s * 1000)
-        self._producer = make_producer(self.settings, **overrides)
+        producer = make_producer(self.settings, **overrides)
         if self.transactional_id is not None:
             # Fences any earlier producer of this id: what it left open is aborted.
             try:
-                self._producer.init_transactions(self.connect_timeout_s * 3)
+                producer.init_transactions(self.connect_timeout_s * 3)
             except KafkaException as exc:
                 raise ProduceError(
                     f"cannot start transactions as {self.transactional_id}: {exc.args[0].str()}"
                 ) from None
-        self._file_ctx = SerializationContext(self.file_topic, MessageField.VALUE)
-        self._run_ctx = SerializationContext(self.run_topic, MessageField.VALUE)
-        self._file_value = EventSerializer(self.registry, EventType.FILE_EVENT)
-        self._run_value = EventSerializer(self.registry, EventType.RUN_EVENT)
-        self._next = 0
+        self._producer = producer
+        return self
+
+    @property
+    def _client(self) -> Producer:
+        self._require_started()
+        assert self._producer is not None  # noqa: S101 - just checked
+        return self._producer
+
+    def _require_started(self) -> None:
+        if self._producer is None:
+            raise RuntimeError("Publisher.start() first")
 
     def _check_broker_limit(self, admin: AdminClient) -> None:
         """The largest event (an inline file and its framing) must fit the topic's
@@ -130,16 +160,19 @@ class Publisher:
 
     def file(self, event: FileEvent) -> None:
         key = f"{event.project}/{event.path}"
+        self._require_started()  # before the registry is asked for the schema
         self._produce(self.file_topic, key, self._file_value(event, self._file_ctx), event.path)
 
     def encoded(self, file: EncodedFile) -> None:
         """An inline file's event as a worker encoded it: the wire-format header and the
         body, the same bytes :meth:`file` would have made of its FileEvent."""
+        self._require_started()  # before the registry is asked for the schema
         value = self._file_value.header(self._file_ctx) + file.body
         self._produce(self.file_topic, f"{file.project}/{file.path}", value, file.path)
 
     def run(self, event: RunEvent) -> None:
         label = f"<run {event.kind.value.lower()}>"
+        self._require_started()  # before the registry is asked for the schema
         self._produce(self.run_topic, event.run_id, self._run_value(event, self._run_ctx), label)
 
     def _produce(self, topic: str, key: str, value: bytes, label: str) -> None:
@@ -158,24 +191,25 @@ class Publisher:
             else:
                 self.failed[what] = err.str()
 
+        producer = self._client
         self._begin()
         while True:
             try:
-                self._producer.produce(topic, key=key.encode(), value=value, on_delivery=report)
+                producer.produce(topic, key=key.encode(), value=value, on_delivery=report)
                 break
             except BufferError:  # the local queue is full: let deliveries drain it
-                self._producer.poll(0.05)
+                producer.poll(0.05)
             except KafkaException as exc:  # fatal: fenced by another producer of this id
                 raise self._fatal(exc) from None
         if token % POLL_EVERY == 0:  # delivery reports; flush() serves the last ones
-            self._producer.poll(0)
+            producer.poll(0)
 
     # --- transactions -------------------------------------------------------------
 
     def _begin(self) -> None:
         if self.transactional_id is not None and not self._open:
             try:
-                self._producer.begin_transaction()
+                self._client.begin_transaction()
             except KafkaException as exc:
                 raise self._fatal(exc) from None
             self._open = True
@@ -205,7 +239,7 @@ class Publisher:
                 reraise=True,
             ):
                 with attempt:
-                    self._producer.commit_transaction(self.transaction_timeout_s)
+                    self._client.commit_transaction(self.transaction_timeout_s)
         except KafkaException as exc:
             error = exc.args[0]
             if error.txn_requires_abort():
@@ -220,7 +254,7 @@ class Publisher:
         if self.transactional_id is None or not self._open:
             return
         try:
-            self._producer.abort_transaction(self.transaction_timeout_s)
+            self._client.abort_transaction(self.transaction_timeout_s)
         except KafkaException as exc:
             raise self._fatal(exc) from None
         finally:
@@ -240,6 +274,7 @@ class Publisher:
         """Whether the record at ``probe`` is visible to read_committed consumers, that
         is whether the batch it opened committed. Asked after init_transactions, which
         finished whatever the previous producer of this id left open."""
+        self._require_started()  # init_transactions ended what an earlier producer left open
         group = f"headrace-probe-{uuid.uuid4().hex[:12]}"  # assigned, never committed
         consumer = make_consumer(self.settings, group, **{"enable.partition.eof": True})
         try:
@@ -261,10 +296,11 @@ class Publisher:
 
     def flush(self, timeout_s: float = 120.0) -> dict[str, str]:
         """Wait for every delivery report; return the undelivered labels and why."""
-        try:
-            self._producer.flush(timeout_s)
-        except KafkaException as exc:
-            raise self._fatal(exc) from None
+        if self._producer is not None:  # else nothing was produced
+            try:
+                self._producer.flush(timeout_s)
+            except KafkaException as exc:
+                raise self._fatal(exc) from None
         for label in self._in_flight.values():
             self.failed.setdefault(label, f"no delivery report within {timeout_s:.0f}s")
         self._in_flight.clear()
@@ -278,5 +314,7 @@ class Publisher:
         if self._open:
             with contextlib.suppress(ProduceError):
                 self.abort()
+        if self._producer is None:  # never started
+            return
         with contextlib.suppress(KafkaException):  # a fenced producer cannot flush any more
             self._producer.flush(5)

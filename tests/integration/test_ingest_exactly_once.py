@@ -340,11 +340,11 @@ def publishers(
     settings = load_settings()
     client = make_registry_client(registry)
     tid = f"headrace.ingest.fence.{uuid.uuid4().hex[:8]}"
-    first = Publisher(settings.kafka, client, transactional_id=tid)
+    first = Publisher(settings.kafka, client, transactional_id=tid).start()
     try:
         first.file(FileEvent(project="p", path="first.txt", size=1, checksum="a" * 64))
         assert first.prepare()[0] == {}  # delivered, in its open transaction
-        second = Publisher(settings.kafka, client, transactional_id=tid)
+        second = Publisher(settings.kafka, client, transactional_id=tid).start()
         try:
             yield first, second
         finally:

@@ -26,7 +26,7 @@ from consumers.readiness import Readiness
 from consumers.runtime import ConsumerRuntime, Decoder, RuntimeStats
 from headrace.errors import ConfigError
 from headrace.history import open_recorder
-from headrace.kafka import cluster_metadata, ensure_topics, make_admin
+from headrace.kafka import await_broker, ensure_topics, make_admin
 from headrace.settings import Settings
 from schemas.models import Event, FileEvent, RowEvent, RunEvent, VerificationEvent
 from schemas.registry import make_registry_client
@@ -192,14 +192,14 @@ def topics_of(group: Group) -> tuple[str, ...]:
 
 def ready_topics(settings: Settings, name: str) -> tuple[Group, dict[str, str]]:
     """The group ``name`` and its topics (field -> topic), made if missing; no broker
-    answering is one line now, not a timeout later."""
+    answering within ``consumer.broker_wait_s`` is one line, not a timeout later."""
     known = groups()
     if name not in known:
         raise ConfigError(f"no group {name!r}: the groups are {', '.join(sorted(known))}")
     group, kafka = known[name], settings.kafka
     names = {field: getattr(kafka.topics, field) for field in topics_of(group)}
     admin = make_admin(kafka)
-    cluster_metadata(admin, kafka)
+    await_broker(admin, kafka, settings.consumer.broker_wait_s)
     ensure_topics(
         admin,
         list(names.values()),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -20,7 +21,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._metadata import ClusterMetadata  # not re-exported in its stubs
 from confluent_kafka.cimpl import NewTopic
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+    wait_fixed,
+)
 
 from headrace.errors import ConfigError, KafkaUnavailable, ProduceError
 from headrace.settings import KafkaSettings
@@ -50,6 +59,7 @@ class _LibrdkafkaLog(logging.LoggerAdapter[logging.Logger]):
         super().log(level, msg, *args, **kwargs)
 
 
+log = logging.getLogger(__name__)
 _librdkafka_log = _LibrdkafkaLog(logging.getLogger("headrace.librdkafka"))
 
 
@@ -151,6 +161,39 @@ def cluster_metadata(
         return client.list_topics(topic, timeout=timeout_s)
     except KafkaException as exc:
         raise KafkaUnavailable(settings.bootstrap_servers, timeout_s, exc.args[0].str()) from None
+
+
+def await_broker(
+    client: Producer | Consumer | AdminClient, kafka: KafkaSettings, wait_s: float
+) -> None:
+    """Return once a broker answers; ask again (each ask bounded by BROKER_TIMEOUT_S)
+    for up to ``wait_s`` seconds, saying so, so that a group started while the broker
+    restarts waits for it instead of exiting; then KafkaUnavailable, one line."""
+    started = time.monotonic()
+
+    def told(state: RetryCallState) -> None:
+        why = state.outcome.exception() if state.outcome is not None else None
+        reason = why.reason if isinstance(why, KafkaUnavailable) else "no answer"
+        log.warning(
+            "no Kafka broker answered at %s yet (%s): asking again for up to %.0f s",
+            kafka.bootstrap_servers,
+            reason,
+            max(0.0, wait_s - (time.monotonic() - started)),
+        )
+
+    try:
+        for attempt in Retrying(
+            retry=retry_if_exception_type(KafkaUnavailable),
+            stop=stop_after_delay(wait_s),
+            wait=wait_fixed(1.0),
+            before_sleep=told,
+            reraise=True,
+        ):
+            with attempt:
+                cluster_metadata(client, kafka)
+    except KafkaUnavailable as exc:
+        waited = time.monotonic() - started
+        raise KafkaUnavailable(kafka.bootstrap_servers, waited, exc.reason) from None
 
 
 # What a broker answers for a while after a topic is created, a leader moves or a

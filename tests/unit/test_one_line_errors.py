@@ -3,6 +3,7 @@
 
 import logging
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,7 @@ def no_broker(closed_port: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     monkeypatch.setenv("HEADRACE_CONSUMER__METRICS_PORT", "0")
     monkeypatch.setenv("HEADRACE_CONSUMER__INSTANCES_DIR", str(tmp_path / "instances"))
     monkeypatch.setattr(kafka, "BROKER_TIMEOUT_S", 1.0)
+    monkeypatch.setenv("HEADRACE_CONSUMER__BROKER_WAIT_S", "0")  # a group asks once
     return address
 
 
@@ -48,6 +50,25 @@ def test_no_broker_is_one_line_without_librdkafka_noise(
     code, _, err = run(argv, capsys)
     assert code == 1
     assert one_line(err).startswith(f"headrace: error: no Kafka broker answered at {no_broker}")
+
+
+def test_a_group_waits_for_a_broker_before_it_gives_up(
+    no_broker: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # consumer.broker_wait_s: a group started while its broker restarts waits for it
+    monkeypatch.setattr(kafka, "BROKER_TIMEOUT_S", 0.5)
+    monkeypatch.setenv("HEADRACE_CONSUMER__BROKER_WAIT_S", "3")
+    began = time.monotonic()
+    code, _, err = run(["consume", "archive"], capsys)
+    waited = time.monotonic() - began
+    assert code == 1
+    lines = err.strip().splitlines()
+    asked = [line for line in lines if "asking again for up to" in line]
+    assert len(asked) >= 2, lines  # each ask 0.5 s, a second between them, for 3 s
+    assert f"no Kafka broker answered at {no_broker} yet" in asked[0]
+    assert lines[-1].startswith(f"headrace: error: no Kafka broker answered at {no_broker}")
+    assert "within 3s" in lines[-1] or "within 4s" in lines[-1]
+    assert 3 <= waited < 15
 
 
 def test_librdkafka_connection_failures_log_at_debug(caplog: pytest.LogCaptureFixture) -> None:

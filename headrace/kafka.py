@@ -27,6 +27,7 @@ from tenacity import (
     retry_if_exception,
     retry_if_exception_type,
     stop_after_delay,
+    stop_before_delay,
     wait_exponential_jitter,
     wait_fixed,
 )
@@ -184,7 +185,7 @@ def await_broker(
     try:
         for attempt in Retrying(
             retry=retry_if_exception_type(KafkaUnavailable),
-            stop=stop_after_delay(wait_s),
+            stop=stop_before_delay(wait_s),  # no ask begins after wait_s
             wait=wait_fixed(1.0),
             before_sleep=told,
             reraise=True,

@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from headrace.kafka import is_passing, watermarks
+from headrace.errors import KafkaUnavailable
+from headrace.kafka import await_broker, is_passing, watermarks
+from headrace.settings import KafkaSettings
 
 
 class _Consumer:
@@ -22,6 +24,34 @@ class _Consumer:
         if self.errors:
             raise KafkaException(KafkaError(self.errors.pop(0)))
         return 3, 9
+
+
+class _Restarting:
+    """list_topics failing ``down`` times as a restarting broker does, then answering."""
+
+    def __init__(self, down: int) -> None:
+        self.down, self.asked = down, 0
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> str:
+        self.asked += 1
+        if self.asked <= self.down:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "Broker transport failure"))  # noqa: SLF001
+        return "metadata"
+
+
+def test_a_group_start_waits_for_a_restarting_broker(caplog: pytest.LogCaptureFixture) -> None:
+    client = _Restarting(down=2)
+    await_broker(client, KafkaSettings(), wait_s=30)  # type: ignore[arg-type]
+    assert client.asked == 3
+    asked = [r.getMessage() for r in caplog.records if "asking again" in r.getMessage()]
+    assert len(asked) == 2 and "Broker transport failure" in asked[0]
+
+
+def test_a_broker_that_stays_away_is_one_error_naming_the_wait() -> None:
+    client = _Restarting(down=1000)
+    with pytest.raises(KafkaUnavailable, match=r"no Kafka broker answered at 127\.0\.0\.1:9092"):
+        await_broker(client, KafkaSettings(), wait_s=1.5)  # type: ignore[arg-type]
+    assert client.asked == 2  # at 0 s and, a second later, once more
 
 
 def test_no_leader_yet_is_asked_again_until_the_leader_answers() -> None:

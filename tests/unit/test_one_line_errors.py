@@ -2,6 +2,7 @@
 ``unexpected <Type>`` (a case nobody handled), a traceback or a library's log lines."""
 
 import logging
+import re
 import socket
 import time
 from pathlib import Path
@@ -64,11 +65,11 @@ def test_a_group_waits_for_a_broker_before_it_gives_up(
     assert code == 1
     lines = err.strip().splitlines()
     asked = [line for line in lines if "asking again for up to" in line]
-    assert len(asked) >= 2, lines  # each ask 0.5 s, a second between them, for 3 s
+    assert asked, lines  # said before each ask again (asks of 0.5 s, a second apart)
     assert f"no Kafka broker answered at {no_broker} yet" in asked[0]
     assert lines[-1].startswith(f"headrace: error: no Kafka broker answered at {no_broker}")
-    assert "within 3s" in lines[-1] or "within 4s" in lines[-1]
-    assert 3 <= waited < 15
+    assert re.search(r"within [23]s \(", lines[-1]), lines[-1]  # the asks' time, not one's
+    assert 1.5 <= waited < 15  # asked twice at least; no ask begins after 3 s
 
 
 def test_librdkafka_connection_failures_log_at_debug(caplog: pytest.LogCaptureFixture) -> None:

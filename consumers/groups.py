@@ -28,6 +28,7 @@ from headrace.errors import ConfigError
 from headrace.history import open_recorder
 from headrace.kafka import await_broker, ensure_topics, make_admin
 from headrace.settings import Settings
+from headrace.startup import when_up
 from schemas.models import Event, FileEvent, RowEvent, RunEvent, VerificationEvent
 from schemas.registry import make_registry_client
 from schemas.serde import EventDeserializer
@@ -59,7 +60,11 @@ def _load_sink(settings: Settings, group_id: str, metrics: Metrics) -> Sink:
     from storage.db.backup import PeriodicBackup  # noqa: PLC0415
 
     row_content = load_row_content(settings)
-    db = open_database(settings, migrate=True)
+    db = when_up(
+        "the database",
+        lambda: open_database(settings, migrate=True),
+        settings.consumer.startup_wait_s,
+    )
     topics = settings.kafka.topics
     return LoadSink(
         db,
@@ -192,14 +197,14 @@ def topics_of(group: Group) -> tuple[str, ...]:
 
 def ready_topics(settings: Settings, name: str) -> tuple[Group, dict[str, str]]:
     """The group ``name`` and its topics (field -> topic), made if missing; no broker
-    answering within ``consumer.broker_wait_s`` is one line, not a timeout later."""
+    answering within ``consumer.startup_wait_s`` is one line, not a timeout later."""
     known = groups()
     if name not in known:
         raise ConfigError(f"no group {name!r}: the groups are {', '.join(sorted(known))}")
     group, kafka = known[name], settings.kafka
     names = {field: getattr(kafka.topics, field) for field in topics_of(group)}
     admin = make_admin(kafka)
-    await_broker(admin, kafka, settings.consumer.broker_wait_s)
+    await_broker(admin, kafka, settings.consumer.startup_wait_s)
     ensure_topics(
         admin,
         list(names.values()),

@@ -21,19 +21,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._metadata import ClusterMetadata  # not re-exported in its stubs
 from confluent_kafka.cimpl import NewTopic
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    retry_if_exception_type,
-    stop_after_delay,
-    stop_before_delay,
-    wait_exponential_jitter,
-    wait_fixed,
-)
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from headrace.errors import ConfigError, KafkaUnavailable, ProduceError
 from headrace.settings import KafkaSettings
+from headrace.startup import when_up
 
 ClientConfig = dict[str, Any]
 _C = TypeVar("_C", Producer, Consumer, AdminClient)
@@ -60,7 +52,6 @@ class _LibrdkafkaLog(logging.LoggerAdapter[logging.Logger]):
         super().log(level, msg, *args, **kwargs)
 
 
-log = logging.getLogger(__name__)
 _librdkafka_log = _LibrdkafkaLog(logging.getLogger("headrace.librdkafka"))
 
 
@@ -167,33 +158,14 @@ def cluster_metadata(
 def await_broker(
     client: Producer | Consumer | AdminClient, kafka: KafkaSettings, wait_s: float
 ) -> None:
-    """Return once a broker answers; ask again (each ask bounded by BROKER_TIMEOUT_S)
-    for up to ``wait_s`` seconds, saying so, so that a group started while the broker
-    restarts waits for it instead of exiting; then KafkaUnavailable, one line."""
-    started = time.monotonic()
-
-    def told(state: RetryCallState) -> None:
-        why = state.outcome.exception() if state.outcome is not None else None
-        reason = why.reason if isinstance(why, KafkaUnavailable) else "no answer"
-        log.warning(
-            "no Kafka broker answered at %s yet (%s): asking again for up to %.0f s",
-            kafka.bootstrap_servers,
-            reason,
-            max(0.0, wait_s - (time.monotonic() - started)),
-        )
-
+    """Return once a broker answers, asking again for up to ``wait_s`` seconds (each ask
+    bounded by BROKER_TIMEOUT_S), so that a group started while its broker restarts
+    waits for it; then one KafkaUnavailable naming the time waited."""
+    began = time.monotonic()
     try:
-        for attempt in Retrying(
-            retry=retry_if_exception_type(KafkaUnavailable),
-            stop=stop_before_delay(wait_s),  # no ask begins after wait_s
-            wait=wait_fixed(1.0),
-            before_sleep=told,
-            reraise=True,
-        ):
-            with attempt:
-                cluster_metadata(client, kafka)
+        when_up("Kafka", lambda: cluster_metadata(client, kafka), wait_s)
     except KafkaUnavailable as exc:
-        waited = time.monotonic() - started
+        waited = time.monotonic() - began
         raise KafkaUnavailable(kafka.bootstrap_servers, waited, exc.reason) from None
 
 

@@ -360,9 +360,10 @@ class ConsumerSettings(_Section):
     restart_window_s: float = Field(default=300.0, gt=0)
     # How long a stopping worker may take to commit what is durable before SIGKILL.
     stop_timeout_s: float = Field(default=60.0, gt=0)
-    # A group process that finds no broker at its start asks again for this long (a
-    # broker restarting: 24 s once under chaos in CI) before it stops with one line.
-    broker_wait_s: float = Field(default=60.0, ge=0)
+    # A group process that finds no broker (or, the load group, no database) at its
+    # start asks again for this long (a broker restarting: 24 s once under chaos in
+    # CI) before it stops with one line.
+    startup_wait_s: float = Field(default=60.0, ge=0)
 
     @model_validator(mode="after")
     def _heartbeat_within_session(self) -> ConsumerSettings:

@@ -36,7 +36,7 @@ def no_broker(closed_port: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     monkeypatch.setenv("HEADRACE_CONSUMER__METRICS_PORT", "0")
     monkeypatch.setenv("HEADRACE_CONSUMER__INSTANCES_DIR", str(tmp_path / "instances"))
     monkeypatch.setattr(kafka, "BROKER_TIMEOUT_S", 1.0)
-    monkeypatch.setenv("HEADRACE_CONSUMER__BROKER_WAIT_S", "0")  # a group asks once
+    monkeypatch.setenv("HEADRACE_CONSUMER__STARTUP_WAIT_S", "0")  # a group asks once
     return address
 
 
@@ -56,9 +56,9 @@ def test_no_broker_is_one_line_without_librdkafka_noise(
 def test_a_group_waits_for_a_broker_before_it_gives_up(
     no_broker: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # consumer.broker_wait_s: a group started while its broker restarts waits for it
+    # consumer.startup_wait_s: a group started while its broker restarts waits for it
     monkeypatch.setattr(kafka, "BROKER_TIMEOUT_S", 0.5)
-    monkeypatch.setenv("HEADRACE_CONSUMER__BROKER_WAIT_S", "3")
+    monkeypatch.setenv("HEADRACE_CONSUMER__STARTUP_WAIT_S", "3")
     began = time.monotonic()
     code, _, err = run(["consume", "archive"], capsys)
     waited = time.monotonic() - began
@@ -66,7 +66,7 @@ def test_a_group_waits_for_a_broker_before_it_gives_up(
     lines = err.strip().splitlines()
     asked = [line for line in lines if "asking again for up to" in line]
     assert asked, lines  # said before each ask again (asks of 0.5 s, a second apart)
-    assert f"no Kafka broker answered at {no_broker} yet" in asked[0]
+    assert f"Kafka is not available yet (no Kafka broker answered at {no_broker}" in asked[0]
     assert lines[-1].startswith(f"headrace: error: no Kafka broker answered at {no_broker}")
     assert re.search(r"within [23]s \(", lines[-1]), lines[-1]  # the asks' time, not one's
     assert 1.5 <= waited < 15  # asked twice at least; no ask begins after 3 s

@@ -167,6 +167,6 @@ def test_a_metrics_port_in_use_is_one_line_naming_the_setting(
         monkeypatch.setenv("HEADRACE_CONSUMER__METRICS_PORT", str(port))
         monkeypatch.setattr(groups, "ensure_topics", lambda *_a, **_k: None)  # no broker
         monkeypatch.setattr(groups, "make_admin", lambda *_a, **_k: None)
-        monkeypatch.setattr(groups, "cluster_metadata", lambda *_a, **_k: None)
+        monkeypatch.setattr(groups, "await_broker", lambda *_a, **_k: None)
         with pytest.raises(ConfigError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
             groups.run_group(load_settings(), "archive")

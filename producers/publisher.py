@@ -127,15 +127,11 @@ class Publisher:
         self._producer = producer
         return self
 
-    @property
-    def _client(self) -> Producer:
-        self._require_started()
-        assert self._producer is not None  # noqa: S101 - just checked
-        return self._producer
-
-    def _require_started(self) -> None:
+    def _started(self) -> Producer:
+        """The producer :meth:`start` made; a RuntimeError before it."""
         if self._producer is None:
             raise RuntimeError("Publisher.start() first")
+        return self._producer
 
     def _check_broker_limit(self, admin: AdminClient) -> None:
         """The largest event (an inline file and its framing) must fit the topic's
@@ -160,19 +156,19 @@ class Publisher:
 
     def file(self, event: FileEvent) -> None:
         key = f"{event.project}/{event.path}"
-        self._require_started()  # before the registry is asked for the schema
+        self._started()  # before the registry is asked for the schema
         self._produce(self.file_topic, key, self._file_value(event, self._file_ctx), event.path)
 
     def encoded(self, file: EncodedFile) -> None:
         """An inline file's event as a worker encoded it: the wire-format header and the
         body, the same bytes :meth:`file` would have made of its FileEvent."""
-        self._require_started()  # before the registry is asked for the schema
+        self._started()  # before the registry is asked for the schema
         value = self._file_value.header(self._file_ctx) + file.body
         self._produce(self.file_topic, f"{file.project}/{file.path}", value, file.path)
 
     def run(self, event: RunEvent) -> None:
         label = f"<run {event.kind.value.lower()}>"
-        self._require_started()  # before the registry is asked for the schema
+        self._started()  # before the registry is asked for the schema
         self._produce(self.run_topic, event.run_id, self._run_value(event, self._run_ctx), label)
 
     def _produce(self, topic: str, key: str, value: bytes, label: str) -> None:
@@ -191,8 +187,8 @@ class Publisher:
             else:
                 self.failed[what] = err.str()
 
-        producer = self._client
-        self._begin()
+        producer = self._started()
+        self._begin(producer)
         while True:
             try:
                 producer.produce(topic, key=key.encode(), value=value, on_delivery=report)
@@ -206,10 +202,10 @@ class Publisher:
 
     # --- transactions -------------------------------------------------------------
 
-    def _begin(self) -> None:
+    def _begin(self, producer: Producer) -> None:
         if self.transactional_id is not None and not self._open:
             try:
-                self._client.begin_transaction()
+                producer.begin_transaction()
             except KafkaException as exc:
                 raise self._fatal(exc) from None
             self._open = True
@@ -239,7 +235,7 @@ class Publisher:
                 reraise=True,
             ):
                 with attempt:
-                    self._client.commit_transaction(self.transaction_timeout_s)
+                    self._started().commit_transaction(self.transaction_timeout_s)
         except KafkaException as exc:
             error = exc.args[0]
             if error.txn_requires_abort():
@@ -254,7 +250,7 @@ class Publisher:
         if self.transactional_id is None or not self._open:
             return
         try:
-            self._client.abort_transaction(self.transaction_timeout_s)
+            self._started().abort_transaction(self.transaction_timeout_s)
         except KafkaException as exc:
             raise self._fatal(exc) from None
         finally:
@@ -274,7 +270,7 @@ class Publisher:
         """Whether the record at ``probe`` is visible to read_committed consumers, that
         is whether the batch it opened committed. Asked after init_transactions, which
         finished whatever the previous producer of this id left open."""
-        self._require_started()  # init_transactions ended what an earlier producer left open
+        self._started()  # its init_transactions ended what an earlier producer left open
         group = f"headrace-probe-{uuid.uuid4().hex[:12]}"  # assigned, never committed
         consumer = make_consumer(self.settings, group, **{"enable.partition.eof": True})
         try:
